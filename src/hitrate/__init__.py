@@ -1,0 +1,50 @@
+"""hitrate: Redis caching done right, in a few lines.
+
+>>> from hitrate import Cache, USER                                       # doctest: +SKIP
+>>> cache = Cache.from_url(prefix="app", policies={"user": USER})        # doctest: +SKIP
+>>> cache.get_or_fetch("user:42", lambda: db.load_user(42))              # doctest: +SKIP
+"""
+
+from .breaker import Breaker
+from .cache import AsyncCache, Cache
+from .codec import JsonCodec, MsgpackCodec, PickleCodec
+from .errors import (
+    CacheUnavailableError,
+    CircuitOpenError,
+    ConfigurationError,
+    HitrateError,
+    InvalidKeyError,
+    LoaderError,
+    SerializationError,
+    ValueTooLargeError,
+)
+from .keys import escape_glob
+from .plans import MISSING
+from .policy import AGGREGATE, COUNTER, REFERENCE, USER, Policy
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AGGREGATE",
+    "COUNTER",
+    "MISSING",
+    "REFERENCE",
+    "USER",
+    "AsyncCache",
+    "Breaker",
+    "Cache",
+    "CacheUnavailableError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "HitrateError",
+    "InvalidKeyError",
+    "JsonCodec",
+    "LoaderError",
+    "MsgpackCodec",
+    "PickleCodec",
+    "Policy",
+    "SerializationError",
+    "ValueTooLargeError",
+    "__version__",
+    "escape_glob",
+]

@@ -1,0 +1,298 @@
+"""Run plans against Redis: one driver for redis-py's sync client, one for its asyncio client.
+
+The drivers are the only place that talks to redis-py. They translate its errors (once,
+via :func:`hitrate.errors.translate`), keep the circuit breaker, run Lua by EVALSHA with
+EVAL on NOSCRIPT, coalesce concurrent fills of one key inside the process, and retry
+invalidations that failed while Redis was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.exceptions as rexc
+
+from .breaker import Breaker
+from .errors import CacheUnavailableError, CircuitOpenError, translate
+from .ops import CALL, Batch, Coalesce, Eval, Plan, Sleep
+from .plans import Context
+from .plans import invalidate as invalidate_plan
+
+__all__ = ["AsyncDriver", "SyncDriver"]
+
+
+def _eval_args(op: Eval) -> tuple[Any, ...]:
+    return (op.script.sha, len(op.keys), *op.keys, *op.args)
+
+
+def _redis_error(exc: BaseException) -> bool:
+    return isinstance(exc, rexc.RedisError | OSError) and not isinstance(exc, rexc.NoScriptError)
+
+
+class _Flight:
+    """One in-process fill that other threads wait on."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class _LeaderGone(Exception):
+    """The task filling a key was cancelled; a waiting task takes over."""
+
+
+class _Base:
+    def __init__(self, ctx: Context, *, strict: bool, breaker: Breaker) -> None:
+        self.ctx = ctx
+        self.strict = strict
+        self.breaker = breaker
+
+    def _describe(self, op: Any) -> str:
+        if isinstance(op, tuple):
+            return f"{op[0]} {op[1]!r}" if len(op) > 1 else str(op[0])
+        if isinstance(op, Eval):
+            return f"script {op.script.name} on {op.keys[0]!r}"
+        if isinstance(op, Batch):
+            return f"a pipeline of {len(op.ops)} commands"
+        return repr(op)
+
+    def _failed(self, exc: BaseException, op: Any) -> CacheUnavailableError:
+        err = translate(exc, self._describe(op))
+        assert err is not None
+        self.breaker.failure()
+        return err
+
+
+class SyncDriver(_Base):
+    """Runs plans with a ``redis.Redis`` (or ``RedisCluster``) client."""
+
+    def __init__(self, client: Any, ctx: Context, *, strict: bool, breaker: Breaker) -> None:
+        super().__init__(ctx, strict=strict, breaker=breaker)
+        self.client = client
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+
+    # -- Redis steps --------------------------------------------------------------------
+    def _eval(self, op: Eval) -> Any:
+        try:
+            return self.client.execute_command("EVALSHA", *_eval_args(op))
+        except rexc.NoScriptError:
+            return self.client.execute_command(
+                "EVAL", op.script.source, len(op.keys), *op.keys, *op.args
+            )
+
+    def _batch(self, op: Batch) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for item in op.ops:
+            if isinstance(item, Eval):
+                pipe.execute_command("EVALSHA", *_eval_args(item))
+            else:
+                pipe.execute_command(*item)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        for i, (item, reply) in enumerate(zip(op.ops, replies, strict=True)):
+            if isinstance(reply, rexc.NoScriptError) and isinstance(item, Eval):
+                replies[i] = self._eval(item)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _redis(self, op: Any) -> Any:
+        if not self.breaker.allow():
+            raise CircuitOpenError(f"Redis is down (circuit open); skipped {self._describe(op)}")
+        try:
+            if isinstance(op, tuple):
+                reply = self.client.execute_command(*op)
+            elif isinstance(op, Eval):
+                reply = self._eval(op)
+            else:
+                reply = self._batch(op)
+        except Exception as exc:
+            if not _redis_error(exc):
+                raise
+            raise self._failed(exc, op) from exc
+        if self.breaker._failures and self.breaker.success():
+            self._flush_pending()
+        return reply
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, plan: Plan, call: Callable[[], Any] | None = None) -> Any:
+        flight: _Flight | None = None
+        flight_key = ""
+        send: Any = None
+        throw: BaseException | None = None
+        try:
+            while True:
+                try:
+                    op = plan.throw(throw) if throw is not None else plan.send(send)
+                except StopIteration as stop:
+                    if flight is not None:
+                        flight.value = stop.value
+                    return stop.value
+                send, throw = None, None
+                if type(op) is tuple or isinstance(op, Eval | Batch):
+                    try:
+                        send = self._redis(op)
+                    except CacheUnavailableError as exc:
+                        if self.strict:
+                            raise
+                        throw = exc
+                elif op is CALL:
+                    assert call is not None
+                    try:
+                        send = call()
+                    except Exception as exc:
+                        throw = exc
+                elif isinstance(op, Sleep):
+                    time.sleep(op.seconds)
+                elif isinstance(op, Coalesce):
+                    with self._flights_lock:
+                        leader = self._flights.get(op.rkey)
+                        if leader is None:
+                            flight_key = op.rkey
+                            flight = self._flights[op.rkey] = _Flight()
+                    if leader is not None:
+                        plan.close()
+                        leader.done.wait()
+                        if leader.error is not None:
+                            raise leader.error
+                        return leader.value
+                else:  # pragma: no cover - a plan bug
+                    raise TypeError(f"plan yielded {op!r}")
+        except BaseException as exc:
+            if flight is not None:
+                flight.error = exc
+            raise
+        finally:
+            if flight is not None:
+                with self._flights_lock:
+                    self._flights.pop(flight_key, None)
+                flight.done.set()
+
+    def _flush_pending(self) -> None:
+        pending, self.ctx.pending = self.ctx.pending, set()
+        if pending:
+            try:
+                self.run(invalidate_plan(self.ctx, sorted(pending)))
+            except CacheUnavailableError:
+                self.ctx.pending |= pending
+
+
+class AsyncDriver(_Base):
+    """Runs plans with a ``redis.asyncio.Redis`` client."""
+
+    def __init__(self, client: Any, ctx: Context, *, strict: bool, breaker: Breaker) -> None:
+        super().__init__(ctx, strict=strict, breaker=breaker)
+        self.client = client
+        self._flights: dict[str, asyncio.Future[Any]] = {}
+
+    async def _eval(self, op: Eval) -> Any:
+        try:
+            return await self.client.execute_command("EVALSHA", *_eval_args(op))
+        except rexc.NoScriptError:
+            return await self.client.execute_command(
+                "EVAL", op.script.source, len(op.keys), *op.keys, *op.args
+            )
+
+    async def _batch(self, op: Batch) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for item in op.ops:
+            if isinstance(item, Eval):
+                pipe.execute_command("EVALSHA", *_eval_args(item))
+            else:
+                pipe.execute_command(*item)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for i, (item, reply) in enumerate(zip(op.ops, replies, strict=True)):
+            if isinstance(reply, rexc.NoScriptError) and isinstance(item, Eval):
+                replies[i] = await self._eval(item)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _redis(self, op: Any) -> Any:
+        if not self.breaker.allow():
+            raise CircuitOpenError(f"Redis is down (circuit open); skipped {self._describe(op)}")
+        try:
+            if isinstance(op, tuple):
+                reply = await self.client.execute_command(*op)
+            elif isinstance(op, Eval):
+                reply = await self._eval(op)
+            else:
+                reply = await self._batch(op)
+        except Exception as exc:
+            if not _redis_error(exc):
+                raise
+            raise self._failed(exc, op) from exc
+        if self.breaker._failures and self.breaker.success():
+            await self._flush_pending()
+        return reply
+
+    async def run(self, plan: Plan, call: Callable[[], Any] | None = None) -> Any:
+        flight: asyncio.Future[Any] | None = None
+        flight_key = ""
+        send: Any = None
+        throw: BaseException | None = None
+        try:
+            while True:
+                try:
+                    op = plan.throw(throw) if throw is not None else plan.send(send)
+                except StopIteration as stop:
+                    if flight is not None and not flight.done():
+                        flight.set_result(stop.value)
+                    return stop.value
+                send, throw = None, None
+                if type(op) is tuple or isinstance(op, Eval | Batch):
+                    try:
+                        send = await self._redis(op)
+                    except CacheUnavailableError as exc:
+                        if self.strict:
+                            raise
+                        throw = exc
+                elif op is CALL:
+                    assert call is not None
+                    try:
+                        send = call()
+                        if inspect.isawaitable(send):
+                            send = await send
+                    except Exception as exc:
+                        throw = exc
+                elif isinstance(op, Sleep):
+                    await asyncio.sleep(op.seconds)
+                elif isinstance(op, Coalesce):
+                    leader = self._flights.get(op.rkey)
+                    while leader is not None:
+                        try:
+                            value = await asyncio.shield(leader)
+                        except _LeaderGone:
+                            leader = self._flights.get(op.rkey)
+                            continue
+                        plan.close()
+                        return value
+                    flight_key = op.rkey
+                    flight = self._flights[op.rkey] = asyncio.get_running_loop().create_future()
+                else:  # pragma: no cover - a plan bug
+                    raise TypeError(f"plan yielded {op!r}")
+        except BaseException as exc:
+            if flight is not None and not flight.done():
+                # A cancelled leader hands the fill over to a waiter instead of failing it.
+                flight.set_exception(exc if isinstance(exc, Exception) else _LeaderGone())
+                flight.exception()  # mark retrieved: there may be no waiters
+            raise
+        finally:
+            if flight is not None:
+                self._flights.pop(flight_key, None)
+
+    async def _flush_pending(self) -> None:
+        pending, self.ctx.pending = self.ctx.pending, set()
+        if pending:
+            try:
+                await self.run(invalidate_plan(self.ctx, sorted(pending)))
+            except CacheUnavailableError:
+                self.ctx.pending |= pending

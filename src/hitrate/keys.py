@@ -1,0 +1,201 @@
+"""Key layout: how a user's key becomes Redis keys, and how patterns stay confined.
+
+A user key ``user:42`` under prefix ``app`` is stored as ``app:{user:42}``; its sidecar
+keys put a suffix after the closing brace::
+
+    app:{user:42}          the entry (one GET serves a hit)
+    app:{user:42}:lease    the fill lease, while one caller loads
+    app:{user:42}:w        write-through bookkeeping, while a write is in flight
+    app:{user:42}:err      a loader's failure, shown to callers waiting on its lease
+    app:tag:{t}            the set of entries tagged ``t``, and ``app:tag:{t}:gen``
+
+The braces are a Redis Cluster hash tag, so an entry and its sidecars share a slot and one
+Lua script can touch them all. The characters ``{``, ``}`` and ``%`` in user keys are
+percent-encoded, so the first ``}`` in a Redis key always closes the user key: a SCAN
+pattern ``app:{<pattern>}*`` then matches exactly the entries whose key matches
+``<pattern>`` and their sidecars, and nothing outside the prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from .errors import ConfigurationError, InvalidKeyError
+
+__all__ = ["KeySpace", "escape_glob", "family_of", "key_builder"]
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+MAX_KEY_LENGTH = 16 * 1024
+
+
+def escape_glob(text: str) -> str:
+    r"""Escape ``* ? [ ] \`` so *text* matches only itself inside a SCAN pattern.
+
+    Use it for every untrusted piece of a pattern::
+
+        cache.invalidate_pattern(f"user:{escape_glob(user_id)}:*")
+
+    An id of ``*`` then deletes only the keys of the user literally named ``*``.
+    """
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def _encode(text: str) -> str:
+    if "%" in text or "{" in text or "}" in text:
+        return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return text
+
+
+def decode_user_key(text: str) -> str:
+    """Inverse of the brace encoding, for showing keys to people."""
+    if "%" in text:
+        return text.replace("%7B", "{").replace("%7D", "}").replace("%25", "%")
+    return text
+
+
+def family_of(key: str) -> str:
+    """A key's family is its text before the first ``:`` (``user:42`` -> ``user``)."""
+    head, sep, _ = key.partition(":")
+    return head if sep else "default"
+
+
+class KeySpace:
+    """Builds every Redis key hitrate writes, under one prefix."""
+
+    __slots__ = ("_entry_cache", "prefix", "root")
+
+    def __init__(self, prefix: str) -> None:
+        if not isinstance(prefix, str) or not prefix:
+            raise ConfigurationError("prefix must be a non-empty string, e.g. prefix='app'")
+        if any(c in prefix for c in "{}*?[]\\ \n\r\t"):
+            raise ConfigurationError(
+                f"prefix {prefix!r} may not contain braces, glob characters or whitespace"
+            )
+        self.prefix = prefix
+        self.root = prefix + ":"
+        self._entry_cache: dict[str, str] = {}
+
+    def entry(self, key: str) -> str:
+        """The Redis key of the entry for user key *key*."""
+        cached = self._entry_cache.get(key)
+        if cached is not None:
+            return cached
+        if not isinstance(key, str):
+            raise InvalidKeyError(
+                f"cache keys are strings, got {type(key).__name__} {key!r}; "
+                "build one with an f-string, e.g. f'user:{user_id}'"
+            )
+        if not key:
+            raise InvalidKeyError("cache key is empty; use a name like 'user:42'")
+        if len(key) > MAX_KEY_LENGTH:
+            raise InvalidKeyError(
+                f"cache key {key[:40]!r}... is {len(key)} characters; keep keys under "
+                f"{MAX_KEY_LENGTH} (hash long parts)"
+            )
+        rkey = f"{self.root}{{{_encode(key)}}}"
+        if len(self._entry_cache) < 4096:
+            self._entry_cache[key] = rkey
+        return rkey
+
+    @staticmethod
+    def lease(entry: str) -> str:
+        return entry + ":lease"
+
+    @staticmethod
+    def writes(entry: str) -> str:
+        return entry + ":w"
+
+    @staticmethod
+    def error(entry: str) -> str:
+        return entry + ":err"
+
+    def tag(self, tag: str) -> str:
+        if not isinstance(tag, str) or not tag:
+            raise InvalidKeyError(f"tags are non-empty strings, got {tag!r}")
+        return f"{self.root}tag:{{{_encode(tag)}}}"
+
+    @staticmethod
+    def tag_gen(tag_key: str) -> str:
+        return tag_key + ":gen"
+
+    def pattern(self, pattern: str) -> str:
+        """SCAN pattern for the entries matching *pattern* and their sidecar keys."""
+        if not isinstance(pattern, str) or not pattern:
+            raise InvalidKeyError("pattern must be a non-empty string such as 'user:42:*'")
+        return f"{self.root}{{{_encode(pattern)}}}*"
+
+    def entry_of(self, rkey: str) -> str | None:
+        """The entry key a scanned Redis key belongs to (itself or its sidecar's owner)."""
+        if not rkey.startswith(self.root + "{"):
+            return None
+        close = rkey.find("}", len(self.root))
+        return rkey[: close + 1] if close > 0 else None
+
+    def user_key(self, entry: str) -> str:
+        """``app:{user:42}`` -> ``user:42``."""
+        return decode_user_key(entry[len(self.root) + 1 : -1])
+
+
+def _stable_digest(payload: Any) -> str:
+    try:
+        data = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise InvalidKeyError(
+            f"cannot build a cache key from these arguments ({exc}); pass "
+            "key='name:{arg}' to @cached to say how the key is made"
+        ) from None
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+def key_builder(func: Callable[..., Any], template: str | None) -> Callable[..., str]:
+    """Make ``(args, kwargs) -> key`` for :meth:`Cache.cached`.
+
+    With a *template* such as ``"user:{user_id}"`` the bound arguments fill it in (defaults
+    applied). Without one, the key is ``module.qualname:<blake2b of the arguments>``: stable
+    across processes and restarts, unlike Python's salted ``hash()``. A first parameter named
+    ``self`` or ``cls`` is left out of the hash.
+    """
+    sig = inspect.signature(func)
+    params = list(sig.parameters)
+    skip_first = bool(params) and params[0] in ("self", "cls")
+    name = f"{func.__module__}.{func.__qualname__}".replace("<locals>.", "")
+
+    if template is not None:
+        if not isinstance(template, str) or not template:
+            raise ConfigurationError("key= must be a format string such as 'user:{user_id}'")
+        fields = {f for f in re.findall(r"{([^{}!:.\[]*)", template)}
+        missing = fields - set(params)
+        if missing and not any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()
+        ):
+            raise ConfigurationError(
+                f"key template {template!r} names {sorted(missing)}, which "
+                f"{func.__qualname__}() has no parameter for"
+            )
+
+        def from_template(*args: Any, **kwargs: Any) -> str:
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            values = dict(bound.arguments)
+            for p in sig.parameters.values():
+                if p.kind is inspect.Parameter.VAR_KEYWORD:
+                    values.update(values.pop(p.name, {}))
+            return template.format(**values)
+
+        return from_template
+
+    def from_hash(*args: Any, **kwargs: Any) -> str:
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        items = list(bound.arguments.items())
+        if skip_first:
+            items = items[1:]
+        return f"{name}:{_stable_digest(items)}"
+
+    return from_hash

@@ -1,0 +1,60 @@
+"""What a plan can ask its driver for. Plans yield these and receive the replies.
+
+* a plain ``tuple`` such as ``("GET", key)`` -> one Redis command, reply sent back
+* :class:`Eval` -> one Lua script by EVALSHA (EVAL on NOSCRIPT), reply sent back
+* :class:`Batch` -> several commands/scripts in one round trip (a pipeline), list of replies
+* :data:`CALL` -> call the user's function (the loader, or the save of a write-through);
+  its return value is sent back, its exception thrown into the plan
+* :class:`Sleep` -> wait (``time.sleep`` or ``asyncio.sleep``)
+* :class:`Coalesce` -> single flight inside this process: if another thread/task of this
+  process is already filling the same key, the driver drops this plan and returns that
+  caller's result instead; otherwise it sends ``None`` and the plan goes on as the leader
+
+When Redis fails, the driver throws :class:`~hitrate.errors.CacheUnavailableError` into the
+plan at the ``yield`` that failed (or raises it to the caller in strict mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .scripts import LuaScript
+
+__all__ = ["CALL", "Batch", "Coalesce", "Eval", "Op", "Plan", "Sleep"]
+
+
+@dataclass(frozen=True, slots=True)
+class Eval:
+    script: LuaScript
+    keys: Sequence[str]
+    args: Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    ops: Sequence[tuple[Any, ...] | Eval]
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Coalesce:
+    rkey: str
+
+
+class _Call:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "CALL"
+
+
+CALL: Final = _Call()
+
+Op = tuple[Any, ...] | Eval | Batch | Sleep | Coalesce | _Call
+Plan = Generator[Op, Any, Any]

@@ -1,0 +1,499 @@
+"""The decisions, written once: each public verb is a generator that yields the Redis
+operations and user calls it needs (see :mod:`hitrate.ops`) and returns its result.
+:mod:`hitrate.drivers` runs them with a sync or an asyncio Redis client; the unit tests run
+them with scripted replies and no Redis at all.
+
+Fail-open lives here, at the ``yield`` that failed: the driver throws
+:class:`CacheUnavailableError` into the plan, and the plan decides what "treat it as a miss"
+means for that step (load without caching, serve the stale value, queue an invalidation).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from . import scripts
+from .codec import Codec, DecodeError, Entry, decode_entry, encode_entry
+from .errors import CacheUnavailableError, LoaderError, ValueTooLargeError
+from .keys import KeySpace, family_of
+from .ops import CALL, Batch, Coalesce, Eval, Plan, Sleep
+from .policy import Policy, TTLLike, to_policy
+from .stats import Counters
+
+__all__ = ["MISSING", "Context"]
+
+
+class _Missing:
+    """The type of :data:`MISSING`: "no value", never confused with a cached ``None``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Final = _Missing()
+
+ERROR_TEXT_MS = 2000  # how long a loader's failure is shown to waiters in other processes
+MAX_PENDING = 10_000  # invalidations kept for retry while Redis is unreachable
+
+
+@dataclass
+class Context:
+    """Everything a plan needs to decide, shared by one cache's calls."""
+
+    keys: KeySpace
+    codec: Codec
+    default_policy: Policy
+    policies: Mapping[str, Policy]
+    max_value_size: int = 1024 * 1024
+    write_window: float = 30.0
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    stats: Counters = field(default_factory=Counters)
+    pending: set[str] = field(default_factory=set)
+
+    def policy(self, key: str, ttl: TTLLike) -> Policy:
+        base = self.policies.get(family_of(key), self.default_policy)
+        return base if ttl is None else to_policy(ttl, base)
+
+    @staticmethod
+    def token() -> str:
+        return os.urandom(12).hex()
+
+    def encode(
+        self, key: str, value: Any, policy: Policy, load_time: float = 0.0
+    ) -> tuple[bytes, int]:
+        """Entry bytes and Redis expiry in ms (0 = none); raises before anything is written."""
+        ttl = policy.draw_ttl(self.rng, negative=value is None)
+        expires_at = self.clock() + ttl if ttl is not None else 0.0
+        data = encode_entry(self.codec, key, value, expires_at, load_time)
+        if len(data) > self.max_value_size:
+            raise ValueTooLargeError(
+                f"value for key {key!r} is {len(data)} bytes encoded, over max_value_size="
+                f"{self.max_value_size}; nothing was written. Cache a smaller projection of "
+                "it, or raise max_value_size"
+            )
+        if ttl is None:
+            return data, 0
+        return data, math.ceil((ttl + (policy.stale if value is not None else 0)) * 1000)
+
+    def remember_failed_write(self, key: str) -> None:
+        """A write or invalidation could not reach Redis: retry it when Redis is back."""
+        if len(self.pending) < MAX_PENDING:
+            self.pending.add(key)
+
+
+def _triple(keys: KeySpace, key: str) -> list[str]:
+    rkey = keys.entry(key)
+    return [rkey, keys.lease(rkey), keys.writes(rkey)]
+
+
+def _decode(ctx: Context, key: str, rkey: str, raw: bytes, family: str) -> Plan:
+    """Decode an entry; bytes that are not one of ours are a miss, counted and deleted."""
+    try:
+        return decode_entry(ctx.codec, key, raw)
+    except DecodeError:
+        ctx.stats.incr(family, "decode_errors")
+        try:
+            yield ("UNLINK", rkey)
+        except CacheUnavailableError:
+            pass
+        return None
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+
+def get(ctx: Context, key: str, default: Any) -> Plan:
+    rkey = ctx.keys.entry(key)
+    family = family_of(key)
+    try:
+        raw = yield ("GET", rkey)
+    except CacheUnavailableError:
+        ctx.stats.incr(family, "fail_open")
+        return default
+    if raw is not None:
+        entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family)
+        if entry is not None and (not entry.expires_at or ctx.clock() < entry.expires_at):
+            ctx.stats.hit(family)
+            return entry.value
+    ctx.stats.miss(family)
+    return default
+
+
+def get_many(ctx: Context, keys: Iterable[str]) -> Plan:
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
+        return {}
+    rkeys = [ctx.keys.entry(k) for k in wanted]
+    try:
+        raws = yield ("MGET", *rkeys)
+    except CacheUnavailableError:
+        for k in wanted:
+            ctx.stats.incr(family_of(k), "fail_open")
+        return {}
+    found: dict[str, Any] = {}
+    bad: list[str] = []
+    now = ctx.clock()
+    for key, rkey, raw in zip(wanted, rkeys, raws, strict=True):
+        family = family_of(key)
+        if raw is not None:
+            try:
+                entry = decode_entry(ctx.codec, key, raw)
+            except DecodeError:
+                ctx.stats.incr(family, "decode_errors")
+                bad.append(rkey)
+            else:
+                if not entry.expires_at or now < entry.expires_at:
+                    found[key] = entry.value
+                    ctx.stats.hit(family)
+                    continue
+        ctx.stats.miss(family)
+    if bad:
+        try:
+            yield ("UNLINK", *bad)
+        except CacheUnavailableError:
+            pass
+    return found
+
+
+# -- writes --------------------------------------------------------------------------------
+
+
+def set_(ctx: Context, key: str, value: Any, ttl: TTLLike) -> Plan:
+    triple = _triple(ctx.keys, key)
+    data, px = ctx.encode(key, value, ctx.policy(key, ttl))
+    try:
+        yield Eval(scripts.SET, triple, (data, px, ctx.token()))
+    except CacheUnavailableError:
+        ctx.stats.incr(family_of(key), "fail_open")
+        ctx.remember_failed_write(key)
+        return False
+    return True
+
+
+def set_many(ctx: Context, mapping: Mapping[str, Any], ttl: TTLLike) -> Plan:
+    # Encode everything first: one bad value means nothing is written.
+    ops = []
+    for key, value in mapping.items():
+        data, px = ctx.encode(key, value, ctx.policy(key, ttl))
+        ops.append(Eval(scripts.SET, _triple(ctx.keys, key), (data, px, ctx.token())))
+    if not ops:
+        return True
+    try:
+        yield Batch(ops)
+    except CacheUnavailableError:
+        for key in mapping:
+            ctx.stats.incr(family_of(key), "fail_open")
+            ctx.remember_failed_write(key)
+        return False
+    return True
+
+
+def invalidate(ctx: Context, keys: Sequence[str]) -> Plan:
+    if not keys:
+        return 0
+    flat: list[str] = []
+    for key in keys:
+        flat.extend(_triple(ctx.keys, key))
+    try:
+        deleted: int = yield Eval(scripts.INVALIDATE, flat, (ctx.token(),))
+    except CacheUnavailableError:
+        for key in keys:
+            ctx.stats.incr(family_of(key), "fail_open")
+            ctx.remember_failed_write(key)
+        return 0
+    for key in keys:
+        ctx.stats.incr(family_of(key), "invalidations")
+    return deleted
+
+
+def _invalidate_entries(ctx: Context, entries: Sequence[str], batch: int) -> Plan:
+    """Invalidate entries given by their Redis keys, ``batch`` per script call, pipelined."""
+    total = 0
+    ops = []
+    for i in range(0, len(entries), batch):
+        flat: list[str] = []
+        for rkey in entries[i : i + batch]:
+            flat += [rkey, ctx.keys.lease(rkey), ctx.keys.writes(rkey)]
+        ops.append(Eval(scripts.INVALIDATE, flat, (ctx.token(),)))
+    if ops:
+        replies = yield Batch(ops)
+        total = sum(int(r) for r in replies)
+    return total
+
+
+def invalidate_pattern(ctx: Context, pattern: str, count: int = 1000, batch: int = 500) -> Plan:
+    """SCAN (never KEYS) for entries under the prefix matching *pattern*, then invalidate
+    them in pipelined batches as they are found. Fail-open: returns what was deleted so far;
+    strict mode raises."""
+    match = ctx.keys.pattern(pattern)
+    cursor: Any = 0
+    seen: set[str] = set()
+    deleted = 0
+    try:
+        while True:
+            cursor, found = yield ("SCAN", cursor, "MATCH", match, "COUNT", count)
+            entries = []
+            for raw in found:
+                entry = ctx.keys.entry_of(raw.decode() if isinstance(raw, bytes) else raw)
+                if entry is not None and entry not in seen:
+                    seen.add(entry)
+                    entries.append(entry)
+            deleted += yield from _invalidate_entries(ctx, entries, batch)
+            if int(cursor) == 0:
+                break
+    except CacheUnavailableError:
+        ctx.stats.incr(family_of(pattern), "fail_open")
+    ctx.stats.incr(family_of(pattern), "invalidations", len(seen))
+    return deleted
+
+
+def invalidate_tag(ctx: Context, tag: str, batch: int = 500) -> Plan:
+    """Bump the tag's generation (fills whose lease predates this are refused), then
+    invalidate every entry the tag names and remove it from the tag set."""
+    tag_key = ctx.keys.tag(tag)
+    gen_key = ctx.keys.tag_gen(tag_key)
+    gen_ms = 24 * 3600 * 1000
+    try:
+        _, members = yield Batch([("SET", gen_key, ctx.token(), "PX", gen_ms), ("SMEMBERS", tag_key)])
+        entries = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        deleted = yield from _invalidate_entries(ctx, entries, batch)
+        if entries:
+            yield ("SREM", tag_key, *entries)
+    except CacheUnavailableError:
+        ctx.stats.incr("tag", "fail_open")
+        return 0
+    ctx.stats.incr("tag", "invalidations", len(entries))
+    return deleted
+
+
+# -- cache-aside with leases ---------------------------------------------------------------
+
+
+def _xfetch(now: float, expires_at: float, load_time: float, beta: float, rng: random.Random) -> bool:
+    """XFetch (Vattani et al., VLDB 2015): refresh early with a probability that rises as
+    expiry nears, scaled by how long the last load took."""
+    return now - load_time * beta * math.log(1.0 - rng.random()) >= expires_at
+
+
+def _load_only(ctx: Context, family: str) -> Plan:
+    """Redis is unavailable: serve the loader's value, cache nothing."""
+    ctx.stats.incr(family, "fail_open")
+    t0 = ctx.monotonic()
+    value = yield CALL
+    ctx.stats.load(family, ctx.monotonic() - t0)
+    return value
+
+
+def get_or_fetch(ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = ()) -> Plan:
+    rkey = ctx.keys.entry(key)
+    family = family_of(key)
+    try:
+        raw = yield ("GET", rkey)
+    except CacheUnavailableError:
+        return (yield from _load_only(ctx, family))
+    policy = ctx.policy(key, ttl)
+    if raw is not None:
+        entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family)
+        if entry is not None:
+            expires_at = entry.expires_at
+            now = ctx.clock()
+            if not expires_at or now < expires_at:
+                if not policy.early or not _xfetch(
+                    now, expires_at, entry.load_time, policy.early, ctx.rng
+                ):
+                    ctx.stats.hit(family)
+                    if entry.value is None:
+                        ctx.stats.incr(family, "negative_hits")
+                    return entry.value
+                return (yield from _refresh(ctx, key, rkey, family, policy, tags, entry.value))
+            if now < expires_at + policy.stale:
+                return (yield from _refresh(ctx, key, rkey, family, policy, tags, entry.value))
+    ctx.stats.miss(family)
+    yield Coalesce(rkey)
+    return (yield from _fill(ctx, key, rkey, family, policy, tags))
+
+
+def _refresh(
+    ctx: Context,
+    key: str,
+    rkey: str,
+    family: str,
+    policy: Policy,
+    tags: Sequence[str],
+    old: Any,
+) -> Plan:
+    """The entry is stale (or XFetch says refresh early): the caller that gets the lease
+    loads and fills; everyone else is served the old value at once."""
+    try:
+        reply = yield _lease_op(ctx, rkey, tags, token := ctx.token(), policy, refresh=True)
+    except CacheUnavailableError:
+        reply = None
+    if reply is None or reply[0] != 2:
+        ctx.stats.hit(family)
+        ctx.stats.incr(family, "stale_hits")
+        return old
+    ctx.stats.miss(family)
+    return (yield from _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply[3:]))
+
+
+def _lease_op(
+    ctx: Context, rkey: str, tags: Sequence[str], token: str, policy: Policy, *, refresh: bool
+) -> Eval:
+    gens = [ctx.keys.tag_gen(ctx.keys.tag(t)) for t in tags]
+    return Eval(
+        scripts.LEASE,
+        [rkey, ctx.keys.lease(rkey), *gens],
+        (token, math.ceil(policy.lease * 1000), "1" if refresh else "0"),
+    )
+
+
+def _fill(
+    ctx: Context, key: str, rkey: str, family: str, policy: Policy, tags: Sequence[str]
+) -> Plan:
+    """Miss: take the lease and load, or wait (bounded) for the caller that holds it."""
+    lease_key = ctx.keys.lease(rkey)
+    err_key = ctx.keys.error(rkey)
+    token = ctx.token()
+    deadline: float | None = None
+    delay = 0.002
+    while True:
+        try:
+            reply = yield _lease_op(ctx, rkey, tags, token, policy, refresh=False)
+        except CacheUnavailableError:
+            return (yield from _load_only(ctx, family))
+        status = reply[0]
+        if status == 2:
+            return (yield from _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply[3:]))
+        if status == 1:
+            entry = yield from _decode(ctx, key, rkey, reply[1], family)
+            if entry is not None:
+                return entry.value
+            continue
+        # Another caller is loading: wait for its fill, polling with backoff.
+        holder = reply[2]
+        if deadline is None:
+            ctx.stats.incr(family, "waits")
+            deadline = ctx.monotonic() + policy.lease
+        while True:
+            if ctx.monotonic() >= deadline:
+                # Past the budget: load ourselves, but don't fill (the holder may still).
+                t0 = ctx.monotonic()
+                value = yield CALL
+                ctx.stats.load(family, ctx.monotonic() - t0)
+                return value
+            yield Sleep(min(delay, max(0.0, deadline - ctx.monotonic())))
+            delay = min(delay * 2, 0.05)
+            try:
+                raw, now_holder, err = yield ("MGET", rkey, lease_key, err_key)
+            except CacheUnavailableError:
+                return (yield from _load_only(ctx, family))
+            if raw is not None:
+                entry = yield from _decode(ctx, key, rkey, raw, family)
+                if entry is not None:
+                    return entry.value
+            if err is not None and holder and err.startswith(holder + b"\n"):
+                message = err[len(holder) + 1 :].decode(errors="replace")
+                raise LoaderError(
+                    f"the loader for {key!r} failed in the caller that held its lease: {message}"
+                )
+            if now_holder is None:
+                break  # released or revoked without a fill: try for the lease ourselves
+            holder = now_holder
+
+
+def _load_and_fill(
+    ctx: Context,
+    key: str,
+    rkey: str,
+    family: str,
+    policy: Policy,
+    tags: Sequence[str],
+    token: str,
+    gens: Sequence[Any],
+) -> Plan:
+    lease_key = ctx.keys.lease(rkey)
+    t0 = ctx.monotonic()
+    try:
+        value = yield CALL
+        load_time = ctx.monotonic() - t0
+        ctx.stats.load(family, load_time)
+        if value is None and not policy.negative_ttl:
+            data = b""
+        else:
+            data, px = ctx.encode(key, value, policy, load_time)
+    except Exception as exc:
+        try:
+            text = f"{type(exc).__name__}: {exc}"
+            yield Eval(scripts.RELEASE, [lease_key, ctx.keys.error(rkey)], (token, text, ERROR_TEXT_MS))
+        except CacheUnavailableError:
+            pass
+        raise
+    try:
+        if not data:  # a None we don't cache: just give the lease back
+            yield Eval(scripts.RELEASE, [lease_key, ctx.keys.error(rkey)], (token, "", 0))
+            return value
+        tag_keys = [ctx.keys.tag(t) for t in tags]
+        gen_keys = [ctx.keys.tag_gen(t) for t in tag_keys]
+        filled = yield Eval(
+            scripts.FILL,
+            [rkey, lease_key, *tag_keys, *gen_keys],
+            (token, data, px, len(tags), *gens),
+        )
+    except CacheUnavailableError:
+        ctx.stats.incr(family, "fail_open")
+        return value
+    ctx.stats.incr(family, "fills" if filled else "fills_refused")
+    return value
+
+
+# -- write-through -------------------------------------------------------------------------
+
+
+def write_through(ctx: Context, key: str, value: Any, ttl: TTLLike) -> Plan:
+    """Save to the source of truth (the driver's CALL), then cache the value, unless another
+    write or an invalidation of this key overlapped ours: then delete the entry, so the next
+    read loads whatever the source of truth holds now."""
+    rkey, lease_key, writes_key = triple = _triple(ctx.keys, key)
+    family = family_of(key)
+    data, px = ctx.encode(key, value, ctx.policy(key, ttl))  # refuse before saving anything
+    token = ctx.token()
+    began = True
+    try:
+        in_flight = yield Eval(
+            scripts.WRITE_BEGIN, [lease_key, writes_key], (token, math.ceil(ctx.write_window * 1000))
+        )
+    except CacheUnavailableError:
+        began, in_flight = False, 0
+    try:
+        yield CALL
+    except Exception:
+        if began:
+            try:
+                yield Eval(scripts.WRITE_END, triple, (token, "1", b"", 0, ctx.token()))
+            except CacheUnavailableError:
+                ctx.remember_failed_write(key)
+        raise
+    try:
+        if not began:
+            # Redis missed our begin, so a reader may have filled an old value meanwhile.
+            yield Eval(scripts.INVALIDATE, triple, (ctx.token(),))
+            return value
+        conflict = "1" if int(in_flight) > 1 else "0"
+        yield Eval(scripts.WRITE_END, triple, (token, conflict, data, px, ctx.token()))
+    except CacheUnavailableError:
+        ctx.stats.incr(family, "fail_open")
+        ctx.remember_failed_write(key)
+    return value
