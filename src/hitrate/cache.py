@@ -22,7 +22,7 @@ from .codec import Codec, make_codec
 from .drivers import AsyncDriver, SyncDriver
 from .errors import ConfigurationError
 from .keys import KeySpace, key_builder
-from .plans import MISSING, Context
+from .plans import Context
 from .policy import USER, Policy, TTLLike, to_policy
 from .stats import Counters
 
@@ -230,9 +230,7 @@ class Cache(_CacheBase):
         """An :class:`AsyncCache` on the same server, prefix, policies and counters."""
         if self._twin is None:
             pool = self.client.connection_pool
-            aclient = aredis.Redis(
-                connection_pool=aredis.ConnectionPool(**pool.connection_kwargs)
-            )
+            aclient = aredis.Redis(connection_pool=aredis.ConnectionPool(**pool.connection_kwargs))
             twin = AsyncCache.__new__(AsyncCache)
             twin.client, twin.strict, twin.breaker, twin._ctx = (
                 aclient, self.strict, self.breaker, self._ctx,
@@ -367,6 +365,3 @@ class AsyncCache(_CacheBase):
 
         _attach(wrapper, make_key, self.invalidate)
         return wrapper
-
-
-

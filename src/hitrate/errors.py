@@ -92,7 +92,7 @@ def translate(exc: BaseException, what: str) -> CacheUnavailableError | None:
         return CacheUnavailableError(f"Redis timed out during {what}: {exc}")
     if isinstance(exc, rexc.ConnectionError):
         return CacheUnavailableError(f"Redis is unreachable during {what}: {exc}")
-    if isinstance(exc, _PROGRAMMING_ERRORS + (rexc.RedisError,)):
+    if isinstance(exc, (*_PROGRAMMING_ERRORS, rexc.RedisError)):
         return CacheUnavailableError(f"Redis refused {what}: {exc}")
     if isinstance(exc, OSError):
         return CacheUnavailableError(f"network error during {what}: {exc}")

@@ -169,7 +169,7 @@ def key_builder(func: Callable[..., Any], template: str | None) -> Callable[...,
     if template is not None:
         if not isinstance(template, str) or not template:
             raise ConfigurationError("key= must be a format string such as 'user:{user_id}'")
-        fields = {f for f in re.findall(r"{([^{}!:.\[]*)", template)}
+        fields = set(re.findall(r"{([^{}!:.\[]*)", template))
         missing = fields - set(params)
         if missing and not any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()

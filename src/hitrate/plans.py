@@ -10,6 +10,7 @@ means for that step (load without caching, serve the stale value, queue an inval
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -105,10 +106,8 @@ def _decode(ctx: Context, key: str, rkey: str, raw: bytes, family: str) -> Plan:
         return decode_entry(ctx.codec, key, raw)
     except DecodeError:
         ctx.stats.incr(family, "decode_errors")
-        try:
+        with contextlib.suppress(CacheUnavailableError):
             yield ("UNLINK", rkey)
-        except CacheUnavailableError:
-            pass
         return None
 
 
@@ -161,10 +160,8 @@ def get_many(ctx: Context, keys: Iterable[str]) -> Plan:
                     continue
         ctx.stats.miss(family)
     if bad:
-        try:
+        with contextlib.suppress(CacheUnavailableError):
             yield ("UNLINK", *bad)
-        except CacheUnavailableError:
-            pass
     return found
 
 
@@ -267,7 +264,9 @@ def invalidate_tag(ctx: Context, tag: str, batch: int = 500) -> Plan:
     gen_key = ctx.keys.tag_gen(tag_key)
     gen_ms = 24 * 3600 * 1000
     try:
-        _, members = yield Batch([("SET", gen_key, ctx.token(), "PX", gen_ms), ("SMEMBERS", tag_key)])
+        _, members = yield Batch(
+            [("SET", gen_key, ctx.token(), "PX", gen_ms), ("SMEMBERS", tag_key)]
+        )
         entries = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
         deleted = yield from _invalidate_entries(ctx, entries, batch)
         if entries:
@@ -282,7 +281,9 @@ def invalidate_tag(ctx: Context, tag: str, batch: int = 500) -> Plan:
 # -- cache-aside with leases ---------------------------------------------------------------
 
 
-def _xfetch(now: float, expires_at: float, load_time: float, beta: float, rng: random.Random) -> bool:
+def _xfetch(
+    now: float, expires_at: float, load_time: float, beta: float, rng: random.Random
+) -> bool:
     """XFetch (Vattani et al., VLDB 2015): refresh early with a probability that rises as
     expiry nears, scaled by how long the last load took."""
     return now - load_time * beta * math.log(1.0 - rng.random()) >= expires_at
@@ -376,7 +377,9 @@ def _fill(
             return (yield from _load_only(ctx, family))
         status = reply[0]
         if status == 2:
-            return (yield from _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply[3:]))
+            return (
+                yield from _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply[3:])
+            )
         if status == 1:
             entry = yield from _decode(ctx, key, rkey, reply[1], family)
             if entry is not None:
@@ -437,7 +440,9 @@ def _load_and_fill(
     except Exception as exc:
         try:
             text = f"{type(exc).__name__}: {exc}"
-            yield Eval(scripts.RELEASE, [lease_key, ctx.keys.error(rkey)], (token, text, ERROR_TEXT_MS))
+            yield Eval(
+                scripts.RELEASE, [lease_key, ctx.keys.error(rkey)], (token, text, ERROR_TEXT_MS)
+            )
         except CacheUnavailableError:
             pass
         raise
@@ -466,14 +471,16 @@ def write_through(ctx: Context, key: str, value: Any, ttl: TTLLike) -> Plan:
     """Save to the source of truth (the driver's CALL), then cache the value, unless another
     write or an invalidation of this key overlapped ours: then delete the entry, so the next
     read loads whatever the source of truth holds now."""
-    rkey, lease_key, writes_key = triple = _triple(ctx.keys, key)
+    _rkey, lease_key, writes_key = triple = _triple(ctx.keys, key)
     family = family_of(key)
     data, px = ctx.encode(key, value, ctx.policy(key, ttl))  # refuse before saving anything
     token = ctx.token()
     began = True
     try:
         in_flight = yield Eval(
-            scripts.WRITE_BEGIN, [lease_key, writes_key], (token, math.ceil(ctx.write_window * 1000))
+            scripts.WRITE_BEGIN,
+            [lease_key, writes_key],
+            (token, math.ceil(ctx.write_window * 1000)),
         )
     except CacheUnavailableError:
         began, in_flight = False, 0

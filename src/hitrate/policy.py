@@ -36,15 +36,15 @@ def _seconds(value: float | timedelta | None, name: str) -> float | None:
 class Policy:
     """How long a kind of data stays cached, and how it is refreshed.
 
-    * ``ttl`` – seconds until the value is logically expired; ``None`` means no expiry
+    * ``ttl`` - seconds until the value is logically expired; ``None`` means no expiry
       (only for counters, see :data:`COUNTER`).
-    * ``jitter`` – up to this many seconds are added at random to each write's TTL, so keys
+    * ``jitter`` - up to this many seconds are added at random to each write's TTL, so keys
       written together do not all expire at the same instant.
-    * ``stale`` – for this many seconds past expiry, ``get_or_fetch`` may serve the old value
+    * ``stale`` - for this many seconds past expiry, ``get_or_fetch`` may serve the old value
       while a single caller refreshes it.
-    * ``early`` – XFetch β: refresh probabilistically *before* expiry (0 = off, 1 = usual).
-    * ``negative_ttl`` – seconds to cache a loader's ``None`` ("not found"); 0 = don't.
-    * ``lease`` – seconds a caller may hold the fill lease while it loads; others wait for
+    * ``early`` - XFetch β: refresh probabilistically *before* expiry (0 = off, 1 = usual).
+    * ``negative_ttl`` - seconds to cache a loader's ``None`` ("not found"); 0 = don't.
+    * ``lease`` - seconds a caller may hold the fill lease while it loads; others wait for
       the fill for at most this long, then load without filling.
     """
 
@@ -91,7 +91,7 @@ class Policy:
 
     def with_(self, **changes: object) -> Policy:
         """A copy with some fields changed: ``USER.with_(stale=30)``."""
-        fields = {
+        fields: dict[str, object] = {
             "ttl": self.ttl,
             "jitter": self.jitter,
             "stale": self.stale,

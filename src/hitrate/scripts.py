@@ -31,7 +31,7 @@ def script(name: str) -> LuaScript:
     found = _LOADED.get(name)
     if found is None:
         source = resources.files("hitrate").joinpath("lua", f"{name}.lua").read_bytes()
-        found = LuaScript(name, source, hashlib.sha1(source).hexdigest())  # noqa: S324
+        found = LuaScript(name, source, hashlib.sha1(source).hexdigest())
         _LOADED[name] = found
     return found
 

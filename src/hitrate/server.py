@@ -75,8 +75,9 @@ class EmbeddedServer:
     >>> server.stop()                            # doctest: +SKIP
     """
 
-    def __init__(self, flavour: str, binary: str, port: int, process: subprocess.Popen[bytes],
-                 workdir: str) -> None:
+    def __init__(
+        self, flavour: str, binary: str, port: int, process: subprocess.Popen[bytes], workdir: str
+    ) -> None:
         self.flavour = flavour
         self.binary = binary
         self.port = port

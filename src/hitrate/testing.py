@@ -3,13 +3,13 @@
 Installed as a pytest plugin (entry point ``hitrate``); it only defines fixtures, so it
 changes nothing unless a test asks for one:
 
-* ``hitrate_server`` (session) – a private server on a free loopback port, started once:
+* ``hitrate_server`` (session) - a private server on a free loopback port, started once:
   ``redis-server`` from PATH, else the ``valkey-server`` of ``hitrate[server]``.
   Set ``HITRATE_TEST_SERVER=redis|valkey`` to choose.
-* ``hitrate_cache`` / ``hitrate_async_cache`` – a cache on that server with a prefix unique
+* ``hitrate_cache`` / ``hitrate_async_cache`` - a cache on that server with a prefix unique
   to the test; the test's keys are deleted afterwards (by SCAN on that prefix only, never
   FLUSHDB, so it is safe even against a shared server).
-* :class:`FakeClock` – a clock to pass as ``clock=`` so tests tick time instead of sleeping.
+* :class:`FakeClock` - a clock to pass as ``clock=`` so tests tick time instead of sleeping.
 
 Servers are never flushed unless this module started them.
 """
@@ -51,7 +51,7 @@ def delete_prefix(url: str, prefix: str) -> int:
     client = redis.Redis.from_url(url)
     deleted = 0
     try:
-        batch = [k for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        batch = list(client.scan_iter(match=f"{prefix}:*", count=1000))
         for i in range(0, len(batch), 500):
             deleted += client.unlink(*batch[i : i + 500])
     finally:
@@ -80,11 +80,22 @@ def hitrate_cache(hitrate_server: EmbeddedServer) -> Iterator[Cache]:
     delete_prefix(hitrate_server.url, prefix)
 
 
-@pytest.fixture
-async def hitrate_async_cache(hitrate_server: EmbeddedServer) -> AsyncIterator[AsyncCache]:
-    """An :class:`AsyncCache` with a prefix of its own on ``hitrate_server``."""
+async def _async_cache(server: EmbeddedServer) -> AsyncIterator[AsyncCache]:
     prefix = unique_prefix()
-    cache = AsyncCache.from_url(hitrate_server.url, prefix=prefix)
+    cache = AsyncCache.from_url(server.url, prefix=prefix)
     yield cache
     await cache.close()
-    delete_prefix(hitrate_server.url, prefix)
+    delete_prefix(server.url, prefix)
+
+
+try:  # the async fixture needs pytest-asyncio; without it, only the sync ones exist
+    import pytest_asyncio
+except ImportError:  # pragma: no cover
+    pass
+else:
+
+    @pytest_asyncio.fixture
+    async def hitrate_async_cache(hitrate_server: EmbeddedServer) -> AsyncIterator[AsyncCache]:
+        """An :class:`AsyncCache` with a prefix of its own on ``hitrate_server``."""
+        async for cache in _async_cache(hitrate_server):
+            yield cache
