@@ -194,12 +194,21 @@ class Cache(_CacheBase):
         return self._driver.run(plans.get_or_fetch(self._ctx, key, ttl, tuple(tags)), fetch)
 
     def write_through(
-        self, key: str, value: Any, save: Callable[[Any], Any], ttl: TTLLike = None
+        self,
+        key: str,
+        value: Any,
+        save: Callable[[Any], Any],
+        ttl: TTLLike = None,
+        *,
+        version: Callable[[Any], float] | None = None,
     ) -> Any:
-        """``save(value)`` to the source of truth, then cache *value*; if another write or
-        invalidation of *key* overlapped, the entry is deleted instead. Returns *value*."""
+        """``save(value)`` to the source of truth, then cache what was saved: *save*'s return
+        value when it is not ``None`` (the stored row), else *value*. If another write or an
+        invalidation of *key* overlapped, the entry is deleted instead, so the next read
+        loads fresh. With ``version=lambda row: row["version"]`` the newer row wins.
+        Returns what was cached."""
         return self._driver.run(
-            plans.write_through(self._ctx, key, value, ttl), lambda: save(value)
+            plans.write_through(self._ctx, key, value, ttl, version), lambda: save(value)
         )
 
     def invalidate(self, *keys: str) -> int:
@@ -216,7 +225,8 @@ class Cache(_CacheBase):
         return int(self._driver.run(plans.invalidate_tag(self._ctx, tag)))
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Wait for background refreshes, then close the connection pool."""
+        self._driver.close()
         self.client.close()
 
     def __enter__(self) -> Cache:
@@ -321,10 +331,12 @@ class AsyncCache(_CacheBase):
         value: Any,
         save: Callable[[Any], Awaitable[Any] | Any],
         ttl: TTLLike = None,
+        *,
+        version: Callable[[Any], float] | None = None,
     ) -> Any:
         """See :meth:`Cache.write_through`; *save* may be sync or async."""
         return await self._driver.run(
-            plans.write_through(self._ctx, key, value, ttl), lambda: save(value)
+            plans.write_through(self._ctx, key, value, ttl, version), lambda: save(value)
         )
 
     async def invalidate(self, *keys: str) -> int:
@@ -340,7 +352,8 @@ class AsyncCache(_CacheBase):
         return int(await self._driver.run(plans.invalidate_tag(self._ctx, tag)))
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Wait for background refreshes, then close the connection pool."""
+        await self._driver.close()
         await self.client.aclose()
 
     async def __aenter__(self) -> AsyncCache:

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis.exceptions as rexc
 
 from .breaker import Breaker
 from .errors import CacheUnavailableError, CircuitOpenError, translate
-from .ops import CALL, Batch, Coalesce, Eval, Plan, Sleep
+from .ops import CALL, Batch, Coalesce, Eval, Plan, Sleep, Spawn
 from .plans import Context
 from .plans import invalidate as invalidate_plan
 
 __all__ = ["AsyncDriver", "SyncDriver"]
+
+log = logging.getLogger("hitrate")
 
 
 def _eval_args(op: Eval) -> tuple[Any, ...]:
@@ -79,6 +83,26 @@ class SyncDriver(_Base):
         self.client = client
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
+        self._workers: ThreadPoolExecutor | None = None
+
+    def _background(self, plan: Plan, call: Callable[[], Any] | None) -> None:
+        if self._workers is None:
+            with self._flights_lock:
+                if self._workers is None:
+                    self._workers = ThreadPoolExecutor(4, thread_name_prefix="hitrate-refresh")
+        self._workers.submit(self._run_logged, plan, call)
+
+    def _run_logged(self, plan: Plan, call: Callable[[], Any] | None) -> None:
+        try:
+            self.run(plan, call)
+        except Exception:
+            log.exception("hitrate: background refresh failed")
+
+    def close(self) -> None:
+        """Wait for background refreshes to finish."""
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
+            self._workers = None
 
     # -- Redis steps --------------------------------------------------------------------
     def _eval(self, op: Eval) -> Any:
@@ -152,6 +176,8 @@ class SyncDriver(_Base):
                         throw = exc
                 elif isinstance(op, Sleep):
                     time.sleep(op.seconds)
+                elif isinstance(op, Spawn):
+                    self._background(op.plan, call)
                 elif isinstance(op, Coalesce):
                     with self._flights_lock:
                         leader = self._flights.get(op.rkey)
@@ -192,6 +218,18 @@ class AsyncDriver(_Base):
         super().__init__(ctx, strict=strict, breaker=breaker)
         self.client = client
         self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def _run_logged(self, plan: Plan, call: Callable[[], Any] | None) -> None:
+        try:
+            await self.run(plan, call)
+        except Exception:
+            log.exception("hitrate: background refresh failed")
+
+    async def close(self) -> None:
+        """Wait for background refreshes to finish."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _eval(self, op: Eval) -> Any:
         try:
@@ -265,6 +303,10 @@ class AsyncDriver(_Base):
                         throw = exc
                 elif isinstance(op, Sleep):
                     await asyncio.sleep(op.seconds)
+                elif isinstance(op, Spawn):
+                    task = asyncio.get_running_loop().create_task(self._run_logged(op.plan, call))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
                 elif isinstance(op, Coalesce):
                     leader = self._flights.get(op.rkey)
                     while leader is not None:

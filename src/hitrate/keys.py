@@ -7,6 +7,7 @@ keys put a suffix after the closing brace::
     app:{user:42}:lease    the fill lease, while one caller loads
     app:{user:42}:w        write-through bookkeeping, while a write is in flight
     app:{user:42}:err      a loader's failure, shown to callers waiting on its lease
+    app:{user:42}:v        the row version of a cached write (write_through(version=...))
     app:tag:{t}            the set of entries tagged ``t``, and ``app:tag:{t}:gen``
 
 The braces are a Redis Cluster hash tag, so an entry and its sidecars share a slot and one
@@ -114,6 +115,19 @@ class KeySpace:
     @staticmethod
     def error(entry: str) -> str:
         return entry + ":err"
+
+    @staticmethod
+    def version(entry: str) -> str:
+        return entry + ":v"
+
+    def quad(self, key: str) -> list[str]:
+        """Entry, lease, write-bookkeeping and version keys of *key* (one hash slot)."""
+        rkey = self.entry(key)
+        return [rkey, rkey + ":lease", rkey + ":w", rkey + ":v"]
+
+    @staticmethod
+    def quad_of(entry: str) -> list[str]:
+        return [entry, entry + ":lease", entry + ":w", entry + ":v"]
 
     def tag(self, tag: str) -> str:
         if not isinstance(tag, str) or not tag:

@@ -6,6 +6,8 @@
 * :data:`CALL` -> call the user's function (the loader, or the save of a write-through);
   its return value is sent back, its exception thrown into the plan
 * :class:`Sleep` -> wait (``time.sleep`` or ``asyncio.sleep``)
+* :class:`Spawn` -> run another plan in the background (a worker thread, or an asyncio
+  task) with the same user function; sends ``None`` back at once
 * :class:`Coalesce` -> single flight inside this process: if another thread/task of this
   process is already filling the same key, the driver drops this plan and returns that
   caller's result instead; otherwise it sends ``None`` and the plan goes on as the leader
@@ -22,7 +24,7 @@ from typing import Any, Final
 
 from .scripts import LuaScript
 
-__all__ = ["CALL", "Batch", "Coalesce", "Eval", "Op", "Plan", "Sleep"]
+__all__ = ["CALL", "Batch", "Coalesce", "Eval", "Op", "Plan", "Sleep", "Spawn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,11 @@ class Sleep:
 
 
 @dataclass(frozen=True, slots=True)
+class Spawn:
+    plan: Generator[Any, Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Coalesce:
     rkey: str
 
@@ -56,5 +63,5 @@ class _Call:
 
 CALL: Final = _Call()
 
-Op = tuple[Any, ...] | Eval | Batch | Sleep | Coalesce | _Call
+Op = tuple[Any, ...] | Eval | Batch | Sleep | Coalesce | Spawn | _Call
 Plan = Generator[Op, Any, Any]

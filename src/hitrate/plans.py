@@ -23,7 +23,7 @@ from . import scripts
 from .codec import Codec, DecodeError, Entry, decode_entry, encode_entry
 from .errors import CacheUnavailableError, LoaderError, ValueTooLargeError
 from .keys import KeySpace, family_of
-from .ops import CALL, Batch, Coalesce, Eval, Plan, Sleep
+from .ops import CALL, Batch, Coalesce, Eval, Plan, Sleep, Spawn
 from .policy import Policy, TTLLike, to_policy
 from .stats import Counters
 
@@ -95,11 +95,6 @@ class Context:
             self.pending.add(key)
 
 
-def _triple(keys: KeySpace, key: str) -> list[str]:
-    rkey = keys.entry(key)
-    return [rkey, keys.lease(rkey), keys.writes(rkey)]
-
-
 def _decode(ctx: Context, key: str, rkey: str, raw: bytes, family: str) -> Plan:
     """Decode an entry; bytes that are not one of ours are a miss, counted and deleted."""
     try:
@@ -169,10 +164,10 @@ def get_many(ctx: Context, keys: Iterable[str]) -> Plan:
 
 
 def set_(ctx: Context, key: str, value: Any, ttl: TTLLike) -> Plan:
-    triple = _triple(ctx.keys, key)
+    quad = ctx.keys.quad(key)
     data, px = ctx.encode(key, value, ctx.policy(key, ttl))
     try:
-        yield Eval(scripts.SET, triple, (data, px, ctx.token()))
+        yield Eval(scripts.SET, quad, (data, px, ctx.token()))
     except CacheUnavailableError:
         ctx.stats.incr(family_of(key), "fail_open")
         ctx.remember_failed_write(key)
@@ -185,7 +180,7 @@ def set_many(ctx: Context, mapping: Mapping[str, Any], ttl: TTLLike) -> Plan:
     ops = []
     for key, value in mapping.items():
         data, px = ctx.encode(key, value, ctx.policy(key, ttl))
-        ops.append(Eval(scripts.SET, _triple(ctx.keys, key), (data, px, ctx.token())))
+        ops.append(Eval(scripts.SET, ctx.keys.quad(key), (data, px, ctx.token())))
     if not ops:
         return True
     try:
@@ -203,7 +198,7 @@ def invalidate(ctx: Context, keys: Sequence[str]) -> Plan:
         return 0
     flat: list[str] = []
     for key in keys:
-        flat.extend(_triple(ctx.keys, key))
+        flat.extend(ctx.keys.quad(key))
     try:
         deleted: int = yield Eval(scripts.INVALIDATE, flat, (ctx.token(),))
     except CacheUnavailableError:
@@ -223,7 +218,7 @@ def _invalidate_entries(ctx: Context, entries: Sequence[str], batch: int) -> Pla
     for i in range(0, len(entries), batch):
         flat: list[str] = []
         for rkey in entries[i : i + batch]:
-            flat += [rkey, ctx.keys.lease(rkey), ctx.keys.writes(rkey)]
+            flat += ctx.keys.quad_of(rkey)
         ops.append(Eval(scripts.INVALIDATE, flat, (ctx.token(),)))
     if ops:
         replies = yield Batch(ops)
@@ -319,9 +314,9 @@ def get_or_fetch(ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = ())
                     if entry.value is None:
                         ctx.stats.incr(family, "negative_hits")
                     return entry.value
-                return (yield from _refresh(ctx, key, rkey, family, policy, tags, entry.value))
+                return (yield from _refresh(ctx, key, rkey, family, policy, tags, entry, False))
             if now < expires_at + policy.stale:
-                return (yield from _refresh(ctx, key, rkey, family, policy, tags, entry.value))
+                return (yield from _refresh(ctx, key, rkey, family, policy, tags, entry, True))
     ctx.stats.miss(family)
     yield Coalesce(rkey)
     return (yield from _fill(ctx, key, rkey, family, policy, tags))
@@ -334,20 +329,23 @@ def _refresh(
     family: str,
     policy: Policy,
     tags: Sequence[str],
-    old: Any,
+    old: Entry,
+    stale: bool,
 ) -> Plan:
-    """The entry is stale (or XFetch says refresh early): the caller that gets the lease
-    loads and fills; everyone else is served the old value at once."""
-    try:
-        reply = yield _lease_op(ctx, rkey, tags, token := ctx.token(), policy, refresh=True)
-    except CacheUnavailableError:
-        reply = None
-    if reply is None or reply[0] != 2:
-        ctx.stats.hit(family)
+    """The entry is stale (or XFetch says refresh early). Every caller is served the old
+    value at once; the one that gets the lease also starts a background load and fill, so
+    no caller waits for the loader (a worker thread in sync code, a task in asyncio)."""
+    ctx.stats.hit(family)
+    if stale:
         ctx.stats.incr(family, "stale_hits")
-        return old
-    ctx.stats.miss(family)
-    return (yield from _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply[3:]))
+    token = ctx.token()
+    try:
+        reply = yield _lease_op(ctx, rkey, tags, token, policy, refresh=True)
+    except CacheUnavailableError:
+        return old.value
+    if reply[0] == 2:
+        yield Spawn(_load_and_fill(ctx, key, rkey, family, policy, tags, token, reply[3:]))
+    return old.value
 
 
 def _lease_op(
@@ -467,13 +465,27 @@ def _load_and_fill(
 # -- write-through -------------------------------------------------------------------------
 
 
-def write_through(ctx: Context, key: str, value: Any, ttl: TTLLike) -> Plan:
-    """Save to the source of truth (the driver's CALL), then cache the value, unless another
-    write or an invalidation of this key overlapped ours: then delete the entry, so the next
-    read loads whatever the source of truth holds now."""
-    _rkey, lease_key, writes_key = triple = _triple(ctx.keys, key)
+def write_through(
+    ctx: Context,
+    key: str,
+    value: Any,
+    ttl: TTLLike,
+    version: Callable[[Any], Any] | None = None,
+) -> Plan:
+    """Save to the source of truth (the driver's CALL), then cache what was saved, unless
+    another write or an invalidation of this key overlapped ours: then delete the entry, so
+    the next read loads whatever the source of truth holds now.
+
+    If the save returns something other than ``None`` (the stored row, with the version or
+    timestamps the database gave it), that is what gets cached. With ``version`` (a function
+    of the cached value giving a number that grows with every write of the row), overlapping
+    writes are settled by comparing versions in Lua instead of deleting.
+    """
+    quad = ctx.keys.quad(key)
+    lease_key, writes_key = quad[1], quad[2]
     family = family_of(key)
-    data, px = ctx.encode(key, value, ctx.policy(key, ttl))  # refuse before saving anything
+    policy = ctx.policy(key, ttl)
+    ctx.encode(key, value, policy)  # refuse an unencodable value before saving anything
     token = ctx.token()
     began = True
     try:
@@ -485,22 +497,38 @@ def write_through(ctx: Context, key: str, value: Any, ttl: TTLLike) -> Plan:
     except CacheUnavailableError:
         began, in_flight = False, 0
     try:
-        yield CALL
+        saved = yield CALL
+        if saved is not None:
+            value = saved
+        data, px = ctx.encode(key, value, policy)
+        row_version = "" if version is None else _version_text(key, version(value))
     except Exception:
-        if began:
-            try:
-                yield Eval(scripts.WRITE_END, triple, (token, "1", b"", 0, ctx.token()))
-            except CacheUnavailableError:
-                ctx.remember_failed_write(key)
+        # The save failed (or what it returned cannot be cached): forget the entry.
+        try:
+            if began:
+                yield Eval(scripts.WRITE_END, quad, (token, "1", b"", 0, ctx.token(), ""))
+            else:
+                yield Eval(scripts.INVALIDATE, quad, (ctx.token(),))
+        except CacheUnavailableError:
+            ctx.remember_failed_write(key)
         raise
     try:
         if not began:
             # Redis missed our begin, so a reader may have filled an old value meanwhile.
-            yield Eval(scripts.INVALIDATE, triple, (ctx.token(),))
+            yield Eval(scripts.INVALIDATE, quad, (ctx.token(),))
             return value
         conflict = "1" if int(in_flight) > 1 else "0"
-        yield Eval(scripts.WRITE_END, triple, (token, conflict, data, px, ctx.token()))
+        yield Eval(scripts.WRITE_END, quad, (token, conflict, data, px, ctx.token(), row_version))
     except CacheUnavailableError:
         ctx.stats.incr(family, "fail_open")
         ctx.remember_failed_write(key)
     return value
+
+
+def _version_text(key: str, number: Any) -> str:
+    if isinstance(number, bool) or not isinstance(number, int | float) or math.isnan(number):
+        raise TypeError(
+            f"version= for key {key!r} must give a number that grows with each write of the "
+            f"row (an int version column, a timestamp); got {number!r}"
+        )
+    return repr(number)

@@ -2,12 +2,15 @@
 -- KEYS[1]  entry key
 -- KEYS[2]  lease key
 -- KEYS[3]  write-bookkeeping hash (see write_begin.lua)
+-- KEYS[4]  version key: the row version of the cached value, when writes give one
 -- ARGV[1]  this write's token, as given to write_begin.lua
--- ARGV[2]  "1" if write_begin.lua reported another write in flight
--- ARGV[3]  entry bytes
+-- ARGV[2]  "1" if write_begin.lua reported another write in flight (or the save failed)
+-- ARGV[3]  entry bytes ("" when the save failed: nothing to cache)
 -- ARGV[4]  expiry in milliseconds, 0 = none
 -- ARGV[5]  fresh random token: the new epoch, so writes still in flight see ours ended
--- Returns 1 when the entry was written, 0 when it was deleted instead.
+-- ARGV[6]  this write's row version (a number), or "" for none
+-- Returns 1 when the entry was written, 2 when written because its version is newer than
+-- the cached one despite an overlap, 0 when the entry was deleted instead.
 local clean = ARGV[2] == '0'
 if redis.call('EXISTS', KEYS[3]) == 0 then
   clean = false  -- bookkeeping expired: we cannot know what overlapped
@@ -22,14 +25,33 @@ else
   end
 end
 redis.call('DEL', KEYS[2])
-if not clean then
-  redis.call('UNLINK', KEYS[1])
-  return 0
-end
 local px = tonumber(ARGV[4])
-if px > 0 then
-  redis.call('SET', KEYS[1], ARGV[3], 'PX', px)
-else
-  redis.call('SET', KEYS[1], ARGV[3])
+local function store(result)
+  if px > 0 then
+    redis.call('SET', KEYS[1], ARGV[3], 'PX', px)
+  else
+    redis.call('SET', KEYS[1], ARGV[3])
+  end
+  if ARGV[6] == '' then
+    redis.call('DEL', KEYS[4])
+  elseif px > 0 then
+    redis.call('SET', KEYS[4], ARGV[6], 'PX', px)
+  else
+    redis.call('SET', KEYS[4], ARGV[6])
+  end
+  return result
 end
-return 1
+if clean and ARGV[3] ~= '' then
+  return store(1)
+end
+if ARGV[3] ~= '' and ARGV[6] ~= '' then
+  -- Overlapping writes with row versions: the newer version wins. The version key is
+  -- deleted by every invalidation and unversioned write, so "newer than the cached one"
+  -- never trusts a version that a later unversioned change made obsolete.
+  local current = redis.call('GET', KEYS[4])
+  if current and tonumber(ARGV[6]) > tonumber(current) then
+    return store(2)
+  end
+end
+redis.call('UNLINK', KEYS[1])
+return 0
