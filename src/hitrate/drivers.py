@@ -21,7 +21,7 @@ import redis.exceptions as rexc
 
 from .breaker import Breaker
 from .errors import CacheUnavailableError, CircuitOpenError, translate
-from .ops import CALL, Batch, Coalesce, Eval, Plan, Sleep, Spawn
+from .ops import CALL, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
 from .plans import Context
 from .plans import invalidate as invalidate_plan
 
@@ -41,16 +41,20 @@ def _redis_error(exc: BaseException) -> bool:
 class _Flight:
     """One in-process fill that other threads wait on."""
 
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "published", "value")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.value: Any = None
+        self.published = False
         self.error: BaseException | None = None
 
 
 class _LeaderGone(Exception):
     """The task filling a key was cancelled; a waiting task takes over."""
+
+
+_UNPUBLISHED = object()  # the leader's value is not safe to share: waiters go on alone
 
 
 class _Base:
@@ -157,8 +161,6 @@ class SyncDriver(_Base):
                 try:
                     op = plan.throw(throw) if throw is not None else plan.send(send)
                 except StopIteration as stop:
-                    if flight is not None:
-                        flight.value = stop.value
                     return stop.value
                 send, throw = None, None
                 if type(op) is tuple or isinstance(op, Eval | Batch):
@@ -185,14 +187,19 @@ class SyncDriver(_Base):
                             flight_key = op.rkey
                             flight = self._flights[op.rkey] = _Flight()
                     if leader is not None:
-                        plan.close()
                         leader.done.wait()
+                        if leader.published:
+                            plan.close()
+                            return leader.value
                         if leader.error is not None:
                             raise leader.error
-                        return leader.value
+                        # Unpublished: go on alone (lease, wait or load).
+                elif isinstance(op, Publish):
+                    if flight is not None:
+                        flight.value, flight.published = op.value, True
                 else:  # pragma: no cover - a plan bug
                     raise TypeError(f"plan yielded {op!r}")
-        except BaseException as exc:
+        except Exception as exc:
             if flight is not None:
                 flight.error = exc
             raise
@@ -283,7 +290,7 @@ class AsyncDriver(_Base):
                     op = plan.throw(throw) if throw is not None else plan.send(send)
                 except StopIteration as stop:
                     if flight is not None and not flight.done():
-                        flight.set_result(stop.value)
+                        flight.set_result(_UNPUBLISHED)
                     return stop.value
                 send, throw = None, None
                 if type(op) is tuple or isinstance(op, Eval | Batch):
@@ -309,16 +316,20 @@ class AsyncDriver(_Base):
                     task.add_done_callback(self._tasks.discard)
                 elif isinstance(op, Coalesce):
                     leader = self._flights.get(op.rkey)
-                    while leader is not None:
-                        try:
-                            value = await asyncio.shield(leader)
-                        except _LeaderGone:
-                            leader = self._flights.get(op.rkey)
-                            continue
+                    if leader is None:
+                        flight_key = op.rkey
+                        flight = self._flights[op.rkey] = asyncio.get_running_loop().create_future()
+                        continue
+                    try:
+                        value = await asyncio.shield(leader)
+                    except _LeaderGone:
+                        continue  # cancelled leader: go on alone
+                    if value is not _UNPUBLISHED:
                         plan.close()
                         return value
-                    flight_key = op.rkey
-                    flight = self._flights[op.rkey] = asyncio.get_running_loop().create_future()
+                elif isinstance(op, Publish):
+                    if flight is not None and not flight.done():
+                        flight.set_result(op.value)
                 else:  # pragma: no cover - a plan bug
                     raise TypeError(f"plan yielded {op!r}")
         except BaseException as exc:

@@ -9,8 +9,12 @@
 * :class:`Spawn` -> run another plan in the background (a worker thread, or an asyncio
   task) with the same user function; sends ``None`` back at once
 * :class:`Coalesce` -> single flight inside this process: if another thread/task of this
-  process is already filling the same key, the driver drops this plan and returns that
-  caller's result instead; otherwise it sends ``None`` and the plan goes on as the leader
+  process is already filling the same key, the driver waits for it. If that caller
+  :class:`Publish`-es a value, the driver drops this plan and returns the value; if it
+  finishes without publishing (its fill was refused because a write overlapped its load,
+  so its value may be older than a write that completed before we started), this plan
+  goes on by itself. With no other caller, the plan goes on as the leader.
+* :class:`Publish` -> the value this plan returns is good for the callers coalesced on it
 
 When Redis fails, the driver throws :class:`~hitrate.errors.CacheUnavailableError` into the
 plan at the ``yield`` that failed (or raises it to the caller in strict mode).
@@ -24,7 +28,7 @@ from typing import Any, Final
 
 from .scripts import LuaScript
 
-__all__ = ["CALL", "Batch", "Coalesce", "Eval", "Op", "Plan", "Sleep", "Spawn"]
+__all__ = ["CALL", "Batch", "Coalesce", "Eval", "Op", "Plan", "Publish", "Sleep", "Spawn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,11 @@ class Batch:
 @dataclass(frozen=True, slots=True)
 class Sleep:
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    value: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,5 +72,5 @@ class _Call:
 
 CALL: Final = _Call()
 
-Op = tuple[Any, ...] | Eval | Batch | Sleep | Coalesce | Spawn | _Call
+Op = tuple[Any, ...] | Eval | Batch | Sleep | Coalesce | Publish | Spawn | _Call
 Plan = Generator[Op, Any, Any]

@@ -23,7 +23,7 @@ from . import scripts
 from .codec import Codec, DecodeError, Entry, decode_entry, encode_entry
 from .errors import CacheUnavailableError, LoaderError, ValueTooLargeError
 from .keys import KeySpace, family_of
-from .ops import CALL, Batch, Coalesce, Eval, Plan, Sleep, Spawn
+from .ops import CALL, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
 from .policy import Policy, TTLLike, to_policy
 from .stats import Counters
 
@@ -381,6 +381,7 @@ def _fill(
         if status == 1:
             entry = yield from _decode(ctx, key, rkey, reply[1], family)
             if entry is not None:
+                yield Publish(entry.value)
                 return entry.value
             continue
         # Another caller is loading: wait for its fill, polling with backoff.
@@ -404,6 +405,7 @@ def _fill(
             if raw is not None:
                 entry = yield from _decode(ctx, key, rkey, raw, family)
                 if entry is not None:
+                    yield Publish(entry.value)
                     return entry.value
             if err is not None and holder and err.startswith(holder + b"\n"):
                 message = err[len(holder) + 1 :].decode(errors="replace")
@@ -446,7 +448,11 @@ def _load_and_fill(
         raise
     try:
         if not data:  # a None we don't cache: just give the lease back
-            yield Eval(scripts.RELEASE, [lease_key, ctx.keys.error(rkey)], (token, "", 0))
+            released = yield Eval(
+                scripts.RELEASE, [lease_key, ctx.keys.error(rkey)], (token, "", 0)
+            )
+            if released:  # still ours: nothing revoked it while we loaded
+                yield Publish(value)
             return value
         tag_keys = [ctx.keys.tag(t) for t in tags]
         gen_keys = [ctx.keys.tag_gen(t) for t in tag_keys]
@@ -458,7 +464,12 @@ def _load_and_fill(
     except CacheUnavailableError:
         ctx.stats.incr(family, "fail_open")
         return value
-    ctx.stats.incr(family, "fills" if filled else "fills_refused")
+    if filled:
+        # Filled under a lease nothing revoked: no write completed since our load began.
+        ctx.stats.incr(family, "fills")
+        yield Publish(value)
+    else:
+        ctx.stats.incr(family, "fills_refused")
     return value
 
 
