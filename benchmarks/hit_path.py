@@ -1,20 +1,21 @@
 """Hit-path overhead of hitrate versus raw redis-py + stdlib json.
 
-Measures µs per call, in one process against one server, of reading a warm key that holds
-a user profile (a dict of 14 fields, 434 bytes of JSON):
+µs per call, in one process against one server, of reading a warm key that holds a user
+profile (a dict of 14 fields, 434 bytes of JSON):
 
-* sync baseline: ``json.loads(r.get(key))`` with ``r = redis.Redis.from_url(url)``;
-  against ``cache.get_or_fetch("user:42", loader)`` and a ``@cache.cached(key=
-  "user:{user_id}")`` function, where ``cache = hitrate.Cache(r, prefix=...)``;
+* sync: ``json.loads(r.get(key))`` with ``r = redis.Redis.from_url(url)`` (the baseline),
+  ``cache.get_or_fetch("user:42", loader)`` and a ``@cache.cached(key="user:{user_id}")``
+  function, where ``cache = hitrate.Cache(r, prefix=...)`` wraps that very client;
 * async: the same three, awaited, with ``redis.asyncio`` and ``hitrate.AsyncCache``.
 
-hitrate wraps the very client the baseline uses (hiredis parser when installed), so both
-pay the same round trip and reply parsing. After a warm-up, each of R rounds runs N calls
-of every case, the order reversing every other round so drift hits all cases alike. The
-table shows the median of the per-round µs/op, the min..max over rounds, and ``ratio``:
-µs/op over the baseline of the same mode. 1.00 = no overhead; 1.10 = a hit costs 10% more
-than the hand-written GET + json.loads; below 1 = hitrate is faster. The loopback round
-trip dominates both, so ``+µs`` (µs/op minus baseline) is the library's own cost per hit.
+After a warm-up, each of R rounds makes N calls per case, in turns of --chunk calls that
+cycle through the cases (order reversed every other turn), so noise hits every case alike.
+µs/op is the median over rounds of each round's mean; ``ratio`` is µs/op over the baseline
+of the same mode: 1.00 = no overhead, 1.10 = a hit costs 10% more than the hand-written
+GET + json.loads, below 1 = hitrate is faster. ``+µs`` is the difference: the library's
+own cost per hit. A private server and this process are pinned to one CPU (Linux; --no-pin
+to disable): on small VMs loopback wake-ups across CPUs otherwise swing the round trip
+between ~25 and ~100 µs. One shared CPU makes the round trip cheap, so ratios are strict.
 
     .venv/bin/python benchmarks/hit_path.py [--url URL] [--n N] [--rounds R] [--json]
 
@@ -67,13 +68,8 @@ def never(*_: Any) -> Any:
     raise AssertionError("loader called: the benchmark key was not warm")
 
 
-async def anever(*_: Any) -> Any:
-    never()
-
-
 def make_cases(r: Any, ar: Any, cache: Cache, acache: AsyncCache, raw_key: str) -> list[Any]:
-    """(mode, name, timer): ``await timer(n)`` makes n calls and returns the seconds taken.
-    The sync timers are coroutines only to share one runner; their loops never await."""
+    """(mode, name, loop): ``await loop(n)`` makes n calls (sync loops never await)."""
 
     @cache.cached(key="user:{user_id}")
     def get_user(user_id: int) -> Any:
@@ -81,47 +77,35 @@ def make_cases(r: Any, ar: Any, cache: Cache, acache: AsyncCache, raw_key: str) 
 
     @acache.cached(key="user:{user_id}")
     async def aget_user(user_id: int) -> Any:
-        return await anever()
+        return never()
 
-    async def sync_base(n: int) -> float:
+    async def sync_base(n: int) -> None:
         get, loads, k = r.get, json.loads, raw_key
-        t0 = perf_counter()
         for _ in range(n):
             loads(get(k))
-        return perf_counter() - t0
 
-    async def sync_gof(n: int) -> float:
+    async def sync_gof(n: int) -> None:
         gof, k = cache.get_or_fetch, KEY
-        t0 = perf_counter()
         for _ in range(n):
             gof(k, never)
-        return perf_counter() - t0
 
-    async def sync_cached(n: int) -> float:
-        t0 = perf_counter()
+    async def sync_cached(n: int) -> None:
         for _ in range(n):
             get_user(USER_ID)
-        return perf_counter() - t0
 
-    async def async_base(n: int) -> float:
+    async def async_base(n: int) -> None:
         get, loads, k = ar.get, json.loads, raw_key
-        t0 = perf_counter()
         for _ in range(n):
             loads(await get(k))
-        return perf_counter() - t0
 
-    async def async_gof(n: int) -> float:
+    async def async_gof(n: int) -> None:
         gof, k = acache.get_or_fetch, KEY
-        t0 = perf_counter()
         for _ in range(n):
-            await gof(k, anever)
-        return perf_counter() - t0
+            await gof(k, never)
 
-    async def async_cached(n: int) -> float:
-        t0 = perf_counter()
+    async def async_cached(n: int) -> None:
         for _ in range(n):
             await aget_user(USER_ID)
-        return perf_counter() - t0
 
     return [
         ("sync", "baseline: GET + json.loads", sync_base),
@@ -133,7 +117,7 @@ def make_cases(r: Any, ar: Any, cache: Cache, acache: AsyncCache, raw_key: str) 
     ]
 
 
-async def bench(url: str, n: int, rounds: int) -> dict[str, Any]:
+async def bench(url: str, n: int, rounds: int, chunk: int) -> dict[str, Any]:
     prefix = f"hrbench-{uuid.uuid4().hex[:12]}"
     raw_key = f"{prefix}:raw:{KEY}"
     r, ar = redis.Redis.from_url(url), aredis.Redis.from_url(url)
@@ -142,15 +126,21 @@ async def bench(url: str, n: int, rounds: int) -> dict[str, Any]:
         r.set(raw_key, json.dumps(PROFILE))
         cache.set(KEY, PROFILE, ttl=3600)
         assert json.loads(r.get(raw_key)) == PROFILE
-        assert cache.get_or_fetch(KEY, never) == PROFILE
-        assert await acache.get_or_fetch(KEY, anever) == PROFILE
+        assert cache.get_or_fetch(KEY, never) == await acache.get_or_fetch(KEY, never) == PROFILE
         cases = make_cases(r, ar, cache, acache, raw_key)
-        for _, _, timer in cases:  # warm-up: connections, caches, specialised bytecode
-            await timer(max(n // 5, 200))
+        for _, _, loop in cases:  # warm-up: connections, caches, specialised bytecode
+            await loop(max(n // 5, 200))
+        turns = [chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])
         per_round: dict[str, list[float]] = {name: [] for _, name, _ in cases}
         for i in range(rounds):
-            for _, name, timer in cases if i % 2 == 0 else reversed(cases):
-                per_round[name].append(await timer(n) / n * 1e6)
+            spent = dict.fromkeys(per_round, 0.0)
+            for j, calls in enumerate(turns):
+                for _, name, loop in cases if (i + j) % 2 == 0 else reversed(cases):
+                    t0 = perf_counter()
+                    await loop(calls)
+                    spent[name] += perf_counter() - t0
+            for name, seconds in spent.items():
+                per_round[name].append(seconds / n * 1e6)
         misses = cache.counters.total().misses + acache.counters.total().misses
         assert misses == 0, f"{misses} misses: the hit path was not measured alone"
         info = r.info("server")
@@ -160,15 +150,14 @@ async def bench(url: str, n: int, rounds: int) -> dict[str, Any]:
             r.unlink(*keys)
         r.close()
         await ar.aclose()
-    valkey = "valkey_version" in info or info.get("server_name") == "valkey"
     env = {
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "hitrate": hitrate.__version__,
         "redis_py": redis.__version__,
         "hiredis": HIREDIS_AVAILABLE,
-        "server": "valkey" if valkey else "redis",
+        "server": "valkey" if "valkey_version" in info else "redis",
         "server_version": info.get("valkey_version") or info.get("redis_version"),
+        "hitrate": hitrate.__version__,
+        "platform": platform.platform(),
     }
     base = {m: statistics.median(per_round[c]) for m, c, _ in cases if c.startswith("baseline")}
     results = []
@@ -184,19 +173,19 @@ async def bench(url: str, n: int, rounds: int) -> dict[str, Any]:
                 "rounds_us": [round(x, 3) for x in per_round[name]],
             }
         )
-    config = {"n": n, "rounds": rounds, "fields": len(PROFILE), "bytes": len(json.dumps(PROFILE))}
+    config = {"n": n, "rounds": rounds, "chunk": chunk, "value_bytes": len(json.dumps(PROFILE))}
     return {"environment": env, "config": config, "results": results}
 
 
 def print_table(doc: dict[str, Any]) -> None:
     env, cfg = doc["environment"], doc["config"]
+    hiredis = "yes" if env["hiredis"] else "no"
     print(
-        f"{env['python']}, redis-py {env['redis_py']}, hiredis {'yes' if env['hiredis'] else 'no'}"
+        f"{env['python']}, redis-py {env['redis_py']}, hiredis {hiredis}, hitrate {env['hitrate']}"
     )
-    print(f"{env['server']} {env['server_version']} ({env['target']}), hitrate {env['hitrate']}")
-    print(
-        f"value: {cfg['fields']} fields, {cfg['bytes']} B JSON; {cfg['rounds']} x {cfg['n']} ops\n"
-    )
+    print(f"server: {env['server']} {env['server_version']} ({env['target']}); {env['platform']}")
+    print(f"{cfg['rounds']} rounds x {cfg['n']} calls/case in turns of {cfg['chunk']}, ", end="")
+    print(f"value: {cfg['value_bytes']} B of JSON\n")
     print(f"{'mode':<6} {'case':<33} {'µs/op':>7} {'ratio':>6} {'+µs':>6}  rounds min..max")
     for row in doc["results"]:
         lo, hi = min(row["rounds_us"]), max(row["rounds_us"])
@@ -204,7 +193,7 @@ def print_table(doc: dict[str, Any]) -> None:
             f"{row['mode']:<6} {row['case']:<33} {row['us_per_op']:>7.2f} {row['ratio']:>6.3f}"
             f" {row['overhead_us']:>+6.2f}  {lo:.2f}..{hi:.2f}"
         )
-    print("\nµs/op: median over rounds. ratio: vs the same mode's baseline; < 1 = hitrate faster.")
+    print("\nratio: µs/op over the same mode's baseline; < 1 means hitrate is faster.")
 
 
 def main() -> int:
@@ -212,17 +201,25 @@ def main() -> int:
     parser.add_argument("--url", default=os.environ.get("HITRATE_REDIS_URL"))
     parser.add_argument("--n", type=int, default=5000, help="calls per case per round")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--chunk", type=int, default=250, help="calls per case per turn")
+    parser.add_argument("--no-pin", action="store_true", help="don't pin to one CPU")
     parser.add_argument("--json", action="store_true", help="print a JSON document")
     args = parser.parse_args()
-    if args.n < 1 or args.rounds < 1:
-        parser.error("--n and --rounds must be >= 1")
-    server = None if args.url else EmbeddedServer.start()
+    if min(args.n, args.rounds, args.chunk) < 1:
+        parser.error("--n, --rounds and --chunk must be >= 1")
+    server, cpu = None, None
+    if not args.url:
+        if not args.no_pin and hasattr(os, "sched_setaffinity"):
+            cpu = max(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, {cpu})  # before the start, so the server inherits it
+        server = EmbeddedServer.start()
     try:
-        doc = asyncio.run(bench(args.url or server.url, args.n, args.rounds))  # type: ignore[union-attr]
+        doc = asyncio.run(bench(args.url or server.url, args.n, args.rounds, args.chunk))
     finally:
         if server is not None:
             server.stop()
-    doc["environment"]["target"] = f"private, port {server.port}" if server else "--url"
+    pinned = f"server and client on CPU {cpu}" if cpu is not None else "not pinned"
+    doc["environment"]["target"] = f"private, {pinned}" if server else "--url"
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

@@ -50,7 +50,10 @@ def test_hitrate_versioned_write_through_has_no_stale_reads(url: str, prefix: st
 
         def write_through(self, key: str, value: object, save: object) -> object:
             return cache.write_through(
-                key, value, save, version=lambda row: row["version"]  # type: ignore[arg-type]
+                key,
+                value,
+                save,
+                version=lambda row: row["version"],  # type: ignore[arg-type]
             )
 
         def invalidate(self, *keys: str) -> int:

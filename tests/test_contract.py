@@ -26,17 +26,8 @@ from hitrate import COUNTER, MISSING, Policy, escape_glob
 from hitrate.testing import delete_prefix, unique_prefix
 
 VERBS = frozenset(
-    {
-        "get",
-        "set",
-        "get_many",
-        "set_many",
-        "get_or_fetch",
-        "write_through",
-        "invalidate",
-        "invalidate_pattern",
-        "invalidate_tag",
-    }
+    "get set get_many set_many get_or_fetch write_through "
+    "invalidate invalidate_pattern invalidate_tag".split()
 )
 
 
@@ -110,6 +101,9 @@ def calls(raw: redis.Redis, *commands: str) -> dict[str, int]:
     """Server-wide call counts of *commands* from INFO commandstats (0 when never run)."""
     stats = raw.info("commandstats")
     return {cmd: stats.get(f"cmdstat_{cmd}", {}).get("calls", 0) for cmd in commands}
+
+
+ROUND_TRIPS = ("mget", "get", "evalsha", "eval")
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -228,14 +222,9 @@ async def test_set_many_get_many_one_round_trip(c: Api, raw: redis.Redis) -> Non
     assert await c.set_many(data, ttl=60) is True
     assert all(0 < raw.pttl(c.redis_key(k)) <= 60_000 for k in data)
     wanted = [*data, "item:missing", "other:missing"]
-    before = calls(raw, "mget", "get", "evalsha", "eval")
+    before = calls(raw, *ROUND_TRIPS)
     found = await c.get_many(wanted)
-    assert delta(before, calls(raw, "mget", "get", "evalsha", "eval")) == {
-        "mget": 1,
-        "get": 0,
-        "evalsha": 0,
-        "eval": 0,
-    }
+    assert delta(before, calls(raw, *ROUND_TRIPS)) == {"mget": 1, "get": 0, "evalsha": 0, "eval": 0}
     assert found == data
     assert "item:missing" not in found
     assert await c.get_many([]) == {}
@@ -276,14 +265,9 @@ async def test_get_or_fetch_caches_none_as_negative(c: Api) -> None:
 
 async def test_get_or_fetch_hit_is_one_get(c: Api, raw: redis.Redis) -> None:
     await c.get_or_fetch("user:7", Loader(7))
-    before = calls(raw, "get", "mget", "evalsha", "eval")
+    before = calls(raw, *ROUND_TRIPS)
     assert await c.get_or_fetch("user:7", Loader(8)) == 7
-    assert delta(before, calls(raw, "get", "mget", "evalsha", "eval")) == {
-        "get": 1,
-        "mget": 0,
-        "evalsha": 0,
-        "eval": 0,
-    }
+    assert delta(before, calls(raw, *ROUND_TRIPS)) == {"mget": 0, "get": 1, "evalsha": 0, "eval": 0}
 
 
 async def test_get_or_fetch_loader_error_propagates_and_caches_nothing(c: Api) -> None:
@@ -306,6 +290,12 @@ async def test_write_through_saves_then_caches(c: Api, raw: redis.Redis) -> None
     assert saved == [{"v": "new"}]
     assert await c.get("user:5") == {"v": "new"}
     assert 0 < raw.pttl(c.redis_key("user:5")) <= 60_000
+
+
+async def test_write_through_caches_the_row_save_returns(c: Api) -> None:
+    row = await c.write_through("user:8", {"name": "a"}, lambda v: {**v, "version": 1})
+    assert row == {"name": "a", "version": 1}
+    assert await c.get("user:8") == row
 
 
 async def test_write_through_failed_save_propagates_and_does_not_cache(c: Api) -> None:
@@ -534,14 +524,9 @@ def test_cached_default_key_does_not_depend_on_hash_seed() -> None:
     outputs = []
     for seed in ("0", "1", "4242"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        done = subprocess.run(
-            [sys.executable, "-c", HASH_SCRIPT],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        )
+        run = subprocess.run
+        done = run([sys.executable, "-c", HASH_SCRIPT], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
         outputs.append(done.stdout.split())
     assert outputs[0] == outputs[1] == outputs[2]
     sync_key, async_key = outputs[0]
@@ -651,6 +636,7 @@ async def test_every_written_key_has_a_ttl(c: Api, raw: redis.Redis, prefix: str
     await c.get_or_fetch("post:3", Loader(None), tags=["author:1"])
     await c.get_or_fetch("post:4", Loader(4), ttl=30, tags=["solo"])
     await c.write_through("user:4", {"b": 2}, lambda v: None)
+    await c.write_through("user:5", {"v": 3}, lambda v: None, version=lambda row: row["v"])
     with pytest.raises(RuntimeError):
         await c.get_or_fetch("post:5", boom, tags=["feed"])
     await c.invalidate_tag("feed")

@@ -12,10 +12,9 @@ import math
 import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -46,22 +45,16 @@ GRANTED = [2, b"", b""]
 # -- the scripted runner -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Throw:
-    """Throw this exception into the plan instead of sending a reply."""
+class Throw(NamedTuple):
+    exc: BaseException  # thrown into the plan instead of sending a reply
 
-    exc: BaseException
+
+class Do(NamedTuple):
+    fn: Callable[[Any], Any]  # called with the op (to move a fake clock); gives the reply
 
 
 def down() -> Throw:
     return Throw(CacheUnavailableError("scripted: Redis is unreachable"))
-
-
-@dataclass(frozen=True)
-class Do:
-    """Call ``fn(op)`` at this step (to move a fake clock, say); its result is the reply."""
-
-    fn: Callable[[Any], Any]
 
 
 def name_of(op: Any) -> str:
@@ -71,7 +64,14 @@ def name_of(op: Any) -> str:
         return str(op[0])
     if isinstance(op, Eval):
         return op.script.name
-    return type(op).__name__  # Batch, Sleep, Coalesce
+    return type(op).__name__  # Batch, Sleep, Coalesce, Spawn, Publish
+
+
+def describe(op: Any) -> str:
+    """A short form of *op* for failure messages (an Eval's repr holds the whole script)."""
+    if isinstance(op, Eval):
+        return f"Eval({op.script.name}, keys={list(op.keys)}, args={tuple(op.args)!r})"
+    return repr(op)
 
 
 class Script:
@@ -92,14 +92,13 @@ class Script:
             try:
                 op = plan.throw(throw) if throw is not None else plan.send(send)
             except StopIteration as stop:
-                left = self.steps[len(self.ops) :]
-                assert not left, f"plan returned {stop.value!r} before the steps {left}"
-                return stop.value
+                result = stop.value
+                break
             n = len(self.ops)
             self.ops.append(op)
-            assert n < len(self.steps), f"plan yielded {op!r} after the script ended"
+            assert n < len(self.steps), f"plan yielded {describe(op)} after the script ended"
             expected, reply = self.steps[n]
-            assert name_of(op) == expected, f"step {n}: expected {expected}, got {op!r}"
+            assert name_of(op) == expected, f"step {n}: expected {expected}, got {describe(op)}"
             send, throw = None, None
             if isinstance(reply, Do):
                 reply = reply.fn(op)
@@ -107,6 +106,9 @@ class Script:
                 throw = reply.exc
             else:
                 send = reply
+        left = self.steps[len(self.ops) :]
+        assert not left, f"plan returned {result!r} before the steps {left}"
+        return result
 
     def op(self, name: str, nth: int = 0) -> Any:
         return [o for o in self.ops if name_of(o) == name][nth]
@@ -126,6 +128,9 @@ class ScriptedRandom(random.Random):
         return self.r
 
 
+NOW = FakeClock().now  # every context's wall clock starts here
+
+
 def make_ctx(policy: Policy | None = None, **options: Any) -> plans.Context:
     options.setdefault("rng", random.Random(0))
     return plans.Context(
@@ -133,15 +138,16 @@ def make_ctx(policy: Policy | None = None, **options: Any) -> plans.Context:
         codec=hitrate.JsonCodec(),
         default_policy=policy or Policy(60),
         policies={},
-        clock=FakeClock(),
+        clock=FakeClock(NOW),
         monotonic=FakeClock(1000.0),
         **options,
     )
 
 
-def entry(ctx: plans.Context, value: Any, expires_in: float | None = 60.0, load_time=0.0):
-    expires_at = ctx.clock() + expires_in if expires_in is not None else 0.0
-    return encode_entry(ctx.codec, KEY, value, expires_at, load_time)
+def entry(value: Any, expires_in: float | None = 60.0, load_time: float = 0.0) -> bytes:
+    """A JSON entry for KEY, logically expiring *expires_in* s after NOW (None: never)."""
+    expires_at = NOW + expires_in if expires_in is not None else 0.0
+    return encode_entry(hitrate.JsonCodec(), KEY, value, expires_at, load_time)
 
 
 def counts(ctx: plans.Context, family: str = "user") -> Any:
@@ -151,72 +157,47 @@ def counts(ctx: plans.Context, family: str = "user") -> Any:
 # -- get -----------------------------------------------------------------------------------
 
 
-def test_get_hit() -> None:
+@pytest.mark.parametrize(
+    ("reply", "default", "expected", "counter"),
+    [
+        pytest.param(entry({"name": "Ada"}), "d", {"name": "Ada"}, "hits", id="hit"),
+        pytest.param(None, "d", "d", "misses", id="miss"),
+        pytest.param(entry("old", expires_in=-1), "d", "d", "misses", id="expired"),
+        pytest.param(entry("old", expires_in=0), "d", "d", "misses", id="expiring-now"),
+        pytest.param(entry("x", expires_in=None), "d", "x", "hits", id="no-expiry"),
+        pytest.param(entry(None), hitrate.MISSING, None, "hits", id="cached-none"),
+        pytest.param(down(), "d", "d", "fail_open", id="unavailable"),
+    ],
+)
+def test_get(reply: Any, default: Any, expected: Any, counter: str) -> None:
     ctx = make_ctx()
-    script = Script(("GET", entry(ctx, {"name": "Ada"})))
-    assert script.run(plans.get(ctx, KEY, "dflt")) == {"name": "Ada"}
-    assert script.ops[0] == ("GET", RKEY)
-    assert counts(ctx).hits == 1
-
-
-def test_get_miss_returns_default() -> None:
-    ctx = make_ctx()
-    assert Script(("GET", None)).run(plans.get(ctx, KEY, "dflt")) == "dflt"
-    assert counts(ctx).misses == 1
-
-
-def test_get_logically_expired_entry_is_a_miss() -> None:
-    ctx = make_ctx()
-    raw = entry(ctx, "old", expires_in=10)
-    ctx.clock.advance(10)  # type: ignore[attr-defined]
-    assert Script(("GET", raw)).run(plans.get(ctx, KEY, "dflt")) == "dflt"
-    assert (counts(ctx).hits, counts(ctx).misses) == (0, 1)
-
-
-def test_get_entry_without_expiry_and_cached_none() -> None:
-    ctx = make_ctx()
-    assert Script(("GET", entry(ctx, "x", expires_in=None))).run(plans.get(ctx, KEY, 0)) == "x"
-    cached_none = entry(ctx, None)
-    assert Script(("GET", cached_none)).run(plans.get(ctx, KEY, hitrate.MISSING)) is None
+    script = Script(("GET", reply))
+    assert script.run(plans.get(ctx, KEY, default)) == expected
+    assert script.ops == [("GET", RKEY)]
+    assert getattr(counts(ctx), counter) == 1
 
 
 @pytest.mark.parametrize(
     "raw",
     [
         pytest.param(b"garbage", id="too-short"),
-        pytest.param(
-            encode_entry(make_codec("msgpack"), KEY, "x", 0.0, 0.0), id="other-codec"
-        ),
-        pytest.param(
-            encode_entry(hitrate.JsonCodec(), KEY, "x", 0.0, 0.0)[:16] + b"{not json",
-            id="bad-payload",
-        ),
+        pytest.param(encode_entry(make_codec("msgpack"), KEY, "x", 0.0, 0.0), id="other-codec"),
+        pytest.param(entry("x")[:16] + b"{not json", id="bad-payload"),
     ],
 )
-def test_get_undecodable_bytes_are_unlinked_and_counted(raw: bytes) -> None:
+@pytest.mark.parametrize("unlinked", [1, down()], ids=["unlinked", "unlink-failed"])
+def test_get_undecodable_bytes_are_unlinked_and_counted(raw: bytes, unlinked: Any) -> None:
     ctx = make_ctx()
-    script = Script(("GET", raw), ("UNLINK", 1))
+    script = Script(("GET", raw), ("UNLINK", unlinked))
     assert script.run(plans.get(ctx, KEY, "dflt")) == "dflt"
     assert script.op("UNLINK") == ("UNLINK", RKEY)
-    assert counts(ctx).decode_errors == 1
-    assert counts(ctx).misses == 1
-
-
-def test_get_undecodable_and_unlink_fails() -> None:
-    ctx = make_ctx()
-    assert Script(("GET", b"junk"), ("UNLINK", down())).run(plans.get(ctx, KEY, 7)) == 7
-
-
-def test_get_unavailable_returns_default() -> None:
-    ctx = make_ctx()
-    assert Script(("GET", down())).run(plans.get(ctx, KEY, "dflt")) == "dflt"
-    assert counts(ctx).fail_open == 1
+    assert (counts(ctx).decode_errors, counts(ctx).misses) == (1, 1)
 
 
 def test_get_many_mixes_hits_misses_and_junk() -> None:
     ctx = make_ctx()
-    good = encode_entry(ctx.codec, "user:1", 1, ctx.clock() + 60, 0.0)
-    expired = encode_entry(ctx.codec, "user:4", 4, ctx.clock() - 1, 0.0)
+    good = encode_entry(ctx.codec, "user:1", 1, NOW + 60, 0.0)
+    expired = encode_entry(ctx.codec, "user:4", 4, NOW - 1, 0.0)
     script = Script(("MGET", [good, None, b"junk", expired]), ("UNLINK", 1))
     found = script.run(plans.get_many(ctx, ["user:1", "user:2", "user:3", "user:4", "user:1"]))
     assert found == {"user:1": 1}
@@ -226,40 +207,47 @@ def test_get_many_mixes_hits_misses_and_junk() -> None:
 
 # -- get_or_fetch: hits and misses ---------------------------------------------------------
 
+MISS = (("GET", None), ("Coalesce", None))  # nothing cached; we lead inside this process
+HELD = ("lease", [3, b"", b"h"])  # the caller with token "h" holds the fill lease
+NAP = ("Sleep", None)
+
+
+def loads(value: Any, filled: int = 1) -> tuple[tuple[str, Any], ...]:
+    """The loader returns *value*; the fill is accepted (1) or refused (0). Only an accepted
+    fill publishes the value to the callers coalesced on this one."""
+    steps = (("CALL", value), ("fill", filled))
+    return (*steps, ("Publish", None)) if filled else steps
+
+
+def fetch(ctx: plans.Context, tags: tuple[str, ...] = ()) -> Any:
+    return plans.get_or_fetch(ctx, KEY, None, tags)
+
 
 def test_get_or_fetch_hit_is_exactly_one_get() -> None:
     ctx = make_ctx()
-    script = Script(("GET", entry(ctx, "cached")))
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "cached"
+    script = Script(("GET", entry("cached")))
+    assert script.run(fetch(ctx)) == "cached"
     assert script.ops == [("GET", RKEY)]
     assert (counts(ctx).hits, counts(ctx).loads) == (1, 0)
 
 
 def test_get_or_fetch_negative_hit() -> None:
     ctx = make_ctx()
-    assert Script(("GET", entry(ctx, None))).run(plans.get_or_fetch(ctx, KEY, None)) is None
+    assert Script(("GET", entry(None))).run(fetch(ctx)) is None
     assert counts(ctx).negative_hits == 1
 
 
 def test_get_or_fetch_miss_takes_lease_loads_and_fills() -> None:
     ctx = make_ctx()
-    script = Script(
-        ("GET", None),
-        ("Coalesce", None),
-        ("lease", GRANTED),
-        ("CALL", "v"),
-        ("fill", 1),
-        ("Publish", None),
-    )
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "v"
+    script = Script(*MISS, ("lease", GRANTED), *loads("v"))
+    assert script.run(fetch(ctx)) == "v"
     assert script.op("Coalesce").rkey == RKEY
     assert script.op("Publish").value == "v"  # shared with coalesced callers
     lease, fill = script.op("lease"), script.op("fill")
     assert list(lease.keys) == [RKEY, LEASE]
-    token = lease.args[0]
     assert tuple(lease.args[1:]) == (5000, "0")  # Policy.lease = 5 s, "0" = not a refresh
     assert list(fill.keys) == [RKEY, LEASE]
-    assert fill.args[0] == token
+    assert fill.args[0] == lease.args[0]  # the token the lease was granted to
     stored = decode_entry(ctx.codec, KEY, fill.args[1])
     assert (stored.value, stored.expires_at) == ("v", ctx.clock() + 60)
     assert tuple(fill.args[2:]) == (60_000, 0)
@@ -269,10 +257,8 @@ def test_get_or_fetch_miss_takes_lease_loads_and_fills() -> None:
 
 def test_get_or_fetch_with_tags_passes_generations_to_fill() -> None:
     ctx = make_ctx()
-    script = Script(
-        ("GET", None), ("Coalesce", None), ("lease", [2, b"", b"", b"g1"]), ("CALL", 1), ("fill", 0)
-    )
-    assert script.run(plans.get_or_fetch(ctx, KEY, None, ("team",))) == 1
+    script = Script(*MISS, ("lease", [2, b"", b"", b"g1"]), *loads(1, filled=0))
+    assert script.run(fetch(ctx, ("team",))) == 1
     assert list(script.op("lease").keys) == [RKEY, LEASE, "t:tag:{team}:gen"]
     fill = script.op("fill")
     assert list(fill.keys) == [RKEY, LEASE, "t:tag:{team}", "t:tag:{team}:gen"]
@@ -282,25 +268,24 @@ def test_get_or_fetch_with_tags_passes_generations_to_fill() -> None:
 
 def test_get_or_fetch_value_appears_at_lease_time() -> None:
     ctx = make_ctx()
-    script = Script(("GET", None), ("Coalesce", None), ("lease", [1, entry(ctx, "theirs"), b""]))
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "theirs"
+    script = Script(*MISS, ("lease", [1, entry("theirs"), b""]), ("Publish", None))
+    assert script.run(fetch(ctx)) == "theirs"
 
 
 def test_get_or_fetch_loader_none_not_cached_releases_lease() -> None:
     ctx = make_ctx(Policy(60, negative_ttl=0))
-    script = Script(
-        ("GET", None), ("Coalesce", None), ("lease", GRANTED), ("CALL", None), ("release", 1)
-    )
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) is None
+    script = Script(*MISS, ("lease", GRANTED), ("CALL", None), ("release", 1), ("Publish", None))
+    assert script.run(fetch(ctx)) is None
     assert tuple(script.op("release").args[1:]) == ("", 0)
+    # A lease revoked while we loaded (release answers 0): nothing is published.
+    ctx = make_ctx(Policy(60, negative_ttl=0))
+    assert Script(*MISS, ("lease", GRANTED), ("CALL", None), ("release", 0)).run(fetch(ctx)) is None
 
 
 def test_get_or_fetch_loader_none_cached_for_negative_ttl() -> None:
     ctx = make_ctx(Policy(300))  # negative_ttl defaults to min(ttl, 60)
-    script = Script(
-        ("GET", None), ("Coalesce", None), ("lease", GRANTED), ("CALL", None), ("fill", 1)
-    )
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) is None
+    script = Script(*MISS, ("lease", GRANTED), *loads(None))
+    assert script.run(fetch(ctx)) is None
     fill = script.op("fill")
     assert decode_entry(ctx.codec, KEY, fill.args[1]).value is None
     assert fill.args[2] == 60_000
@@ -311,16 +296,12 @@ def test_get_or_fetch_loader_none_cached_for_negative_ttl() -> None:
 
 def test_lease_held_poll_until_value_appears() -> None:
     ctx = make_ctx()
+    theirs = entry("theirs")
     script = Script(
-        ("GET", None),
-        ("Coalesce", None),
-        ("lease", [3, b"", b"h"]),
-        ("Sleep", None),
-        ("MGET", [None, b"h", None]),
-        ("Sleep", None),
-        ("MGET", [entry(ctx, "theirs"), None, None]),
+        *MISS, HELD, NAP, ("MGET", [None, b"h", None]), NAP, ("MGET", [theirs, None, None])
     )
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "theirs"
+    script.steps.append(("Publish", None))
+    assert script.run(fetch(ctx)) == "theirs"
     assert "CALL" not in script.names()
     assert script.op("MGET") == ("MGET", RKEY, LEASE, ERR)
     first, second = script.op("Sleep").seconds, script.op("Sleep", 1).seconds
@@ -330,204 +311,162 @@ def test_lease_held_poll_until_value_appears() -> None:
 
 def test_lease_held_past_budget_loads_without_filling() -> None:
     ctx = make_ctx(Policy(60, lease=2.0))
-    tick = Do(lambda op: ctx.monotonic.advance(1.0))  # type: ignore[attr-defined]
-    script = Script(
-        ("GET", None),
-        ("Coalesce", None),
-        ("lease", [3, b"", b"h"]),
-        ("Sleep", tick),
-        ("MGET", [None, b"h", None]),
-        ("Sleep", tick),
-        ("MGET", [None, b"h", None]),
-        ("CALL", "mine"),  # no fill after it: the script ending here fails any further op
-    )
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "mine"
+    tick = ("Sleep", Do(lambda op: ctx.monotonic.advance(1.0)))  # type: ignore[attr-defined]
+    still = ("MGET", [None, b"h", None])
+    # The script ends at CALL: a fill (or anything else) after it fails the test.
+    script = Script(*MISS, HELD, tick, still, tick, still, ("CALL", "mine"))
+    assert script.run(fetch(ctx)) == "mine"
     assert script.op("Sleep").seconds <= 2.0
     assert counts(ctx).loads == 1
 
 
 def test_holder_error_text_raises_loader_error() -> None:
     ctx = make_ctx()
-    script = Script(
-        ("GET", None),
-        ("Coalesce", None),
-        ("lease", [3, b"", b"h"]),
-        ("Sleep", None),
-        ("MGET", [None, b"h", b"h\nValueError: db said no"]),
-    )
+    script = Script(*MISS, HELD, NAP, ("MGET", [None, b"h", b"h\nValueError: db said no"]))
     with pytest.raises(LoaderError, match=r"'user:42'.*ValueError: db said no"):
-        script.run(plans.get_or_fetch(ctx, KEY, None))
+        script.run(fetch(ctx))
     assert "CALL" not in script.names()
 
 
 def test_error_of_an_earlier_holder_is_ignored() -> None:
     ctx = make_ctx()
-    script = Script(
-        ("GET", None),
-        ("Coalesce", None),
-        ("lease", [3, b"", b"h"]),
-        ("Sleep", None),
-        ("MGET", [None, b"h", b"older\nValueError: stale news"]),
-        ("Sleep", None),
-        ("MGET", [entry(ctx, "ok"), None, b"older\nValueError: stale news"]),
-    )
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "ok"
+    old_err = b"older\nValueError: stale news"
+    script = Script(*MISS, HELD, NAP, ("MGET", [None, b"h", old_err]), NAP)
+    script.steps += [("MGET", [entry("ok"), None, old_err]), ("Publish", None)]
+    assert script.run(fetch(ctx)) == "ok"
 
 
 def test_holder_released_without_fill_then_we_take_the_lease() -> None:
     ctx = make_ctx()
-    script = Script(
-        ("GET", None),
-        ("Coalesce", None),
-        ("lease", [3, b"", b"h"]),
-        ("Sleep", None),
-        ("MGET", [None, None, None]),
-        ("lease", GRANTED),
-        ("CALL", "v"),
-        ("fill", 1),
-    )
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "v"
+    script = Script(*MISS, HELD, NAP, ("MGET", [None, None, None]), ("lease", GRANTED), *loads(7))
+    assert script.run(fetch(ctx)) == 7
 
 
 def test_loader_exception_releases_lease_then_reraises() -> None:
     ctx = make_ctx()
     boom = RuntimeError("db down")
-    script = Script(
-        ("GET", None), ("Coalesce", None), ("lease", GRANTED), ("CALL", Throw(boom)), ("release", 1)
-    )
+    script = Script(*MISS, ("lease", GRANTED), ("CALL", Throw(boom)), ("release", 1))
     with pytest.raises(RuntimeError) as info:
-        script.run(plans.get_or_fetch(ctx, KEY, None))
+        script.run(fetch(ctx))
     assert info.value is boom
     release = script.op("release")
     assert list(release.keys) == [LEASE, ERR]
-    assert tuple(release.args) == (
-        script.op("lease").args[0],
-        "RuntimeError: db down",
-        plans.ERROR_TEXT_MS,
-    )
+    token = script.op("lease").args[0]
+    assert tuple(release.args) == (token, "RuntimeError: db down", plans.ERROR_TEXT_MS)
 
 
 def test_loader_exception_still_raised_when_release_fails() -> None:
     ctx = make_ctx()
     boom = KeyError("gone")
-    script = Script(
-        ("GET", None),
-        ("Coalesce", None),
-        ("lease", GRANTED),
-        ("CALL", Throw(boom)),
-        ("release", down()),
-    )
+    script = Script(*MISS, ("lease", GRANTED), ("CALL", Throw(boom)), ("release", down()))
     with pytest.raises(KeyError) as info:
-        script.run(plans.get_or_fetch(ctx, KEY, None))
+        script.run(fetch(ctx))
     assert info.value is boom
 
 
 # -- get_or_fetch: fail-open ---------------------------------------------------------------
 
 
-def test_unavailable_at_get_loads_and_returns() -> None:
+@pytest.mark.parametrize(
+    "steps",
+    [
+        pytest.param([("GET", down())], id="at-get"),
+        pytest.param([*MISS, ("lease", down())], id="at-lease"),
+        pytest.param([*MISS, HELD, NAP, ("MGET", down())], id="while-polling"),
+    ],
+)
+def test_unavailable_loads_and_returns(steps: list[tuple[str, Any]]) -> None:
     ctx = make_ctx()
-    script = Script(("GET", down()), ("CALL", "v"))
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "v"
+    assert Script(*steps, ("CALL", "v")).run(fetch(ctx)) == "v"
     assert (counts(ctx).fail_open, counts(ctx).loads) == (1, 1)
-
-
-def test_unavailable_at_lease_loads_and_returns() -> None:
-    ctx = make_ctx()
-    script = Script(("GET", None), ("Coalesce", None), ("lease", down()), ("CALL", "v"))
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "v"
-    assert counts(ctx).fail_open == 1
-
-
-def test_unavailable_while_polling_loads_and_returns() -> None:
-    ctx = make_ctx()
-    script = Script(
-        ("GET", None),
-        ("Coalesce", None),
-        ("lease", [3, b"", b"h"]),
-        ("Sleep", None),
-        ("MGET", down()),
-        ("CALL", "v"),
-    )
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "v"
 
 
 def test_unavailable_at_fill_still_returns_value() -> None:
     ctx = make_ctx()
-    script = Script(
-        ("GET", None), ("Coalesce", None), ("lease", GRANTED), ("CALL", "v"), ("fill", down())
-    )
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "v"
+    script = Script(*MISS, ("lease", GRANTED), ("CALL", "v"), ("fill", down()))
+    assert script.run(fetch(ctx)) == "v"
     assert counts(ctx).fail_open == 1
 
 
 # -- get_or_fetch: stale-while-revalidate and XFetch ---------------------------------------
 
 
-def test_stale_entry_refresh_lease_granted_loads_and_fills() -> None:
+def test_stale_entry_lease_granted_serves_old_and_refreshes_in_background() -> None:
     ctx = make_ctx(Policy(60, stale=30))
-    raw = entry(ctx, "old", expires_in=-10)  # logically expired 10 s ago, within stale
-    script = Script(("GET", raw), ("lease", GRANTED), ("CALL", "new"), ("fill", 1))
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "new"
-    assert script.op("lease").args[2] == "1"  # refresh: take the lease although it exists
-    assert script.op("fill").args[2] == 90_000  # Redis keeps it ttl + stale
-    assert counts(ctx).fills == 1
+    raw = entry("old", expires_in=-10)  # logically expired 10 s ago, within stale
+    script = Script(("GET", raw), ("lease", GRANTED), ("Spawn", None))
+    assert script.run(fetch(ctx)) == "old"
+    lease = script.op("lease")
+    assert list(lease.keys) == [RKEY, LEASE]
+    assert lease.args[2] == "1"  # refresh: take the lease although the entry exists
+    c = counts(ctx)
+    assert (c.hits, c.stale_hits, c.loads) == (1, 1, 0)
+
+    # The spawned plan is the load and fill under the lease we were granted.
+    background = Script(*loads("new"))
+    assert background.run(script.op("Spawn").plan) == "new"
+    fill = background.op("fill")
+    assert fill.args[0] == lease.args[0]
+    assert decode_entry(ctx.codec, KEY, fill.args[1]).value == "new"
+    assert fill.args[2] == 90_000  # Redis keeps it ttl + stale
+    assert (counts(ctx).loads, counts(ctx).fills) == (1, 1)
 
 
-def test_stale_entry_lease_held_serves_old_value() -> None:
+def test_background_refresh_loader_error_releases_lease() -> None:
     ctx = make_ctx(Policy(60, stale=30))
-    raw = entry(ctx, "old", expires_in=-10)
-    script = Script(("GET", raw), ("lease", [3, b"", b"h"]))
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "old"
+    script = Script(("GET", entry("old", expires_in=-1)), ("lease", GRANTED), ("Spawn", None))
+    assert script.run(fetch(ctx)) == "old"
+    background = Script(("CALL", Throw(RuntimeError("nope"))), ("release", 1))
+    with pytest.raises(RuntimeError, match="nope"):
+        background.run(script.op("Spawn").plan)
+
+
+@pytest.mark.parametrize("reply", [HELD[1], down()], ids=["lease-held", "unavailable"])
+def test_stale_entry_lease_not_granted_serves_old_value(reply: Any) -> None:
+    ctx = make_ctx(Policy(60, stale=30))
+    script = Script(("GET", entry("old", expires_in=-10)), ("lease", reply))
+    assert script.run(fetch(ctx)) == "old"
     assert counts(ctx).stale_hits == 1
-
-
-def test_stale_entry_lease_unavailable_serves_old_value() -> None:
-    ctx = make_ctx(Policy(60, stale=30))
-    script = Script(("GET", entry(ctx, "old", expires_in=-10)), ("lease", down()))
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "old"
 
 
 def test_past_the_stale_window_is_a_plain_miss() -> None:
     ctx = make_ctx(Policy(60, stale=30))
-    raw = entry(ctx, "old", expires_in=-31)
-    script = Script(
-        ("GET", raw), ("Coalesce", None), ("lease", GRANTED), ("CALL", "new"), ("fill", 1)
-    )
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "new"
+    raw = entry("old", expires_in=-31)
+    script = Script(("GET", raw), ("Coalesce", None), ("lease", GRANTED), *loads("new"))
+    assert script.run(fetch(ctx)) == "new"
     assert script.op("lease").args[2] == "0"
 
 
 def test_xfetch_forced_early_refresh() -> None:
     # now - load_time * beta * ln(1 - r) >= expires_at: with r -> 1 the term is large.
     ctx = make_ctx(Policy(60, early=1.0), rng=ScriptedRandom(0.99))
-    raw = entry(ctx, "old", expires_in=5, load_time=2.0)  # 2 * -ln(0.01) = 9.2 s >= 5 s
-    script = Script(("GET", raw), ("lease", GRANTED), ("CALL", "new"), ("fill", 1))
-    assert script.run(plans.get_or_fetch(ctx, KEY, None)) == "new"
+    raw = entry("cur", expires_in=5, load_time=2.0)  # 2 * -ln(0.01) = 9.2 s >= 5 s
+    script = Script(("GET", raw), ("lease", GRANTED), ("Spawn", None))
+    assert script.run(fetch(ctx)) == "cur"
     assert script.op("lease").args[2] == "1"
+    assert (counts(ctx).hits, counts(ctx).stale_hits) == (1, 0)
+    assert Script(*loads("new")).run(script.op("Spawn").plan) == "new"
 
 
 def test_xfetch_early_refresh_lease_held_serves_current_value() -> None:
     ctx = make_ctx(Policy(60, early=1.0), rng=ScriptedRandom(0.99))
-    raw = entry(ctx, "cur", expires_in=5, load_time=2.0)
-    assert Script(("GET", raw), ("lease", [3, b"", b"h"])).run(
-        plans.get_or_fetch(ctx, KEY, None)
-    ) == "cur"
+    raw = entry("cur", expires_in=5, load_time=2.0)
+    assert Script(("GET", raw), HELD).run(fetch(ctx)) == "cur"
 
 
 @pytest.mark.parametrize("r", [0.0, 0.5])
 def test_xfetch_not_drawn_is_a_plain_hit(r: float) -> None:
     ctx = make_ctx(Policy(60, early=1.0), rng=ScriptedRandom(r))
-    raw = entry(ctx, "cur", expires_in=5, load_time=2.0)  # 2 * -ln(0.5) = 1.4 s < 5 s
-    assert Script(("GET", raw)).run(plans.get_or_fetch(ctx, KEY, None)) == "cur"
+    raw = entry("cur", expires_in=5, load_time=2.0)  # 2 * -ln(0.5) = 1.4 s < 5 s
+    assert Script(("GET", raw)).run(fetch(ctx)) == "cur"
 
 
 def test_xfetch_never_refreshes_an_entry_without_expiry() -> None:
     # An entry stored with no logical expiry (e.g. set(..., ttl=COUNTER)) read under a
     # policy with early refresh: there is no expiry to refresh "before", so it is a hit.
     ctx = make_ctx(Policy(60, early=1.0), rng=ScriptedRandom(0.0))
-    raw = entry(ctx, "forever", expires_in=None)
-    assert Script(("GET", raw)).run(plans.get_or_fetch(ctx, KEY, None)) == "forever"
+    raw = entry("forever", expires_in=None)
+    assert Script(("GET", raw)).run(fetch(ctx)) == "forever"
 
 
 # -- write-through -------------------------------------------------------------------------
@@ -541,13 +480,26 @@ def test_write_through_begin_save_end(in_flight: int, conflict: str) -> None:
     begin, end = script.op("write_begin"), script.op("write_end")
     assert list(begin.keys) == [LEASE, WRITES]
     token = begin.args[0]
-    assert begin.args[1] == 30_000
-    assert list(end.keys) == [RKEY, LEASE, WRITES]
+    assert begin.args[1] == 30_000  # write_window
+    assert list(end.keys) == QUAD
     assert end.args[0] == token
     assert end.args[1] == conflict
     assert decode_entry(ctx.codec, KEY, end.args[2]).value == {"v": 1}
     assert end.args[3] == 60_000
     assert end.args[4] != token
+    assert end.args[5] == ""  # no row version
+    assert not ctx.pending
+
+
+def test_write_through_caches_what_save_returned_with_its_version() -> None:
+    ctx = make_ctx()
+    row = {"id": 42, "name": "Ada", "version": 7}
+    script = Script(("write_begin", 1), ("CALL", row), ("write_end", 1))
+    plan = plans.write_through(ctx, KEY, {"name": "Ada"}, None, lambda r: r["version"])
+    assert script.run(plan) == row
+    end = script.op("write_end")
+    assert decode_entry(ctx.codec, KEY, end.args[2]).value == row
+    assert end.args[5] == "7"
 
 
 def test_write_through_save_raises_ends_with_conflict_and_reraises() -> None:
@@ -558,6 +510,7 @@ def test_write_through_save_raises_ends_with_conflict_and_reraises() -> None:
         script.run(plans.write_through(ctx, KEY, "v", None))
     assert info.value is boom
     end = script.op("write_end")
+    assert list(end.keys) == QUAD
     assert end.args[0] == script.op("write_begin").args[0]
     assert tuple(end.args[1:4]) == ("1", b"", 0)
     assert not ctx.pending
@@ -571,12 +524,27 @@ def test_write_through_save_raises_and_end_unavailable_is_remembered() -> None:
     assert ctx.pending == {KEY}
 
 
+def test_write_through_saved_row_too_large_ends_as_conflict() -> None:
+    ctx = make_ctx(max_value_size=100)
+    script = Script(("write_begin", 1), ("CALL", "x" * 200), ("write_end", 0))
+    with pytest.raises(ValueTooLargeError):
+        script.run(plans.write_through(ctx, KEY, "small", None))
+    assert script.op("write_end").args[1] == "1"
+
+
 def test_write_through_begin_unavailable_invalidates_after_save() -> None:
     ctx = make_ctx()
     script = Script(("write_begin", down()), ("CALL", None), ("invalidate", 0))
     assert script.run(plans.write_through(ctx, KEY, "v", None)) == "v"
-    assert list(script.op("invalidate").keys) == [RKEY, LEASE, WRITES]
+    assert list(script.op("invalidate").keys) == QUAD
     assert not ctx.pending
+
+
+def test_write_through_begin_unavailable_and_save_raises_invalidates() -> None:
+    ctx = make_ctx()
+    script = Script(("write_begin", down()), ("CALL", Throw(KeyError("k"))), ("invalidate", 0))
+    with pytest.raises(KeyError):
+        script.run(plans.write_through(ctx, KEY, "v", None))
 
 
 def test_write_through_begin_and_invalidate_unavailable_is_remembered() -> None:
@@ -597,14 +565,15 @@ def test_write_through_end_unavailable_is_remembered() -> None:
 # -- invalidate and set --------------------------------------------------------------------
 
 
-def test_invalidate_sends_triples() -> None:
+def test_invalidate_sends_every_sidecar_key() -> None:
     ctx = make_ctx()
     script = Script(("invalidate", 1))
     assert script.run(plans.invalidate(ctx, ["user:1", "user:2"])) == 1
     assert list(script.op("invalidate").keys) == [
-        *("t:{user:1}", "t:{user:1}:lease", "t:{user:1}:w"),
-        *("t:{user:2}", "t:{user:2}:lease", "t:{user:2}:w"),
+        *ctx.keys.quad("user:1"),
+        *ctx.keys.quad("user:2"),
     ]
+    assert ctx.keys.quad("user:1")[:3] == ["t:{user:1}", "t:{user:1}:lease", "t:{user:1}:w"]
     assert counts(ctx).invalidations == 2
 
 
@@ -731,11 +700,15 @@ def _range(policy: Policy) -> tuple[float, float]:
 
 def test_presets() -> None:
     low, _ = _range(REFERENCE)
-    assert REFERENCE.ttl is not None and REFERENCE.ttl >= 3600 and low >= 3600
-    low, high = _range(USER)
-    assert 300 <= low and high <= 600
-    low, high = _range(AGGREGATE)
-    assert 60 <= low and high <= 300
+    assert REFERENCE.ttl is not None
+    assert REFERENCE.ttl >= 3600
+    assert low >= 3600
+    low, high = _range(USER)  # 5-10 minutes
+    assert low >= 300
+    assert high <= 600
+    low, high = _range(AGGREGATE)  # 1-5 minutes
+    assert low >= 60
+    assert high <= 300
     assert COUNTER.ttl is None
     assert COUNTER.draw_ttl(random.Random(0)) is None
     _, px = make_ctx().encode("counter:1", 5, COUNTER)

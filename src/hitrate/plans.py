@@ -75,7 +75,12 @@ class Context:
     def encode(
         self, key: str, value: Any, policy: Policy, load_time: float = 0.0
     ) -> tuple[bytes, int]:
-        """Entry bytes and Redis expiry in ms (0 = none); raises before anything is written."""
+        """Entry bytes and Redis expiry in ms (0 = none); raises before anything is written.
+
+        ``b""`` means "store nothing": a ``None`` under a policy with ``negative_ttl=0``.
+        """
+        if value is None and not policy.negative_ttl:
+            return b"", 0
         ttl = policy.draw_ttl(self.rng, negative=value is None)
         expires_at = self.clock() + ttl if ttl is not None else 0.0
         data = encode_entry(self.codec, key, value, expires_at, load_time)
@@ -167,7 +172,10 @@ def set_(ctx: Context, key: str, value: Any, ttl: TTLLike) -> Plan:
     quad = ctx.keys.quad(key)
     data, px = ctx.encode(key, value, ctx.policy(key, ttl))
     try:
-        yield Eval(scripts.SET, quad, (data, px, ctx.token()))
+        if data:
+            yield Eval(scripts.SET, quad, (data, px, ctx.token()))
+        else:  # a None that this policy does not cache: drop what was there
+            yield Eval(scripts.INVALIDATE, quad, (ctx.token(),))
     except CacheUnavailableError:
         ctx.stats.incr(family_of(key), "fail_open")
         ctx.remember_failed_write(key)
@@ -179,8 +187,10 @@ def set_many(ctx: Context, mapping: Mapping[str, Any], ttl: TTLLike) -> Plan:
     # Encode everything first: one bad value means nothing is written.
     ops = []
     for key, value in mapping.items():
+        quad = ctx.keys.quad(key)
         data, px = ctx.encode(key, value, ctx.policy(key, ttl))
-        ops.append(Eval(scripts.SET, ctx.keys.quad(key), (data, px, ctx.token())))
+        script = scripts.SET if data else scripts.INVALIDATE
+        ops.append(Eval(script, quad, (data, px, ctx.token()) if data else (ctx.token(),)))
     if not ops:
         return True
     try:
@@ -433,10 +443,7 @@ def _load_and_fill(
         value = yield CALL
         load_time = ctx.monotonic() - t0
         ctx.stats.load(family, load_time)
-        if value is None and not policy.negative_ttl:
-            data = b""
-        else:
-            data, px = ctx.encode(key, value, policy, load_time)
+        data, px = ctx.encode(key, value, policy, load_time)
     except Exception as exc:
         try:
             text = f"{type(exc).__name__}: {exc}"

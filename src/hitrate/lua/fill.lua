@@ -30,12 +30,13 @@ end
 redis.call('DEL', KEYS[2])
 for i = 1, n do
   local tagset = KEYS[2 + i]
+  local existed = redis.call('EXISTS', tagset) == 1
+  local ttl = redis.call('PTTL', tagset)
   redis.call('SADD', tagset, KEYS[1])
   -- A tag set's TTL is only ever extended: it must outlive every entry it names.
-  local ttl = redis.call('PTTL', tagset)
   if px <= 0 then
     redis.call('PERSIST', tagset)
-  elseif ttl >= 0 and ttl < px then
+  elseif not existed or (ttl >= 0 and ttl < px) then
     redis.call('PEXPIRE', tagset, px)
   end
 end
