@@ -21,13 +21,6 @@ import pytest
 import hitrate
 from hitrate import plans
 from hitrate.codec import DecodeError, decode_entry, encode_entry, make_codec
-from hitrate.errors import (
-    CacheUnavailableError,
-    ConfigurationError,
-    LoaderError,
-    SerializationError,
-    ValueTooLargeError,
-)
 from hitrate.keys import KeySpace
 from hitrate.ops import CALL, Eval
 from hitrate.policy import AGGREGATE, COUNTER, REFERENCE, USER, Policy, to_policy
@@ -43,8 +36,6 @@ GRANTED = [2, b"", b""]
 
 
 # -- the scripted runner -------------------------------------------------------------------
-
-
 class Throw(NamedTuple):
     exc: BaseException  # thrown into the plan instead of sending a reply
 
@@ -54,7 +45,7 @@ class Do(NamedTuple):
 
 
 def down() -> Throw:
-    return Throw(CacheUnavailableError("scripted: Redis is unreachable"))
+    return Throw(hitrate.CacheUnavailableError("scripted: Redis is unreachable"))
 
 
 def name_of(op: Any) -> str:
@@ -62,24 +53,20 @@ def name_of(op: Any) -> str:
         return "CALL"
     if isinstance(op, tuple):
         return str(op[0])
-    if isinstance(op, Eval):
-        return op.script.name
-    return type(op).__name__  # Batch, Sleep, Coalesce, Spawn, Publish
+    return op.script.name if isinstance(op, Eval) else type(op).__name__  # Sleep, Spawn...
 
 
-def describe(op: Any) -> str:
-    """A short form of *op* for failure messages (an Eval's repr holds the whole script)."""
-    if isinstance(op, Eval):
-        return f"Eval({op.script.name}, keys={list(op.keys)}, args={tuple(op.args)!r})"
-    return repr(op)
+def describe(op: Any) -> str:  # an Eval's repr would hold the whole Lua source
+    return (
+        f"Eval({op.script.name}, {list(op.keys)}, {op.args!r})"
+        if isinstance(op, Eval)
+        else repr(op)
+    )
 
 
 class Script:
-    """Steps a plan through ``(expected op name, reply)`` pairs and records what it yielded.
-
-    A yielded op that is not the next expected one, an op after the script ended, or a
-    return before the script ended all fail the test.
-    """
+    """Steps a plan through ``(expected op name, reply)`` pairs, recording what it yielded;
+    an unexpected op, an op past the end or a return before the end fails the test."""
 
     def __init__(self, *steps: tuple[str, Any]) -> None:
         self.steps = list(steps)
@@ -117,15 +104,11 @@ class Script:
         return [name_of(o) for o in self.ops]
 
 
-class ScriptedRandom(random.Random):
+def fixed_rng(r: float) -> random.Random:
     """An rng whose ``random()`` always returns *r* (to force or prevent XFetch)."""
-
-    def __init__(self, r: float) -> None:
-        super().__init__(0)
-        self.r = r
-
-    def random(self) -> float:
-        return self.r
+    rng = random.Random(0)
+    rng.random = lambda: r  # type: ignore[method-assign]
+    return rng
 
 
 NOW = FakeClock().now  # every context's wall clock starts here
@@ -155,8 +138,6 @@ def counts(ctx: plans.Context, family: str = "user") -> Any:
 
 
 # -- get -----------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("reply", "default", "expected", "counter"),
     [
@@ -223,18 +204,13 @@ def fetch(ctx: plans.Context, tags: tuple[str, ...] = ()) -> Any:
     return plans.get_or_fetch(ctx, KEY, None, tags)
 
 
-def test_get_or_fetch_hit_is_exactly_one_get() -> None:
+@pytest.mark.parametrize(("value", "counter"), [("cached", "hits"), (None, "negative_hits")])
+def test_get_or_fetch_hit_is_exactly_one_get(value: Any, counter: str) -> None:
     ctx = make_ctx()
-    script = Script(("GET", entry("cached")))
-    assert script.run(fetch(ctx)) == "cached"
+    script = Script(("GET", entry(value)))
+    assert script.run(fetch(ctx)) == value
     assert script.ops == [("GET", RKEY)]
-    assert (counts(ctx).hits, counts(ctx).loads) == (1, 0)
-
-
-def test_get_or_fetch_negative_hit() -> None:
-    ctx = make_ctx()
-    assert Script(("GET", entry(None))).run(fetch(ctx)) is None
-    assert counts(ctx).negative_hits == 1
+    assert (getattr(counts(ctx), counter), counts(ctx).loads) == (1, 0)
 
 
 def test_get_or_fetch_miss_takes_lease_loads_and_fills() -> None:
@@ -292,8 +268,6 @@ def test_get_or_fetch_loader_none_cached_for_negative_ttl() -> None:
 
 
 # -- get_or_fetch: waiting on another caller's lease ---------------------------------------
-
-
 def test_lease_held_poll_until_value_appears() -> None:
     ctx = make_ctx()
     theirs = entry("theirs")
@@ -323,7 +297,7 @@ def test_lease_held_past_budget_loads_without_filling() -> None:
 def test_holder_error_text_raises_loader_error() -> None:
     ctx = make_ctx()
     script = Script(*MISS, HELD, NAP, ("MGET", [None, b"h", b"h\nValueError: db said no"]))
-    with pytest.raises(LoaderError, match=r"'user:42'.*ValueError: db said no"):
+    with pytest.raises(hitrate.LoaderError, match=r"'user:42'.*ValueError: db said no"):
         script.run(fetch(ctx))
     assert "CALL" not in script.names()
 
@@ -342,10 +316,11 @@ def test_holder_released_without_fill_then_we_take_the_lease() -> None:
     assert script.run(fetch(ctx)) == 7
 
 
-def test_loader_exception_releases_lease_then_reraises() -> None:
+@pytest.mark.parametrize("released", [1, down()], ids=["released", "release-failed"])
+def test_loader_exception_releases_lease_then_reraises(released: Any) -> None:
     ctx = make_ctx()
     boom = RuntimeError("db down")
-    script = Script(*MISS, ("lease", GRANTED), ("CALL", Throw(boom)), ("release", 1))
+    script = Script(*MISS, ("lease", GRANTED), ("CALL", Throw(boom)), ("release", released))
     with pytest.raises(RuntimeError) as info:
         script.run(fetch(ctx))
     assert info.value is boom
@@ -355,18 +330,7 @@ def test_loader_exception_releases_lease_then_reraises() -> None:
     assert tuple(release.args) == (token, "RuntimeError: db down", plans.ERROR_TEXT_MS)
 
 
-def test_loader_exception_still_raised_when_release_fails() -> None:
-    ctx = make_ctx()
-    boom = KeyError("gone")
-    script = Script(*MISS, ("lease", GRANTED), ("CALL", Throw(boom)), ("release", down()))
-    with pytest.raises(KeyError) as info:
-        script.run(fetch(ctx))
-    assert info.value is boom
-
-
 # -- get_or_fetch: fail-open ---------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     "steps",
     [
@@ -389,18 +353,25 @@ def test_unavailable_at_fill_still_returns_value() -> None:
 
 
 # -- get_or_fetch: stale-while-revalidate and XFetch ---------------------------------------
+# Entries that get_or_fetch refreshes while serving them: (policy, entry, rng draw, stale?)
+REFRESH = {
+    "stale": (Policy(60, stale=30), entry("old", expires_in=-10), 0.0, 1),  # expired 10 s ago
+    # XFetch: now - load_time * beta * ln(1 - r) >= expires_at; 2 * -ln(0.01) = 9.2 s >= 5 s
+    "early": (Policy(60, early=1.0), entry("old", expires_in=5, load_time=2.0), 0.99, 0),
+}
 
 
-def test_stale_entry_lease_granted_serves_old_and_refreshes_in_background() -> None:
-    ctx = make_ctx(Policy(60, stale=30))
-    raw = entry("old", expires_in=-10)  # logically expired 10 s ago, within stale
+@pytest.mark.parametrize("case", REFRESH)
+def test_refresh_lease_granted_serves_old_and_refreshes_in_background(case: str) -> None:
+    policy, raw, r, stale = REFRESH[case]
+    ctx = make_ctx(policy, rng=fixed_rng(r))
     script = Script(("GET", raw), ("lease", GRANTED), ("Spawn", None))
     assert script.run(fetch(ctx)) == "old"
     lease = script.op("lease")
     assert list(lease.keys) == [RKEY, LEASE]
     assert lease.args[2] == "1"  # refresh: take the lease although the entry exists
     c = counts(ctx)
-    assert (c.hits, c.stale_hits, c.loads) == (1, 1, 0)
+    assert (c.hits, c.stale_hits, c.loads) == (1, stale, 0)
 
     # The spawned plan is the load and fill under the lease we were granted.
     background = Script(*loads("new"))
@@ -408,8 +379,17 @@ def test_stale_entry_lease_granted_serves_old_and_refreshes_in_background() -> N
     fill = background.op("fill")
     assert fill.args[0] == lease.args[0]
     assert decode_entry(ctx.codec, KEY, fill.args[1]).value == "new"
-    assert fill.args[2] == 90_000  # Redis keeps it ttl + stale
+    assert fill.args[2] == 1000 * (60 + policy.stale)  # Redis keeps it ttl + stale
     assert (counts(ctx).loads, counts(ctx).fills) == (1, 1)
+
+
+@pytest.mark.parametrize("case", REFRESH)
+@pytest.mark.parametrize("reply", [HELD[1], down()], ids=["lease-held", "unavailable"])
+def test_refresh_lease_not_granted_serves_old_value(case: str, reply: Any) -> None:
+    policy, raw, r, stale = REFRESH[case]
+    ctx = make_ctx(policy, rng=fixed_rng(r))
+    assert Script(("GET", raw), ("lease", reply)).run(fetch(ctx)) == "old"
+    assert (counts(ctx).hits, counts(ctx).stale_hits) == (1, stale)
 
 
 def test_background_refresh_loader_error_releases_lease() -> None:
@@ -421,14 +401,6 @@ def test_background_refresh_loader_error_releases_lease() -> None:
         background.run(script.op("Spawn").plan)
 
 
-@pytest.mark.parametrize("reply", [HELD[1], down()], ids=["lease-held", "unavailable"])
-def test_stale_entry_lease_not_granted_serves_old_value(reply: Any) -> None:
-    ctx = make_ctx(Policy(60, stale=30))
-    script = Script(("GET", entry("old", expires_in=-10)), ("lease", reply))
-    assert script.run(fetch(ctx)) == "old"
-    assert counts(ctx).stale_hits == 1
-
-
 def test_past_the_stale_window_is_a_plain_miss() -> None:
     ctx = make_ctx(Policy(60, stale=30))
     raw = entry("old", expires_in=-31)
@@ -437,26 +409,9 @@ def test_past_the_stale_window_is_a_plain_miss() -> None:
     assert script.op("lease").args[2] == "0"
 
 
-def test_xfetch_forced_early_refresh() -> None:
-    # now - load_time * beta * ln(1 - r) >= expires_at: with r -> 1 the term is large.
-    ctx = make_ctx(Policy(60, early=1.0), rng=ScriptedRandom(0.99))
-    raw = entry("cur", expires_in=5, load_time=2.0)  # 2 * -ln(0.01) = 9.2 s >= 5 s
-    script = Script(("GET", raw), ("lease", GRANTED), ("Spawn", None))
-    assert script.run(fetch(ctx)) == "cur"
-    assert script.op("lease").args[2] == "1"
-    assert (counts(ctx).hits, counts(ctx).stale_hits) == (1, 0)
-    assert Script(*loads("new")).run(script.op("Spawn").plan) == "new"
-
-
-def test_xfetch_early_refresh_lease_held_serves_current_value() -> None:
-    ctx = make_ctx(Policy(60, early=1.0), rng=ScriptedRandom(0.99))
-    raw = entry("cur", expires_in=5, load_time=2.0)
-    assert Script(("GET", raw), HELD).run(fetch(ctx)) == "cur"
-
-
 @pytest.mark.parametrize("r", [0.0, 0.5])
 def test_xfetch_not_drawn_is_a_plain_hit(r: float) -> None:
-    ctx = make_ctx(Policy(60, early=1.0), rng=ScriptedRandom(r))
+    ctx = make_ctx(Policy(60, early=1.0), rng=fixed_rng(r))
     raw = entry("cur", expires_in=5, load_time=2.0)  # 2 * -ln(0.5) = 1.4 s < 5 s
     assert Script(("GET", raw)).run(fetch(ctx)) == "cur"
 
@@ -464,29 +419,30 @@ def test_xfetch_not_drawn_is_a_plain_hit(r: float) -> None:
 def test_xfetch_never_refreshes_an_entry_without_expiry() -> None:
     # An entry stored with no logical expiry (e.g. set(..., ttl=COUNTER)) read under a
     # policy with early refresh: there is no expiry to refresh "before", so it is a hit.
-    ctx = make_ctx(Policy(60, early=1.0), rng=ScriptedRandom(0.0))
+    ctx = make_ctx(Policy(60, early=1.0), rng=fixed_rng(0.0))
     raw = entry("forever", expires_in=None)
     assert Script(("GET", raw)).run(fetch(ctx)) == "forever"
 
 
 # -- write-through -------------------------------------------------------------------------
+def write(ctx: plans.Context, value: Any = "v", version: Any = None) -> Any:
+    return plans.write_through(ctx, KEY, value, None, version)
 
 
 @pytest.mark.parametrize(("in_flight", "conflict"), [(1, "0"), (2, "1"), (5, "1")])
 def test_write_through_begin_save_end(in_flight: int, conflict: str) -> None:
     ctx = make_ctx()
     script = Script(("write_begin", in_flight), ("CALL", None), ("write_end", 1))
-    assert script.run(plans.write_through(ctx, KEY, {"v": 1}, None)) == {"v": 1}
+    assert script.run(write(ctx, {"v": 1})) == {"v": 1}
     begin, end = script.op("write_begin"), script.op("write_end")
     assert list(begin.keys) == [LEASE, WRITES]
     token = begin.args[0]
     assert begin.args[1] == 30_000  # write_window
     assert list(end.keys) == QUAD
-    assert end.args[0] == token
-    assert end.args[1] == conflict
+    assert tuple(end.args[:2]) == (token, conflict)
     assert decode_entry(ctx.codec, KEY, end.args[2]).value == {"v": 1}
     assert end.args[3] == 60_000
-    assert end.args[4] != token
+    assert end.args[4] != token  # a fresh epoch
     assert end.args[5] == ""  # no row version
     assert not ctx.pending
 
@@ -495,105 +451,78 @@ def test_write_through_caches_what_save_returned_with_its_version() -> None:
     ctx = make_ctx()
     row = {"id": 42, "name": "Ada", "version": 7}
     script = Script(("write_begin", 1), ("CALL", row), ("write_end", 1))
-    plan = plans.write_through(ctx, KEY, {"name": "Ada"}, None, lambda r: r["version"])
-    assert script.run(plan) == row
+    assert script.run(write(ctx, {"name": "Ada"}, lambda r: r["version"])) == row
     end = script.op("write_end")
     assert decode_entry(ctx.codec, KEY, end.args[2]).value == row
     assert end.args[5] == "7"
 
 
-def test_write_through_save_raises_ends_with_conflict_and_reraises() -> None:
+@pytest.mark.parametrize(("end", "pending"), [(0, set()), (down(), {KEY})])
+def test_write_through_save_raises_ends_with_conflict_and_reraises(end: Any, pending: Any) -> None:
     ctx = make_ctx()
     boom = OSError("disk full")
-    script = Script(("write_begin", 1), ("CALL", Throw(boom)), ("write_end", 0))
+    script = Script(("write_begin", 1), ("CALL", Throw(boom)), ("write_end", end))
     with pytest.raises(OSError) as info:
-        script.run(plans.write_through(ctx, KEY, "v", None))
+        script.run(write(ctx))
     assert info.value is boom
-    end = script.op("write_end")
-    assert list(end.keys) == QUAD
-    assert end.args[0] == script.op("write_begin").args[0]
-    assert tuple(end.args[1:4]) == ("1", b"", 0)
-    assert not ctx.pending
-
-
-def test_write_through_save_raises_and_end_unavailable_is_remembered() -> None:
-    ctx = make_ctx()
-    script = Script(("write_begin", 1), ("CALL", Throw(ValueError("x"))), ("write_end", down()))
-    with pytest.raises(ValueError, match="x"):
-        script.run(plans.write_through(ctx, KEY, "v", None))
-    assert ctx.pending == {KEY}
+    op = script.op("write_end")
+    assert list(op.keys) == QUAD
+    assert op.args[0] == script.op("write_begin").args[0]
+    assert tuple(op.args[1:4]) == ("1", b"", 0)  # conflict: cache nothing, delete the entry
+    assert ctx.pending == pending  # an end that could not reach Redis is retried later
 
 
 def test_write_through_saved_row_too_large_ends_as_conflict() -> None:
     ctx = make_ctx(max_value_size=100)
     script = Script(("write_begin", 1), ("CALL", "x" * 200), ("write_end", 0))
-    with pytest.raises(ValueTooLargeError):
-        script.run(plans.write_through(ctx, KEY, "small", None))
+    with pytest.raises(hitrate.ValueTooLargeError):
+        script.run(write(ctx, "small"))
     assert script.op("write_end").args[1] == "1"
 
 
-def test_write_through_begin_unavailable_invalidates_after_save() -> None:
+@pytest.mark.parametrize(("reply", "pending"), [(0, set()), (down(), {KEY})])
+def test_write_through_begin_unavailable_invalidates_after_save(reply: Any, pending: Any) -> None:
     ctx = make_ctx()
-    script = Script(("write_begin", down()), ("CALL", None), ("invalidate", 0))
-    assert script.run(plans.write_through(ctx, KEY, "v", None)) == "v"
+    script = Script(("write_begin", down()), ("CALL", None), ("invalidate", reply))
+    assert script.run(write(ctx)) == "v"
     assert list(script.op("invalidate").keys) == QUAD
-    assert not ctx.pending
+    assert ctx.pending == pending
 
 
 def test_write_through_begin_unavailable_and_save_raises_invalidates() -> None:
     ctx = make_ctx()
     script = Script(("write_begin", down()), ("CALL", Throw(KeyError("k"))), ("invalidate", 0))
     with pytest.raises(KeyError):
-        script.run(plans.write_through(ctx, KEY, "v", None))
-
-
-def test_write_through_begin_and_invalidate_unavailable_is_remembered() -> None:
-    ctx = make_ctx()
-    script = Script(("write_begin", down()), ("CALL", None), ("invalidate", down()))
-    assert script.run(plans.write_through(ctx, KEY, "v", None)) == "v"
-    assert ctx.pending == {KEY}
+        script.run(write(ctx))
 
 
 def test_write_through_end_unavailable_is_remembered() -> None:
     ctx = make_ctx()
     script = Script(("write_begin", 1), ("CALL", None), ("write_end", down()))
-    assert script.run(plans.write_through(ctx, KEY, "v", None)) == "v"
+    assert script.run(write(ctx)) == "v"
     assert ctx.pending == {KEY}
     assert counts(ctx).fail_open == 1
 
 
 # -- invalidate and set --------------------------------------------------------------------
-
-
 def test_invalidate_sends_every_sidecar_key() -> None:
     ctx = make_ctx()
+    assert Script().run(plans.invalidate(ctx, [])) == 0  # nothing to do: no round trip
     script = Script(("invalidate", 1))
     assert script.run(plans.invalidate(ctx, ["user:1", "user:2"])) == 1
-    assert list(script.op("invalidate").keys) == [
-        *ctx.keys.quad("user:1"),
-        *ctx.keys.quad("user:2"),
-    ]
+    assert list(script.op("invalidate").keys) == ctx.keys.quad("user:1") + ctx.keys.quad("user:2")
     assert ctx.keys.quad("user:1")[:3] == ["t:{user:1}", "t:{user:1}:lease", "t:{user:1}:w"]
     assert counts(ctx).invalidations == 2
 
 
-def test_invalidate_nothing_yields_nothing() -> None:
-    assert Script().run(plans.invalidate(make_ctx(), [])) == 0
-
-
-def test_invalidate_unavailable_remembers_keys() -> None:
+def test_invalidate_unavailable_remembers_keys_up_to_a_bound() -> None:
     ctx = make_ctx()
     assert Script(("invalidate", down())).run(plans.invalidate(ctx, ["user:1", "user:2"])) == 0
     assert ctx.pending == {"user:1", "user:2"}
     assert counts(ctx).fail_open == 2
-
-
-def test_pending_invalidations_are_bounded() -> None:
-    ctx = make_ctx()
     ctx.pending = {f"k:{i}" for i in range(plans.MAX_PENDING)}
-    Script(("invalidate", down())).run(plans.invalidate(ctx, ["user:1"]))
+    Script(("invalidate", down())).run(plans.invalidate(ctx, ["user:3"]))
     assert len(ctx.pending) == plans.MAX_PENDING
-    assert "user:1" not in ctx.pending
 
 
 def test_set_unavailable_remembers_key() -> None:
@@ -603,34 +532,23 @@ def test_set_unavailable_remembers_key() -> None:
 
 
 # -- refusing values before anything is written --------------------------------------------
-
-
-def _first_op_raises(plan: Any, exc: type[Exception]) -> None:
-    """The plan raises at its first step, so it never yielded an operation."""
-    with pytest.raises(exc):
-        next(plan)
-
-
-def test_too_large_values_are_refused_before_any_op() -> None:
+def test_bad_values_are_refused_before_any_op() -> None:
     ctx = make_ctx(max_value_size=100)
     big = "x" * 200
-    _first_op_raises(plans.write_through(ctx, KEY, big, None), ValueTooLargeError)
-    _first_op_raises(plans.set_(ctx, KEY, big, None), ValueTooLargeError)
-    _first_op_raises(plans.set_many(ctx, {"user:1": "ok", KEY: big}, None), ValueTooLargeError)
-    with pytest.raises(ValueTooLargeError, match=r"'user:42'.*max_value_size=100"):
+    refused = [
+        (write(ctx, big), hitrate.ValueTooLargeError),
+        (plans.set_(ctx, KEY, big, None), hitrate.ValueTooLargeError),
+        (plans.set_many(ctx, {"user:1": "ok", KEY: big}, None), hitrate.ValueTooLargeError),
+        (write(ctx, decimal.Decimal("1.5")), hitrate.SerializationError),  # save is never called
+    ]
+    for plan, exc in refused:
+        with pytest.raises(exc):
+            next(plan)  # raising at the first step: not a single op was yielded
+    with pytest.raises(hitrate.ValueTooLargeError, match=r"'user:42'.*max_value_size=100"):
         ctx.encode(KEY, big, Policy(60))
 
 
-def test_unencodable_value_is_refused_before_save() -> None:
-    ctx = make_ctx()
-    _first_op_raises(
-        plans.write_through(ctx, KEY, decimal.Decimal("1.5"), None), SerializationError
-    )
-
-
 # -- Policy --------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("ttl", "seconds"),
     [(300, 300.0), (1.5, 1.5), (timedelta(minutes=5), 300.0), (Policy(42), 42.0)],
@@ -639,54 +557,42 @@ def test_ttl_accepts_int_float_timedelta_policy(ttl: Any, seconds: float) -> Non
     policy = to_policy(ttl, USER)
     assert isinstance(policy, Policy)
     assert policy.ttl == seconds
-    assert Policy(timedelta(seconds=90), stale=timedelta(seconds=5)).stale == 5.0
-
-
-def test_ttl_none_means_default_and_policy_passes_through() -> None:
     assert to_policy(None, USER) is USER
     assert to_policy(AGGREGATE, USER) is AGGREGATE
+    assert Policy(90, stale=timedelta(seconds=5)).stale == 5.0
 
 
 @pytest.mark.parametrize(
     "ttl", [-1, 0, -0.5, math.nan, math.inf, True, False, "60", b"60", [60], timedelta(-1)]
 )
 def test_invalid_ttl_raises_configuration_error(ttl: Any) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(hitrate.ConfigurationError):
         Policy(ttl)
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ValueError):  # hitrate.ConfigurationError is a ValueError
         to_policy(ttl, USER)
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"jitter": -1},
-        {"jitter": math.nan},
-        {"stale": "5"},
-        {"early": -1},
-        {"early": math.nan},
-        {"early": True},
-        {"lease": 0},
-        {"negative_ttl": -1},
-    ],
-)
-def test_invalid_policy_options_raise(options: dict[str, Any]) -> None:
-    with pytest.raises(ConfigurationError):
-        Policy(60, **options)
+BAD_OPTIONS = {
+    "jitter": [-1, math.nan, "5"],
+    "stale": [-1, math.inf],
+    "early": [-1, math.nan, True, "1"],
+    "lease": [0, -1],
+    "negative_ttl": [-1],
+}
 
 
-def test_configuration_error_is_a_value_error() -> None:
-    with pytest.raises(ValueError):
-        Policy(-1)
-    with pytest.raises(ConfigurationError):
-        Policy(None, jitter=5)
+@pytest.mark.parametrize(("name", "value"), [(k, v) for k, vs in BAD_OPTIONS.items() for v in vs])
+def test_invalid_policy_options_raise(name: str, value: Any) -> None:
+    with pytest.raises(hitrate.ConfigurationError):
+        Policy(60, **{name: value})
+    with pytest.raises(hitrate.ConfigurationError):
+        Policy(None, jitter=5)  # no ttl: nothing to jitter
 
 
 def test_jitter_draws_are_bounded_and_reproducible() -> None:
     policy = Policy(60, jitter=10)
     draws = [policy.draw_ttl(rng) for rng in [random.Random(7)] for _ in range(200)]
-    again = [policy.draw_ttl(rng) for rng in [random.Random(7)] for _ in range(200)]
-    assert draws == again
+    assert draws == [policy.draw_ttl(rng) for rng in [random.Random(7)] for _ in range(200)]
     assert all(60 <= d <= 70 for d in draws)
     assert max(draws) - min(draws) > 5  # actually spread out, not a constant
     assert Policy(60).draw_ttl(random.Random(1)) == 60
@@ -699,25 +605,15 @@ def _range(policy: Policy) -> tuple[float, float]:
 
 
 def test_presets() -> None:
-    low, _ = _range(REFERENCE)
-    assert REFERENCE.ttl is not None
-    assert REFERENCE.ttl >= 3600
-    assert low >= 3600
-    low, high = _range(USER)  # 5-10 minutes
-    assert low >= 300
-    assert high <= 600
-    low, high = _range(AGGREGATE)  # 1-5 minutes
-    assert low >= 60
-    assert high <= 300
+    assert 3600 <= (REFERENCE.ttl or 0) <= _range(REFERENCE)[0]
+    assert 300 <= _range(USER)[0] <= _range(USER)[1] <= 600  # 5-10 minutes
+    assert 60 <= _range(AGGREGATE)[0] <= _range(AGGREGATE)[1] <= 300  # 1-5 minutes
     assert COUNTER.ttl is None
     assert COUNTER.draw_ttl(random.Random(0)) is None
-    _, px = make_ctx().encode("counter:1", 5, COUNTER)
-    assert px == 0  # no Redis expiry either
+    assert make_ctx().encode("counter:1", 5, COUNTER)[1] == 0  # no Redis expiry either
 
 
 # -- keys ----------------------------------------------------------------------------------
-
-
 def test_escape_glob() -> None:
     assert hitrate.escape_glob("a*b?c[d]e\\f") == r"a\*b\?c\[d\]e\\f"
     assert hitrate.escape_glob("user:42-plain_text") == "user:42-plain_text"
@@ -727,11 +623,9 @@ def test_escape_glob() -> None:
 
 
 # -- codecs --------------------------------------------------------------------------------
-
-
 def test_json_refuses_decimal_naming_the_key() -> None:
     codec = hitrate.JsonCodec()
-    with pytest.raises(SerializationError, match=r"price:7") as info:
+    with pytest.raises(hitrate.SerializationError, match=r"price:7") as info:
         encode_entry(codec, "price:7", {"amount": decimal.Decimal("9.99")}, 0.0, 0.0)
     assert isinstance(info.value, TypeError)
 
@@ -784,82 +678,53 @@ SECRET = b"0123456789abcdef"
 
 @pytest.mark.parametrize("secret", [b"", b"short", b"x" * 15, "y" * 32, None])
 def test_pickle_needs_a_real_secret(secret: Any) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(hitrate.ConfigurationError):
         hitrate.PickleCodec(secret)
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(hitrate.ConfigurationError):
         make_codec("pickle", secret)
 
 
-def test_pickle_round_trips() -> None:
+def flip(raw: bytes, i: int) -> bytes:
+    changed = bytearray(raw)
+    changed[i] ^= 1
+    return bytes(changed)
+
+
+def test_pickle_round_trips_but_unpickles_only_what_was_signed_for_this_key() -> None:
     codec = hitrate.PickleCodec(SECRET)
     value = {"when": dt.datetime(2024, 1, 1), "frozen": frozenset({1}), "c": 1 + 2j}
     assert decode_entry(codec, KEY, encode_entry(codec, KEY, value, 0.0, 0.0)).value == value
 
-
-def test_pickle_payload_is_unpickled_only_when_signed_for_this_key() -> None:
-    codec = hitrate.PickleCodec(SECRET)
     raw = encode_entry(codec, KEY, SideEffect("ran"), 0.0, 0.0)
     _UNPICKLED.clear()
     assert decode_entry(codec, KEY, raw).value == "ran"  # control: the detector works
     assert _UNPICKLED == ["ran"]
     _UNPICKLED.clear()
-
-    header = 16
-    tampered_sig = bytearray(raw)
-    tampered_sig[header] ^= 1
-    tampered_body = bytearray(raw)
-    tampered_body[-2] ^= 1
-    others = {
-        "signature flipped": bytes(tampered_sig),
-        "body flipped": bytes(tampered_body),
-        "truncated": raw[: header + 10],
-    }
-    for what, bad in others.items():
+    refused = [
+        (codec, KEY, flip(raw, 16)),  # signature tampered
+        (codec, KEY, flip(raw, -2)),  # pickle body tampered
+        (codec, KEY, raw[:26]),  # truncated
+        (codec, "user:43", raw),  # replayed under another key
+        (hitrate.PickleCodec(b"another secret, 16+ bytes"), KEY, raw),
+    ]
+    for reader, key, bad in refused:
         with pytest.raises(DecodeError):
-            decode_entry(codec, KEY, bad)
-        assert _UNPICKLED == [], what
-    with pytest.raises(DecodeError):
-        decode_entry(codec, "user:43", raw)  # replayed under another key
-    with pytest.raises(DecodeError):
-        decode_entry(hitrate.PickleCodec(b"another secret, 16+ bytes"), KEY, raw)
-    assert _UNPICKLED == []
+            decode_entry(reader, key, bad)
+        assert _UNPICKLED == [], (key, bad)
 
 
 # -- the public API ------------------------------------------------------------------------
 
-EXPORTS = [
-    "AGGREGATE",
-    "COUNTER",
-    "MISSING",
-    "REFERENCE",
-    "USER",
-    "AsyncCache",
-    "Breaker",
-    "Cache",
-    "CacheUnavailableError",
-    "CircuitOpenError",
-    "ConfigurationError",
-    "HitrateError",
-    "InvalidKeyError",
-    "JsonCodec",
-    "LoaderError",
-    "MsgpackCodec",
-    "PickleCodec",
-    "Policy",
-    "SerializationError",
-    "ValueTooLargeError",
-    "__version__",
-    "escape_glob",
-]
+EXPORTS = """
+    AGGREGATE COUNTER MISSING REFERENCE USER AsyncCache Breaker Cache CacheUnavailableError
+    CircuitOpenError ConfigurationError HitrateError InvalidKeyError JsonCodec LoaderError
+    MsgpackCodec PickleCodec Policy SerializationError ValueTooLargeError __version__ escape_glob
+""".split()
 
 
 def _isort_style(name: str) -> tuple[int, str]:
     """Ruff's RUF022 order: SCREAMING_CASE, then CamelCase, then everything else."""
-    if name.isupper():
-        return (0, name)
-    if name[0].isupper():
-        return (1, name)
-    return (2, name)
+    return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
 
 
 def test_exported_members() -> None:
@@ -871,5 +736,3 @@ def test_exported_members() -> None:
         if not name.startswith("_") and not isinstance(value, ModuleType)
     }
     assert public | {"__version__"} == set(hitrate.__all__)
-    for name in hitrate.__all__:
-        assert getattr(hitrate, name) is not None

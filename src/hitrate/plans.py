@@ -324,9 +324,9 @@ def get_or_fetch(ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = ())
                     if entry.value is None:
                         ctx.stats.incr(family, "negative_hits")
                     return entry.value
-                return (yield from _refresh(ctx, key, rkey, family, policy, tags, entry, False))
+                return (yield from _refresh(ctx, key, rkey, family, policy, tags, raw, entry))
             if now < expires_at + policy.stale:
-                return (yield from _refresh(ctx, key, rkey, family, policy, tags, entry, True))
+                return (yield from _refresh(ctx, key, rkey, family, policy, tags, raw, entry))
     ctx.stats.miss(family)
     yield Coalesce(rkey)
     return (yield from _fill(ctx, key, rkey, family, policy, tags))
@@ -339,33 +339,37 @@ def _refresh(
     family: str,
     policy: Policy,
     tags: Sequence[str],
+    raw: bytes,
     old: Entry,
-    stale: bool,
 ) -> Plan:
     """The entry is stale (or XFetch says refresh early). Every caller is served the old
     value at once; the one that gets the lease also starts a background load and fill, so
     no caller waits for the loader (a worker thread in sync code, a task in asyncio)."""
     ctx.stats.hit(family)
-    if stale:
+    if old.expires_at <= ctx.clock():
         ctx.stats.incr(family, "stale_hits")
     token = ctx.token()
     try:
-        reply = yield _lease_op(ctx, rkey, tags, token, policy, refresh=True)
+        reply = yield _lease_op(ctx, rkey, tags, token, policy, seen=raw[4:12])
     except CacheUnavailableError:
         return old.value
+    if reply[0] == 1:  # refreshed meanwhile by another caller: serve the new value
+        entry = yield from _decode(ctx, key, rkey, reply[1], family)
+        return old.value if entry is None else entry.value
     if reply[0] == 2:
         yield Spawn(_load_and_fill(ctx, key, rkey, family, policy, tags, token, reply[3:]))
     return old.value
 
 
 def _lease_op(
-    ctx: Context, rkey: str, tags: Sequence[str], token: str, policy: Policy, *, refresh: bool
+    ctx: Context, rkey: str, tags: Sequence[str], token: str, policy: Policy, *, seen: bytes
 ) -> Eval:
+    """lease.lua: *seen* is the expiry field of the entry being refreshed, b"" on a miss."""
     gens = [ctx.keys.tag_gen(ctx.keys.tag(t)) for t in tags]
     return Eval(
         scripts.LEASE,
         [rkey, ctx.keys.lease(rkey), *gens],
-        (token, math.ceil(policy.lease * 1000), "1" if refresh else "0"),
+        (token, math.ceil(policy.lease * 1000), seen),
     )
 
 
@@ -380,7 +384,7 @@ def _fill(
     delay = 0.002
     while True:
         try:
-            reply = yield _lease_op(ctx, rkey, tags, token, policy, refresh=False)
+            reply = yield _lease_op(ctx, rkey, tags, token, policy, seen=b"")
         except CacheUnavailableError:
             return (yield from _load_only(ctx, family))
         status = reply[0]

@@ -7,7 +7,7 @@
 -- KEYS[3+n .. 2+2n]    their generation keys (app:tag:{t}:gen)
 -- ARGV[1]  lease token
 -- ARGV[2]  entry bytes
--- ARGV[3]  expiry in milliseconds for the entry and the minimum for its tag sets
+-- ARGV[3]  expiry in milliseconds for the entry; its tag sets get at least this + 1 s
 -- ARGV[4]  n, the number of tags
 -- ARGV[5 .. 4+n]  tag generations seen by lease.lua when the lease was granted
 -- Returns 1 when written, 0 when the lease was lost or a tag was invalidated meanwhile.
@@ -33,11 +33,12 @@ for i = 1, n do
   local existed = redis.call('EXISTS', tagset) == 1
   local ttl = redis.call('PTTL', tagset)
   redis.call('SADD', tagset, KEYS[1])
-  -- A tag set's TTL is only ever extended: it must outlive every entry it names.
+  -- A tag set's TTL is only ever extended: it must outlive every entry it names (by a
+  -- second, so it is still there when the last of them expires).
   if px <= 0 then
     redis.call('PERSIST', tagset)
-  elseif not existed or (ttl >= 0 and ttl < px) then
-    redis.call('PEXPIRE', tagset, px)
+  elseif not existed or (ttl >= 0 and ttl < px + 1000) then
+    redis.call('PEXPIRE', tagset, px + 1000)
   end
 end
 return 1
