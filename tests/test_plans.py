@@ -221,7 +221,7 @@ def test_get_or_fetch_miss_takes_lease_loads_and_fills() -> None:
     assert script.op("Publish").value == "v"  # shared with coalesced callers
     lease, fill = script.op("lease"), script.op("fill")
     assert list(lease.keys) == [RKEY, LEASE]
-    assert tuple(lease.args[1:]) == (5000, "0")  # Policy.lease = 5 s, "0" = not a refresh
+    assert tuple(lease.args[1:]) == (5000, b"")  # Policy.lease = 5 s; b"": not a refresh
     assert list(fill.keys) == [RKEY, LEASE]
     assert fill.args[0] == lease.args[0]  # the token the lease was granted to
     stored = decode_entry(ctx.codec, KEY, fill.args[1])
@@ -369,7 +369,7 @@ def test_refresh_lease_granted_serves_old_and_refreshes_in_background(case: str)
     assert script.run(fetch(ctx)) == "old"
     lease = script.op("lease")
     assert list(lease.keys) == [RKEY, LEASE]
-    assert lease.args[2] == "1"  # refresh: take the lease although the entry exists
+    assert lease.args[2] == raw[4:12]  # refresh only the entry we saw (its expiry field)
     c = counts(ctx)
     assert (c.hits, c.stale_hits, c.loads) == (1, stale, 0)
 
@@ -392,6 +392,13 @@ def test_refresh_lease_not_granted_serves_old_value(case: str, reply: Any) -> No
     assert (counts(ctx).hits, counts(ctx).stale_hits) == (1, stale)
 
 
+def test_refresh_finds_a_newer_entry_and_serves_it() -> None:
+    policy, raw, r, _ = REFRESH["stale"]
+    ctx = make_ctx(policy, rng=fixed_rng(r))
+    script = Script(("GET", raw), ("lease", [1, entry("newer"), b""]))
+    assert script.run(fetch(ctx)) == "newer"  # refreshed a moment ago by another caller
+
+
 def test_background_refresh_loader_error_releases_lease() -> None:
     ctx = make_ctx(Policy(60, stale=30))
     script = Script(("GET", entry("old", expires_in=-1)), ("lease", GRANTED), ("Spawn", None))
@@ -406,7 +413,7 @@ def test_past_the_stale_window_is_a_plain_miss() -> None:
     raw = entry("old", expires_in=-31)
     script = Script(("GET", raw), ("Coalesce", None), ("lease", GRANTED), *loads("new"))
     assert script.run(fetch(ctx)) == "new"
-    assert script.op("lease").args[2] == "0"
+    assert script.op("lease").args[2] == b""
 
 
 @pytest.mark.parametrize("r", [0.0, 0.5])
