@@ -1,26 +1,25 @@
-"""Hit-path overhead of hitrate versus raw redis-py + stdlib json.
+"""Hit-path cost of hitrate versus raw redis-py + stdlib json, in µs per call.
 
-µs per call, in one process against one server, of reading a warm key that holds a user
-profile (a dict of 14 fields, 434 bytes of JSON):
+One process, one server, a warm key holding a user profile (14 fields, 434 bytes of JSON):
 
-* sync: ``json.loads(r.get(key))`` with ``r = redis.Redis.from_url(url)`` (the baseline),
+* sync baseline ``json.loads(r.get(key))`` with ``r = redis.Redis.from_url(url)``, then
   ``cache.get_or_fetch("user:42", loader)`` and a ``@cache.cached(key="user:{user_id}")``
-  function, where ``cache = hitrate.Cache(r, prefix=...)`` wraps that very client;
+  function on ``cache = hitrate.Cache(r, prefix=...)`` -- the very same client;
 * async: the same three, awaited, with ``redis.asyncio`` and ``hitrate.AsyncCache``.
 
-After a warm-up, each of R rounds makes N calls per case, in turns of --chunk calls that
-cycle through the cases (order reversed every other turn), so noise hits every case alike.
-µs/op is the median over rounds of each round's mean; ``ratio`` is µs/op over the baseline
-of the same mode: 1.00 = no overhead, 1.10 = a hit costs 10% more than the hand-written
-GET + json.loads, below 1 = hitrate is faster. ``+µs`` is the difference: the library's
-own cost per hit. A private server and this process are pinned to one CPU (Linux; --no-pin
-to disable): on small VMs loopback wake-ups across CPUs otherwise swing the round trip
-between ~25 and ~100 µs. One shared CPU makes the round trip cheap, so ratios are strict.
+After a warm-up, each of R rounds makes N calls per case in turns of --chunk calls that
+cycle through the cases (order reversed every other turn), so noise hits all cases alike.
+µs/op is the median of the per-round means. ratio = µs/op / the same mode's baseline:
+1.00 = no overhead, 1.10 = a hit costs 10% more than hand-written GET + json.loads, < 1 =
+hitrate is faster. +µs is the difference, the library's own cost per hit. A private server
+and this process share one pinned CPU (Linux; --no-pin to disable): on small VMs loopback
+wake-ups across CPUs swing the round trip between ~25 and ~100 µs. The cheap round trip
+this gives makes the ratios strict.
 
     .venv/bin/python benchmarks/hit_path.py [--url URL] [--n N] [--rounds R] [--json]
 
 Without --url (or HITRATE_REDIS_URL) a private server is started and stopped at the end.
-Keys go under a unique prefix; only those keys are deleted at the end, nothing is flushed.
+Keys go under a unique prefix and only they are deleted at the end; nothing is flushed.
 """
 
 from __future__ import annotations
@@ -47,21 +46,13 @@ from hitrate.server import EmbeddedServer
 USER_ID = 42
 KEY = f"user:{USER_ID}"
 PROFILE: dict[str, Any] = {
-    "id": USER_ID,
-    "username": "ada.lovelace",
-    "email": "ada.lovelace@example.com",
-    "display_name": "Ada Lovelace",
-    "created_at": "2021-03-14T09:26:53Z",
-    "last_login": "2025-11-02T18:04:11Z",
-    "is_active": True,
-    "is_staff": False,
-    "locale": "en-GB",
-    "timezone": "Europe/London",
+    "id": USER_ID, "username": "ada.lovelace", "email": "ada.lovelace@example.com",
+    "display_name": "Ada Lovelace", "created_at": "2021-03-14T09:26:53Z",
+    "last_login": "2025-11-02T18:04:11Z", "is_active": True, "is_staff": False,
+    "locale": "en-GB", "timezone": "Europe/London", "followers": 1843,
     "avatar_url": "https://cdn.example.com/avatars/42/7f3a9c.png",
-    "followers": 1843,
-    "roles": ["member", "editor"],
-    "settings": {"theme": "dark", "newsletter": False},
-}
+    "roles": ["member", "editor"], "settings": {"theme": "dark", "newsletter": False},
+}  # fmt: skip
 
 
 def never(*_: Any) -> Any:
@@ -180,9 +171,8 @@ async def bench(url: str, n: int, rounds: int, chunk: int) -> dict[str, Any]:
 def print_table(doc: dict[str, Any]) -> None:
     env, cfg = doc["environment"], doc["config"]
     hiredis = "yes" if env["hiredis"] else "no"
-    print(
-        f"{env['python']}, redis-py {env['redis_py']}, hiredis {hiredis}, hitrate {env['hitrate']}"
-    )
+    print(f"{env['python']}, redis-py {env['redis_py']}, hiredis {hiredis}, ", end="")
+    print(f"hitrate {env['hitrate']}")
     print(f"server: {env['server']} {env['server_version']} ({env['target']}); {env['platform']}")
     print(f"{cfg['rounds']} rounds x {cfg['n']} calls/case in turns of {cfg['chunk']}, ", end="")
     print(f"value: {cfg['value_bytes']} B of JSON\n")

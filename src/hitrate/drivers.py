@@ -146,7 +146,9 @@ class SyncDriver(_Base):
             if not _redis_error(exc):
                 raise
             raise self._failed(exc, op) from exc
-        if self.breaker._failures and self.breaker.success():
+        if self.breaker._failures:
+            self.breaker.success()
+        if self.ctx.pending:
             self._flush_pending()
         return reply
 
@@ -210,12 +212,10 @@ class SyncDriver(_Base):
                 flight.done.set()
 
     def _flush_pending(self) -> None:
-        pending, self.ctx.pending = self.ctx.pending, set()
+        """Deliver invalidations owed since Redis failed (fail-open remembers them)."""
+        pending = self.ctx.take_pending()
         if pending:
-            try:
-                self.run(invalidate_plan(self.ctx, sorted(pending)))
-            except CacheUnavailableError:
-                self.ctx.pending |= pending
+            self.run(invalidate_plan(self.ctx, pending))  # re-queued by the plan on failure
 
 
 class AsyncDriver(_Base):
@@ -275,7 +275,9 @@ class AsyncDriver(_Base):
             if not _redis_error(exc):
                 raise
             raise self._failed(exc, op) from exc
-        if self.breaker._failures and self.breaker.success():
+        if self.breaker._failures:
+            self.breaker.success()
+        if self.ctx.pending:
             await self._flush_pending()
         return reply
 
@@ -343,9 +345,7 @@ class AsyncDriver(_Base):
                 self._flights.pop(flight_key, None)
 
     async def _flush_pending(self) -> None:
-        pending, self.ctx.pending = self.ctx.pending, set()
+        """Deliver invalidations owed since Redis failed (fail-open remembers them)."""
+        pending = self.ctx.take_pending()
         if pending:
-            try:
-                await self.run(invalidate_plan(self.ctx, sorted(pending)))
-            except CacheUnavailableError:
-                self.ctx.pending |= pending
+            await self.run(invalidate_plan(self.ctx, pending))  # re-queued on failure

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class Context:
     monotonic: Callable[[], float] = time.monotonic
     stats: Counters = field(default_factory=Counters)
     pending: set[str] = field(default_factory=set)
+    _pending_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def policy(self, key: str, ttl: TTLLike) -> Policy:
         base = self.policies.get(family_of(key), self.default_policy)
@@ -96,8 +98,15 @@ class Context:
 
     def remember_failed_write(self, key: str) -> None:
         """A write or invalidation could not reach Redis: retry it when Redis is back."""
-        if len(self.pending) < MAX_PENDING:
-            self.pending.add(key)
+        with self._pending_lock:
+            if len(self.pending) < MAX_PENDING:
+                self.pending.add(key)
+
+    def take_pending(self) -> list[str]:
+        """The keys whose invalidation is owed to Redis, emptying the list."""
+        with self._pending_lock:
+            pending, self.pending = self.pending, set()
+        return sorted(pending)
 
 
 def _decode(ctx: Context, key: str, rkey: str, raw: bytes, family: str) -> Plan:
@@ -317,7 +326,7 @@ def get_or_fetch(ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = ())
             expires_at = entry.expires_at
             now = ctx.clock()
             if not expires_at or now < expires_at:
-                if not policy.early or not _xfetch(
+                if not policy.early or not expires_at or not _xfetch(
                     now, expires_at, entry.load_time, policy.early, ctx.rng
                 ):
                     ctx.stats.hit(family)
