@@ -326,8 +326,10 @@ def get_or_fetch(ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = ())
             expires_at = entry.expires_at
             now = ctx.clock()
             if not expires_at or now < expires_at:
-                if not policy.early or not expires_at or not _xfetch(
-                    now, expires_at, entry.load_time, policy.early, ctx.rng
+                if (
+                    not policy.early
+                    or not expires_at
+                    or not _xfetch(now, expires_at, entry.load_time, policy.early, ctx.rng)
                 ):
                     ctx.stats.hit(family)
                     if entry.value is None:
