@@ -20,9 +20,9 @@ from . import plans
 from .breaker import Breaker
 from .codec import Codec, make_codec
 from .drivers import AsyncDriver, SyncDriver
-from .errors import ConfigurationError
-from .keys import KeySpace, key_builder
-from .plans import Context
+from .errors import CacheUnavailableError, ConfigurationError
+from .keys import KeySpace, family_of, key_builder
+from .plans import MISSING, Context
 from .policy import USER, Policy, TTLLike, to_policy
 from .stats import Counters
 
@@ -191,7 +191,19 @@ class Cache(_CacheBase):
         One caller per key loads at a time (across threads and processes); a fill is
         refused if an invalidation or write ran while it loaded.
         """
-        return self._driver.run(plans.get_or_fetch(self._ctx, key, ttl, tuple(tags)), fetch)
+        ctx = self._ctx
+        rkey = ctx.keys.entry(key)
+        try:  # the hit fast path: one GET, decided by the same function as the plan
+            first: Any = self._driver.redis(("GET", rkey))
+        except CacheUnavailableError as exc:
+            if self.strict:
+                raise
+            first = exc
+        else:
+            value = plans.fresh_value(ctx, key, family_of(key), first, ctx.policy(key, ttl))
+            if value is not MISSING:
+                return value
+        return self._driver.run(plans.get_or_fetch(ctx, key, ttl, tuple(tags)), fetch, first)
 
     def write_through(
         self,
@@ -323,7 +335,19 @@ class AsyncCache(_CacheBase):
         tags: Sequence[str] = (),
     ) -> Any:
         """See :meth:`Cache.get_or_fetch`; *fetch* may be sync or async."""
-        return await self._driver.run(plans.get_or_fetch(self._ctx, key, ttl, tuple(tags)), fetch)
+        ctx = self._ctx
+        rkey = ctx.keys.entry(key)
+        try:  # the hit fast path, as in Cache.get_or_fetch
+            first: Any = await self._driver.redis(("GET", rkey))
+        except CacheUnavailableError as exc:
+            if self.strict:
+                raise
+            first = exc
+        else:
+            value = plans.fresh_value(ctx, key, family_of(key), first, ctx.policy(key, ttl))
+            if value is not MISSING:
+                return value
+        return await self._driver.run(plans.get_or_fetch(ctx, key, ttl, tuple(tags)), fetch, first)
 
     async def write_through(
         self,

@@ -41,13 +41,23 @@ def _redis_error(exc: BaseException) -> bool:
 class _Flight:
     """One in-process fill that other threads wait on."""
 
-    __slots__ = ("done", "error", "published", "value")
+    __slots__ = ("done", "error", "published", "sent_at", "value")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.value: Any = None
         self.published = False
+        self.sent_at = 0.0  # when the Redis command that vouched for the value was sent
         self.error: BaseException | None = None
+
+
+_NOT_READ: Any = object()
+
+
+def _replay(reply: Any) -> Any:
+    if isinstance(reply, CacheUnavailableError):
+        raise reply
+    return reply
 
 
 class _LeaderGone(Exception):
@@ -132,7 +142,7 @@ class SyncDriver(_Base):
                 raise reply
         return replies
 
-    def _redis(self, op: Any) -> Any:
+    def redis(self, op: Any) -> Any:
         if not self.breaker.allow():
             raise CircuitOpenError(f"Redis is down (circuit open); skipped {self._describe(op)}")
         try:
@@ -153,9 +163,13 @@ class SyncDriver(_Base):
         return reply
 
     # -- the loop -------------------------------------------------------------------------
-    def run(self, plan: Plan, call: Callable[[], Any] | None = None) -> Any:
+    def run(self, plan: Plan, call: Callable[[], Any] | None = None, first: Any = _NOT_READ) -> Any:
+        """Run *plan*; *call* is the user's function for CALL. *first*, when given, is the
+        reply (or :class:`CacheUnavailableError`) to the plan's first Redis command, which
+        the caller already sent (the hit fast path), so it is not sent twice."""
         flight: _Flight | None = None
         flight_key = ""
+        sent_at = 0.0
         send: Any = None
         throw: BaseException | None = None
         try:
@@ -167,7 +181,12 @@ class SyncDriver(_Base):
                 send, throw = None, None
                 if type(op) is tuple or isinstance(op, Eval | Batch):
                     try:
-                        send = self._redis(op)
+                        if flight is not None:
+                            sent_at = time.monotonic()
+                        if first is _NOT_READ:
+                            send = self.redis(op)
+                        else:
+                            send, first = _replay(first), _NOT_READ
                     except CacheUnavailableError as exc:
                         if self.strict:
                             raise
@@ -189,8 +208,11 @@ class SyncDriver(_Base):
                             flight_key = op.rkey
                             flight = self._flights[op.rkey] = _Flight()
                     if leader is not None:
+                        joined = time.monotonic()
                         leader.done.wait()
-                        if leader.published:
+                        # Only a value vouched for by Redis after we arrived is fresh for
+                        # us: a write may have completed between an earlier read and now.
+                        if leader.published and leader.sent_at > joined:
                             plan.close()
                             return leader.value
                         if leader.error is not None:
@@ -199,6 +221,7 @@ class SyncDriver(_Base):
                 elif isinstance(op, Publish):
                     if flight is not None:
                         flight.value, flight.published = op.value, True
+                        flight.sent_at = sent_at
                 else:  # pragma: no cover - a plan bug
                     raise TypeError(f"plan yielded {op!r}")
         except Exception as exc:
@@ -261,7 +284,7 @@ class AsyncDriver(_Base):
                 raise reply
         return replies
 
-    async def _redis(self, op: Any) -> Any:
+    async def redis(self, op: Any) -> Any:
         if not self.breaker.allow():
             raise CircuitOpenError(f"Redis is down (circuit open); skipped {self._describe(op)}")
         try:
@@ -281,9 +304,15 @@ class AsyncDriver(_Base):
             await self._flush_pending()
         return reply
 
-    async def run(self, plan: Plan, call: Callable[[], Any] | None = None) -> Any:
+    async def run(
+        self, plan: Plan, call: Callable[[], Any] | None = None, first: Any = _NOT_READ
+    ) -> Any:
+        """Run *plan*; *call* is the user's function for CALL. *first*, when given, is the
+        reply (or :class:`CacheUnavailableError`) to the plan's first Redis command, which
+        the caller already sent (the hit fast path), so it is not sent twice."""
         flight: asyncio.Future[Any] | None = None
         flight_key = ""
+        sent_at = 0.0
         send: Any = None
         throw: BaseException | None = None
         try:
@@ -297,7 +326,12 @@ class AsyncDriver(_Base):
                 send, throw = None, None
                 if type(op) is tuple or isinstance(op, Eval | Batch):
                     try:
-                        send = await self._redis(op)
+                        if flight is not None:
+                            sent_at = time.monotonic()
+                        if first is _NOT_READ:
+                            send = await self.redis(op)
+                        else:
+                            send, first = _replay(first), _NOT_READ
                     except CacheUnavailableError as exc:
                         if self.strict:
                             raise
@@ -322,16 +356,18 @@ class AsyncDriver(_Base):
                         flight_key = op.rkey
                         flight = self._flights[op.rkey] = asyncio.get_running_loop().create_future()
                         continue
+                    joined = time.monotonic()
                     try:
-                        value = await asyncio.shield(leader)
+                        result = await asyncio.shield(leader)
                     except _LeaderGone:
                         continue  # cancelled leader: go on alone
-                    if value is not _UNPUBLISHED:
+                    # As in the sync driver: only a value vouched for after we arrived.
+                    if result is not _UNPUBLISHED and result[1] > joined:
                         plan.close()
-                        return value
+                        return result[0]
                 elif isinstance(op, Publish):
                     if flight is not None and not flight.done():
-                        flight.set_result(op.value)
+                        flight.set_result((op.value, sent_at))
                 else:  # pragma: no cover - a plan bug
                     raise TypeError(f"plan yielded {op!r}")
         except BaseException as exc:

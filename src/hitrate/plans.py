@@ -312,6 +312,30 @@ def _load_only(ctx: Context, family: str) -> Plan:
     return value
 
 
+def fresh_value(ctx: Context, key: str, family: str, raw: bytes | None, policy: Policy) -> Any:
+    """What a GET reply serves at once: the cached value (a hit, counted), or
+    :data:`MISSING` when ``get_or_fetch`` must do more: a miss, undecodable bytes, a stale
+    entry, or an early refresh that XFetch says is due. No Redis; the plan below and the
+    drivers' hit fast path (``Cache.get_or_fetch``) both decide with it."""
+    if raw is None:
+        return MISSING
+    try:
+        entry = decode_entry(ctx.codec, key, raw)
+    except DecodeError:
+        return MISSING
+    expires_at = entry.expires_at
+    if expires_at:
+        now = ctx.clock()
+        if now >= expires_at or (
+            policy.early and _xfetch(now, expires_at, entry.load_time, policy.early, ctx.rng)
+        ):
+            return MISSING
+    ctx.stats.hit(family)
+    if entry.value is None:
+        ctx.stats.incr(family, "negative_hits")
+    return entry.value
+
+
 def get_or_fetch(ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = ()) -> Plan:
     rkey = ctx.keys.entry(key)
     family = family_of(key)
@@ -320,24 +344,14 @@ def get_or_fetch(ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = ())
     except CacheUnavailableError:
         return (yield from _load_only(ctx, family))
     policy = ctx.policy(key, ttl)
+    value = fresh_value(ctx, key, family, raw, policy)
+    if value is not MISSING:
+        return value
     if raw is not None:
         entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family)
-        if entry is not None:
-            expires_at = entry.expires_at
-            now = ctx.clock()
-            if not expires_at or now < expires_at:
-                if (
-                    not policy.early
-                    or not expires_at
-                    or not _xfetch(now, expires_at, entry.load_time, policy.early, ctx.rng)
-                ):
-                    ctx.stats.hit(family)
-                    if entry.value is None:
-                        ctx.stats.incr(family, "negative_hits")
-                    return entry.value
-                return (yield from _refresh(ctx, key, rkey, family, policy, tags, raw, entry))
-            if now < expires_at + policy.stale:
-                return (yield from _refresh(ctx, key, rkey, family, policy, tags, raw, entry))
+        if entry is not None and ctx.clock() < entry.expires_at + policy.stale:
+            # Still fresh but XFetch says refresh early, or inside the stale window.
+            return (yield from _refresh(ctx, key, rkey, family, policy, tags, raw, entry))
     ctx.stats.miss(family)
     yield Coalesce(rkey)
     return (yield from _fill(ctx, key, rkey, family, policy, tags))
