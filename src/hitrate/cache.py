@@ -21,7 +21,7 @@ from .breaker import Breaker
 from .codec import Codec, make_codec
 from .drivers import AsyncDriver, SyncDriver
 from .errors import CacheUnavailableError, ConfigurationError
-from .keys import KeySpace, family_of, key_builder
+from .keys import KeySpace, key_builder
 from .plans import MISSING, Context
 from .policy import USER, Policy, TTLLike, to_policy
 from .stats import Counters
@@ -192,7 +192,7 @@ class Cache(_CacheBase):
         refused if an invalidation or write ran while it loaded.
         """
         ctx = self._ctx
-        rkey = ctx.keys.entry(key)
+        rkey, family = ctx.keys.locate(key)
         try:  # the hit fast path: one GET, decided by the same function as the plan
             first: Any = self._driver.redis(("GET", rkey))
         except CacheUnavailableError as exc:
@@ -200,7 +200,7 @@ class Cache(_CacheBase):
                 raise
             first = exc
         else:
-            value = plans.fresh_value(ctx, key, family_of(key), first, ctx.policy(key, ttl))
+            value = plans.fresh_value(ctx, key, family, first, ctx.family_policy(family, ttl))
             if value is not MISSING:
                 return value
         return self._driver.run(plans.get_or_fetch(ctx, key, ttl, tuple(tags)), fetch, first)
@@ -265,12 +265,11 @@ class Cache(_CacheBase):
         if inspect.iscoroutinefunction(func):
             return self.aio._decorate(func, ttl, key, tags)
         make_key = key_builder(func, key)
+        get_or_fetch = self.get_or_fetch
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return self.get_or_fetch(
-                make_key(*args, **kwargs), lambda: func(*args, **kwargs), ttl, tags
-            )
+            return get_or_fetch(make_key(*args, **kwargs), lambda: func(*args, **kwargs), ttl, tags)
 
         _attach(wrapper, make_key, self.invalidate)
         return wrapper
@@ -336,7 +335,7 @@ class AsyncCache(_CacheBase):
     ) -> Any:
         """See :meth:`Cache.get_or_fetch`; *fetch* may be sync or async."""
         ctx = self._ctx
-        rkey = ctx.keys.entry(key)
+        rkey, family = ctx.keys.locate(key)
         try:  # the hit fast path, as in Cache.get_or_fetch
             first: Any = await self._driver.redis(("GET", rkey))
         except CacheUnavailableError as exc:
@@ -344,7 +343,7 @@ class AsyncCache(_CacheBase):
                 raise
             first = exc
         else:
-            value = plans.fresh_value(ctx, key, family_of(key), first, ctx.policy(key, ttl))
+            value = plans.fresh_value(ctx, key, family, first, ctx.family_policy(family, ttl))
             if value is not MISSING:
                 return value
         return await self._driver.run(plans.get_or_fetch(ctx, key, ttl, tuple(tags)), fetch, first)
@@ -394,9 +393,11 @@ class AsyncCache(_CacheBase):
             )
         make_key = key_builder(func, key)
 
+        get_or_fetch = self.get_or_fetch
+
         @functools.wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return await self.get_or_fetch(
+            return await get_or_fetch(
                 make_key(*args, **kwargs), lambda: func(*args, **kwargs), ttl, tags
             )
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import re
+import string
 from collections.abc import Callable
 from typing import Any
 
@@ -69,7 +70,7 @@ def family_of(key: str) -> str:
 class KeySpace:
     """Builds every Redis key hitrate writes, under one prefix."""
 
-    __slots__ = ("_entry_cache", "prefix", "root")
+    __slots__ = ("_entry_cache", "_located", "prefix", "root")
 
     def __init__(self, prefix: str) -> None:
         if not isinstance(prefix, str) or not prefix:
@@ -81,6 +82,16 @@ class KeySpace:
         self.prefix = prefix
         self.root = prefix + ":"
         self._entry_cache: dict[str, str] = {}
+        self._located: dict[str, tuple[str, str]] = {}
+
+    def locate(self, key: str) -> tuple[str, str]:
+        """``(entry key, family)`` of *key*, memoised for hot keys (the hit path)."""
+        found = self._located.get(key)
+        if found is None:
+            found = (self.entry(key), family_of(key))
+            if len(self._located) < 4096:
+                self._located[key] = found
+        return found
 
     def entry(self, key: str) -> str:
         """The Redis key of the entry for user key *key*."""
@@ -170,19 +181,19 @@ def _stable_digest(payload: Any) -> str:
 def _arguments(sig: inspect.Signature) -> Callable[..., dict[str, Any]]:
     """``(args, kwargs) -> {parameter: value}`` in parameter order, defaults applied.
 
-    The common call (no ``*args``/``**kwargs`` parameters, every parameter given) is
-    served from precomputed names without ``Signature.bind``, which costs microseconds on
-    every cache hit; anything else takes the general path, with its usual errors.
+    Calls to functions without ``*args``/``**kwargs`` are served from precomputed names and
+    defaults, without ``Signature.bind`` (which costs microseconds on every cache hit);
+    anything unusual takes the general path, with its usual errors.
     """
+    params = sig.parameters.values()
     names = list(sig.parameters)
     simple = all(
         p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        for p in sig.parameters.values()
+        for p in params
     )
-    n_positional = sum(
-        p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in sig.parameters.values()
-    )
-    n = len(names)
+    n_positional = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    known = set(names)
 
     def general(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         bound = sig.bind(*args, **kwargs)
@@ -190,17 +201,51 @@ def _arguments(sig: inspect.Signature) -> Callable[..., dict[str, Any]]:
         return dict(bound.arguments)
 
     def arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        if simple and len(args) <= n_positional and len(args) + len(kwargs) == n:
-            values = dict(zip(names, args, strict=False))
-            if not kwargs:
-                return values
-            if len(values) + len(kwargs) == n and not values.keys() & kwargs.keys():
-                values.update(kwargs)
-                if len(values) == n:
-                    return {name: values[name] for name in names}
-        return general(args, kwargs)
+        if not simple or len(args) > n_positional:
+            return general(args, kwargs)
+        given = dict(zip(names, args, strict=False))
+        if kwargs:
+            if not kwargs.keys() <= known or given.keys() & kwargs.keys():
+                return general(args, kwargs)
+            given.update(kwargs)
+        if len(given) == len(names) and not kwargs:
+            return given
+        values = {}
+        for name in names:
+            if name in given:
+                values[name] = given[name]
+            elif name in defaults:
+                values[name] = defaults[name]
+            else:
+                return general(args, kwargs)  # raises the usual TypeError
+        return values
 
     return arguments
+
+
+def _positional_template(template: str, params: list[str]) -> str | None:
+    """``"user:{user_id}"`` -> ``"user:{0}"`` (by parameter position), or None when the
+    template uses anything but plain parameter names (attributes, indexes, unknown names)."""
+    out = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:
+        return None
+    for literal, field, spec, conversion in parsed:
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
+        if field is None:
+            continue
+        if field not in params:
+            return None
+        out.append("{" + str(params.index(field)))
+        if conversion:
+            out.append("!" + conversion)
+        if spec:
+            if "{" in spec:
+                return None
+            out.append(":" + spec)
+        out.append("}")
+    return "".join(out)
 
 
 def key_builder(func: Callable[..., Any], template: str | None) -> Callable[..., str]:
@@ -223,7 +268,15 @@ def key_builder(func: Callable[..., Any], template: str | None) -> Callable[...,
     if template is not None:
         if not isinstance(template, str) or not template:
             raise ConfigurationError("key= must be a format string such as 'user:{user_id}'")
-        fields = set(re.findall(r"{([^{}!:.\[]*)", template))
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as exc:
+            raise ConfigurationError(f"key template {template!r} is malformed: {exc}") from None
+        fields = {re.split(r"[.\[]", f, maxsplit=1)[0] for _, f, _, _ in parsed if f is not None}
+        if "" in fields or any(f.isdigit() for f in fields):
+            raise ConfigurationError(
+                f"key template {template!r} must name parameters: 'user:{{user_id}}'"
+            )
         missing = fields - set(params)
         if missing and not var_keyword:
             raise ConfigurationError(
@@ -231,7 +284,12 @@ def key_builder(func: Callable[..., Any], template: str | None) -> Callable[...,
                 f"{func.__qualname__}() has no parameter for"
             )
 
+        positional = _positional_template(template, params) if not var_keyword else None
+        n = len(params)
+
         def from_template(*args: Any, **kwargs: Any) -> str:
+            if positional is not None and not kwargs and len(args) == n:
+                return positional.format(*args)  # the common call, without binding
             values = arguments(args, kwargs)
             for extra in var_keyword:
                 values.update(values.pop(extra, {}))

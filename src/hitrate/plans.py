@@ -67,8 +67,13 @@ class Context:
     _pending_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def policy(self, key: str, ttl: TTLLike) -> Policy:
-        base = self.policies.get(family_of(key), self.default_policy)
-        return base if ttl is None else to_policy(ttl, base)
+        return self.family_policy(family_of(key), ttl)
+
+    def family_policy(self, family: str, ttl: TTLLike) -> Policy:
+        base = self.policies.get(family, self.default_policy)
+        if ttl is None or ttl is base:
+            return base
+        return ttl if isinstance(ttl, Policy) else to_policy(ttl, base)
 
     @staticmethod
     def token() -> str:
