@@ -403,6 +403,11 @@ def _lease_op(
     )
 
 
+def _current(ctx: Context, entry: Entry) -> bool:
+    """Not logically expired (Redis may keep a key past that: stale windows, clock skew)."""
+    return not entry.expires_at or ctx.clock() < entry.expires_at
+
+
 def _fill(
     ctx: Context, key: str, rkey: str, family: str, policy: Policy, tags: Sequence[str]
 ) -> Plan:
@@ -412,9 +417,10 @@ def _fill(
     token = ctx.token()
     deadline: float | None = None
     delay = 0.002
+    seen = b""  # the expiry field of an expired entry Redis still holds (clock skew)
     while True:
         try:
-            reply = yield _lease_op(ctx, rkey, tags, token, policy, seen=b"")
+            reply = yield _lease_op(ctx, rkey, tags, token, policy, seen=seen)
         except CacheUnavailableError:
             return (yield from _load_only(ctx, family))
         status = reply[0]
@@ -425,8 +431,10 @@ def _fill(
         if status == 1:
             entry = yield from _decode(ctx, key, rkey, reply[1], family)
             if entry is not None:
-                yield Publish(entry.value)
-                return entry.value
+                if _current(ctx, entry):
+                    yield Publish(entry.value)
+                    return entry.value
+                seen = reply[1][4:12]  # logically expired: take the lease despite it
             continue
         # Another caller is loading: wait for its fill, polling with backoff.
         holder = reply[2]
@@ -448,7 +456,7 @@ def _fill(
                 return (yield from _load_only(ctx, family))
             if raw is not None:
                 entry = yield from _decode(ctx, key, rkey, raw, family)
-                if entry is not None:
+                if entry is not None and _current(ctx, entry):
                     yield Publish(entry.value)
                     return entry.value
             if err is not None and holder and err.startswith(holder + b"\n"):

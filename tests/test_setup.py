@@ -1,0 +1,77 @@
+"""Connecting (from_url and the environment), the hitrate.testing fixtures, and the
+embedded server."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from hitrate import AsyncCache, Cache, ConfigurationError, Policy
+from hitrate.cache import resolve_url
+from hitrate.server import EmbeddedServer, find_servers
+from hitrate.testing import FakeClock
+
+
+def test_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HITRATE_REDIS_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert resolve_url(None) == "redis://localhost:6379/0"
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/2")
+    assert resolve_url(None) == "redis://127.0.0.1:1/2"
+    monkeypatch.setenv("HITRATE_REDIS_URL", "redis://127.0.0.1:3/4")
+    assert resolve_url(None) == "redis://127.0.0.1:3/4"
+    assert resolve_url("redis://x:5/0") == "redis://x:5/0"
+
+
+def test_from_url_reads_the_environment(
+    url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HITRATE_REDIS_URL", url)
+    cache = Cache.from_url(prefix=prefix)
+    assert cache.set("user:1", {"ok": True})
+    assert redis.Redis.from_url(url).exists(cache.redis_key("user:1")) == 1
+    cache.close()
+
+
+def test_decode_responses_client_is_refused(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        Cache(redis.Redis.from_url(url, decode_responses=True), prefix="x")
+
+
+@pytest.mark.parametrize("prefix", ["", "a b", "a*", "a{b}"])
+def test_bad_prefix(url: str, prefix: str) -> None:
+    with pytest.raises(ConfigurationError):
+        Cache.from_url(url, prefix=prefix)
+
+
+def test_plugin_fixtures(hitrate_cache: Cache, hitrate_server: EmbeddedServer) -> None:
+    assert hitrate_server.flavour in find_servers()
+    assert hitrate_cache.get_or_fetch("user:1", lambda: 41) == 41
+    assert hitrate_cache.get("user:1") == 41
+
+
+async def test_plugin_async_fixture(hitrate_async_cache: AsyncCache) -> None:
+    assert await hitrate_async_cache.get_or_fetch("user:1", lambda: 7) == 7
+
+
+def test_fake_clock_drives_logical_expiry(url: str, prefix: str) -> None:
+    clock = FakeClock()
+    cache = Cache.from_url(url, prefix=prefix, clock=clock)
+    loads = []
+    cache.get_or_fetch("user:1", lambda: loads.append(1) or len(loads), ttl=Policy(300))
+    clock.advance(299)
+    assert cache.get_or_fetch("user:1", lambda: loads.append(1) or len(loads)) == 1
+    clock.advance(2)  # logically expired, though Redis still holds the key
+    assert cache.get("user:1", default="miss") == "miss"
+    assert cache.get_or_fetch("user:1", lambda: loads.append(1) or len(loads)) == 2
+    cache.close()
+
+
+@pytest.mark.parametrize("flavour", sorted(find_servers()))
+def test_embedded_server_starts_and_stops(flavour: str) -> None:
+    with EmbeddedServer.start(flavour) as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.ping()
+        info = client.info("server")
+        assert ("valkey_version" in info) == (flavour == "valkey")
+    assert server.process.poll() is not None
