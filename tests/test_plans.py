@@ -521,6 +521,32 @@ def test_failed_invalidate_and_set_are_remembered_up_to_a_bound() -> None:
     assert len(ctx.pending) == plans.MAX_PENDING
 
 
+def test_failed_tag_and_pattern_invalidations_are_owed_and_delivered() -> None:
+    ctx = make_ctx()
+    assert Script(("Batch", down())).run(plans.invalidate_tag(ctx, "t1")) == 0
+    assert Script(("SCAN", down())).run(plans.invalidate_pattern(ctx, "user:*")) == 0
+    assert Script(("invalidate", down())).run(plans.invalidate(ctx, ["user:9"])) == 0
+    assert ctx.owes
+    assert (ctx.pending, ctx.pending_tags, ctx.pending_patterns) == (
+        {"user:9"},
+        {"t1"},
+        {"user:*"},
+    )
+    script = Script(
+        ("invalidate", 1),
+        ("Batch", ["OK", [b"t:{user:1}"]]),
+        ("Batch", [1]),
+        ("SREM", 1),
+        ("SCAN", [0, [b"t:{user:2}", b"t:{user:2}:lease"]]),
+        ("Batch", [1]),
+    )
+    script.run(plans.owed(ctx))
+    assert not ctx.owes
+    assert not (ctx.pending or ctx.pending_tags or ctx.pending_patterns)
+    assert list(script.ops[0].keys) == ctx.keys.quad("user:9")
+    assert list(script.ops[5].ops[0].keys) == ctx.keys.quad_of("t:{user:2}")
+
+
 # -- refusing values before anything is written --------------------------------------------
 def test_bad_values_are_refused_before_any_op() -> None:
     ctx = make_ctx(max_value_size=100)

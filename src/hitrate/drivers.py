@@ -23,7 +23,7 @@ from .breaker import Breaker
 from .errors import CacheUnavailableError, CircuitOpenError, translate
 from .ops import CALL, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
 from .plans import Context
-from .plans import invalidate as invalidate_plan
+from .plans import owed as owed_plan
 
 __all__ = ["AsyncDriver", "SyncDriver"]
 
@@ -158,8 +158,8 @@ class SyncDriver(_Base):
             raise self._failed(exc, op) from exc
         if self.breaker._failures:
             self.breaker.success()
-        if self.ctx.pending:
-            self._flush_pending()
+        if self.ctx.owes:
+            self.run(owed_plan(self.ctx))
         return reply
 
     # -- the loop -------------------------------------------------------------------------
@@ -234,12 +234,6 @@ class SyncDriver(_Base):
                     self._flights.pop(flight_key, None)
                 flight.done.set()
 
-    def _flush_pending(self) -> None:
-        """Deliver invalidations owed since Redis failed (fail-open remembers them)."""
-        pending = self.ctx.take_pending()
-        if pending:
-            self.run(invalidate_plan(self.ctx, pending))  # re-queued by the plan on failure
-
 
 class AsyncDriver(_Base):
     """Runs plans with a ``redis.asyncio.Redis`` client."""
@@ -300,8 +294,8 @@ class AsyncDriver(_Base):
             raise self._failed(exc, op) from exc
         if self.breaker._failures:
             self.breaker.success()
-        if self.ctx.pending:
-            await self._flush_pending()
+        if self.ctx.owes:
+            await self.run(owed_plan(self.ctx))
         return reply
 
     async def run(
@@ -379,9 +373,3 @@ class AsyncDriver(_Base):
         finally:
             if flight is not None:
                 self._flights.pop(flight_key, None)
-
-    async def _flush_pending(self) -> None:
-        """Deliver invalidations owed since Redis failed (fail-open remembers them)."""
-        pending = self.ctx.take_pending()
-        if pending:
-            await self.run(invalidate_plan(self.ctx, pending))  # re-queued on failure

@@ -64,6 +64,9 @@ class Context:
     monotonic: Callable[[], float] = time.monotonic
     stats: Counters = field(default_factory=Counters)
     pending: set[str] = field(default_factory=set)
+    pending_tags: set[str] = field(default_factory=set)
+    pending_patterns: set[str] = field(default_factory=set)
+    owes: bool = False  # some invalidation is owed to Redis (checked on every call: cheap)
     _pending_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def policy(self, key: str, ttl: TTLLike) -> Policy:
@@ -106,12 +109,24 @@ class Context:
         with self._pending_lock:
             if len(self.pending) < MAX_PENDING:
                 self.pending.add(key)
+            self.owes = True
 
-    def take_pending(self) -> list[str]:
-        """The keys whose invalidation is owed to Redis, emptying the list."""
+    def remember_failed_invalidation(self, *, tag: str = "", pattern: str = "") -> None:
+        """A tag or pattern invalidation did not complete: run it again when Redis is back."""
         with self._pending_lock:
-            pending, self.pending = self.pending, set()
-        return sorted(pending)
+            if tag:
+                self.pending_tags.add(tag)
+            if pattern:
+                self.pending_patterns.add(pattern)
+            self.owes = True
+
+    def take_pending(self) -> tuple[list[str], list[str], list[str]]:
+        """The keys, tags and patterns whose invalidation is owed to Redis, emptying them."""
+        with self._pending_lock:
+            keys, tags, patterns = self.pending, self.pending_tags, self.pending_patterns
+            self.pending, self.pending_tags, self.pending_patterns = set(), set(), set()
+            self.owes = False
+        return sorted(keys), sorted(tags), sorted(patterns)
 
 
 def _decode(ctx: Context, key: str, rkey: str, raw: bytes, family: str) -> Plan:
@@ -235,6 +250,18 @@ def invalidate(ctx: Context, keys: Sequence[str]) -> Plan:
     return deleted
 
 
+def owed(ctx: Context) -> Plan:
+    """Deliver the invalidations that failed while Redis was unreachable (each re-queues
+    itself if it fails again)."""
+    keys, tags, patterns = ctx.take_pending()
+    if keys:
+        yield from invalidate(ctx, keys)
+    for tag in tags:
+        yield from invalidate_tag(ctx, tag)
+    for pattern in patterns:
+        yield from invalidate_pattern(ctx, pattern)
+
+
 def _invalidate_entries(ctx: Context, entries: Sequence[str], batch: int) -> Plan:
     """Invalidate entries given by their Redis keys, ``batch`` per script call, pipelined."""
     total = 0
@@ -272,6 +299,7 @@ def invalidate_pattern(ctx: Context, pattern: str, count: int = 1000, batch: int
                 break
     except CacheUnavailableError:
         ctx.stats.incr(family_of(pattern), "fail_open")
+        ctx.remember_failed_invalidation(pattern=pattern)
     ctx.stats.incr(family_of(pattern), "invalidations", len(seen))
     return deleted
 
@@ -292,6 +320,7 @@ def invalidate_tag(ctx: Context, tag: str, batch: int = 500) -> Plan:
             yield ("SREM", tag_key, *entries)
     except CacheUnavailableError:
         ctx.stats.incr("tag", "fail_open")
+        ctx.remember_failed_invalidation(tag=tag)
         return 0
     ctx.stats.incr("tag", "invalidations", len(entries))
     return deleted
