@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import os
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -21,10 +23,12 @@ from .breaker import Breaker
 from .codec import Codec, make_codec
 from .drivers import AsyncDriver, SyncDriver
 from .errors import CacheUnavailableError, ConfigurationError
+from .flush import Flusher, flush_plan, register
 from .keys import KeySpace, key_builder
+from .monitor import Stats, stats_plan
 from .plans import MISSING, Context
 from .policy import USER, Policy, TTLLike, to_policy
-from .stats import Counters
+from .stats import Counters, NullCounters
 
 __all__ = ["AsyncCache", "Cache"]
 
@@ -66,6 +70,8 @@ class _CacheBase:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         write_window: float = 30.0,
+        count: bool = True,
+        flush_interval: float = 5.0,
     ) -> None:
         kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
         if kwargs.get("decode_responses"):
@@ -75,6 +81,9 @@ class _CacheBase:
             )
         if not isinstance(max_value_size, int) or max_value_size < 64:
             raise ConfigurationError("max_value_size must be an int of at least 64 bytes")
+        if not isinstance(flush_interval, int | float) or flush_interval < 0:
+            raise ConfigurationError("flush_interval must be seconds >= 0 (0: no timer)")
+        self._flush_interval = float(flush_interval)
         default = to_policy(default_ttl, USER)
         self.client = client
         self.strict = strict
@@ -88,7 +97,7 @@ class _CacheBase:
             write_window=write_window,
             rng=rng or random.Random(),
             clock=clock,
-            stats=Counters(),
+            stats=Counters() if count else NullCounters(),
         )
 
     @property
@@ -99,6 +108,29 @@ class _CacheBase:
     def counters(self) -> Counters:
         """This process's per-family counters (hits, misses, loads, errors, ...)."""
         return self._ctx.stats
+
+    def _start_flusher(
+        self, run: Callable[[Any], Any] | None, on_close: Callable[[], None] | None = None
+    ) -> Flusher | None:
+        """Flush this cache's counts to Redis on the shared timer (see :mod:`hitrate.flush`)."""
+        if run is None or isinstance(self._ctx.stats, NullCounters):
+            return None
+        flusher = Flusher(
+            run,
+            self._ctx.stats,
+            self.prefix,
+            interval=self._flush_interval,
+            clock=self._ctx.clock,
+            on_close=on_close,
+        )
+        weakref.finalize(self, flusher.retire)  # an unclosed cache still flushes its counts
+        return register(flusher)
+
+    def _stats_plan(self, minutes: int | None, history: int, sample: int) -> Any:
+        ctx = self._ctx
+        return stats_plan(
+            ctx.stats, ctx.keys, ctx.clock, minutes=minutes, history=history, sample=sample
+        )
 
     def policy_for(self, key: str, ttl: TTLLike = None) -> Policy:
         """The policy a write of *key* would use (family default unless *ttl* is given)."""
@@ -145,6 +177,7 @@ class Cache(_CacheBase):
         super().__init__(client, **options)
         self._driver = SyncDriver(client, self._ctx, strict=self.strict, breaker=self.breaker)
         self._twin: AsyncCache | None = None
+        self._flusher = self._start_flusher(self._driver.run)
 
     @classmethod
     def from_url(
@@ -236,9 +269,41 @@ class Cache(_CacheBase):
         """Invalidate every entry filled with *tag*; fills in flight are refused."""
         return int(self._driver.run(plans.invalidate_tag(self._ctx, tag)))
 
+    def stats(self, *, minutes: int | None = None, history: int = 0, sample: int = 10_000) -> Stats:
+        """Hit rate and counts per key family from every process (this one's are flushed
+        first), with the server's memory, key count, evictions and keyspace hits/misses.
+
+        ``minutes=60`` counts only the last hour (per-minute buckets, kept 24 h) instead of
+        the totals; ``history=60`` adds the last hour minute by minute (``Stats.history``);
+        ``sample`` is how many keys SCAN may examine to estimate keys and memory per family
+        (0: skip). Raises :class:`~hitrate.CacheUnavailableError` if Redis is unreachable::
+
+            s = cache.stats()
+            print(s.hit_rate, s.verdict, s.family("user").load_p99)
+        """
+        plan = self._stats_plan(minutes, history, sample)
+        try:
+            return cast(Stats, self._driver.run(plan))
+        finally:
+            plan.close()  # if Redis failed, the counts it could not flush are kept
+
+    def flush_stats(self) -> bool:
+        """Write this process's uncounted-in-Redis counts now; False if Redis was
+        unreachable (they are kept for the next flush). Done every ``flush_interval``
+        seconds, on :meth:`close` and at exit anyway."""
+        plan = flush_plan(self._ctx.stats, self.prefix, self._ctx.clock)
+        try:
+            return bool(self._driver.run(plan))
+        except CacheUnavailableError:
+            return False
+        finally:
+            plan.close()
+
     def close(self) -> None:
-        """Wait for background refreshes, then close the connection pool."""
+        """Wait for background refreshes, flush the counters, close the connection pool."""
         self._driver.close()
+        if self._flusher is not None:
+            self._flusher.close()
         self.client.close()
 
     def __enter__(self) -> Cache:
@@ -275,6 +340,28 @@ class Cache(_CacheBase):
         return wrapper
 
 
+def _sync_client(aclient: Any) -> redis.Redis | None:
+    """A sync client on the same server as the asyncio client *aclient* (for the stats
+    timer), or None when its connection settings cannot be carried over."""
+    pool = getattr(aclient, "connection_pool", None)
+    classes: dict[str, Any] = {
+        "Connection": redis.Connection,
+        "SSLConnection": redis.SSLConnection,
+        "UnixDomainSocketConnection": redis.UnixDomainSocketConnection,
+    }
+    sync_class = classes.get(getattr(pool, "connection_class", type).__name__)
+    if pool is None or sync_class is None:
+        return None
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    try:
+        sync_pool = redis.ConnectionPool(connection_class=sync_class, max_connections=2, **kwargs)
+        sync_class(**kwargs)  # unknown settings fail now, not at exit
+    except TypeError:
+        return None
+    return redis.Redis(connection_pool=sync_pool)
+
+
 def _attach(wrapper: Any, make_key: Callable[..., str], invalidate: Callable[..., Any]) -> None:
     wrapper.key = make_key
 
@@ -291,6 +378,12 @@ class AsyncCache(_CacheBase):
     def __init__(self, client: Any, **options: Any) -> None:
         super().__init__(client, **options)
         self._driver = AsyncDriver(client, self._ctx, strict=self.strict, breaker=self.breaker)
+        # The timer flushes with a small sync client on the same server (see hitrate.flush).
+        sync = _sync_client(client) if self._flush_interval else None
+        run = None
+        if sync is not None:
+            run = SyncDriver(sync, self._ctx, strict=False, breaker=self.breaker).run
+        self._flusher = self._start_flusher(run, sync.close if sync is not None else None)
 
     @classmethod
     def from_url(
@@ -374,9 +467,33 @@ class AsyncCache(_CacheBase):
         """See :meth:`Cache.invalidate_tag`."""
         return int(await self._driver.run(plans.invalidate_tag(self._ctx, tag)))
 
+    async def stats(
+        self, *, minutes: int | None = None, history: int = 0, sample: int = 10_000
+    ) -> Stats:
+        """See :meth:`Cache.stats`."""
+        plan = self._stats_plan(minutes, history, sample)
+        try:
+            return cast(Stats, await self._driver.run(plan))
+        finally:
+            plan.close()
+
+    async def flush_stats(self) -> bool:
+        """See :meth:`Cache.flush_stats`."""
+        plan = flush_plan(self._ctx.stats, self.prefix, self._ctx.clock)
+        try:
+            return bool(await self._driver.run(plan))
+        except CacheUnavailableError:
+            return False
+        finally:
+            plan.close()
+
     async def close(self) -> None:
-        """Wait for background refreshes, then close the connection pool."""
+        """Wait for background refreshes, flush the counters, close the connection pool."""
         await self._driver.close()
+        flusher: Flusher | None = getattr(self, "_flusher", None)
+        if flusher is not None:  # its final flush, in a worker thread: the loop goes on
+            await asyncio.to_thread(flusher.close)
+        await self.flush_stats()  # whatever that could not write (usually nothing)
         await self.client.aclose()
 
     async def __aenter__(self) -> AsyncCache:

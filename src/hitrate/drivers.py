@@ -21,6 +21,7 @@ import redis.exceptions as rexc
 
 from .breaker import Breaker
 from .errors import CacheUnavailableError, CircuitOpenError, translate
+from .keys import family_of
 from .ops import CALL, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
 from .plans import Context
 from .plans import owed as owed_plan
@@ -86,7 +87,20 @@ class _Base:
         err = translate(exc, self._describe(op))
         assert err is not None
         self.breaker.failure()
+        family = self._family(op)
+        if family is not None:
+            self.ctx.stats.incr(family, "errors")
         return err
+
+    def _family(self, op: Any) -> str | None:
+        """The key family an operation was for (errors are counted per family), if any."""
+        if isinstance(op, Batch):
+            op = op.ops[0] if op.ops else None
+        rkey = op.keys[0] if isinstance(op, Eval) and op.keys else None
+        if isinstance(op, tuple) and len(op) > 1 and isinstance(op[1], str):
+            rkey = op[1]
+        entry = self.ctx.keys.entry_of(rkey) if rkey is not None else None
+        return family_of(self.ctx.keys.user_key(entry)) if entry is not None else None
 
 
 class SyncDriver(_Base):

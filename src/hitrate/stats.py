@@ -1,15 +1,28 @@
 """In-process counters per key family: hits, misses, loads, errors, fail-open events.
 
-Incrementing is a dict update under a lock: no Redis round trip on the hot path.
+Incrementing is a dict update under a lock: no Redis round trip on the hot path. The
+counts only grow; :meth:`Counters.take` hands out what was counted since the last take
+(the flusher in :mod:`hitrate.flush` writes it to Redis), and :meth:`Counters.give_back`
+returns it when the write failed, so nothing is lost and nothing is counted twice.
+
+Load times go into fixed buckets (:data:`LOAD_BUCKETS`), the same in every process, so
+percentiles can be estimated from the buckets summed over all processes and hosts.
 """
 
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["COUNTERS", "Counters", "FamilyCounts"]
+__all__ = ["COUNTERS", "LOAD_BUCKETS", "Counters", "FamilyCounts", "NullCounters", "quantile"]
+
+#: Upper bounds (seconds, inclusive) of the load-time buckets; one more bucket holds the rest.
+LOAD_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
 
 COUNTERS = (
     "hits",
@@ -43,12 +56,60 @@ class FamilyCounts:
     decode_errors: int = 0
     load_seconds: float = 0.0
     load_times: list[float] = field(default_factory=list, repr=False)
+    load_buckets: list[int] = field(
+        default_factory=lambda: [0] * (len(LOAD_BUCKETS) + 1), repr=False
+    )
 
     @property
     def hit_rate(self) -> float:
         """Percent of reads served from the cache (stale and negative hits count as hits)."""
         total = self.hits + self.misses
         return round(100.0 * self.hits / total, 2) if total else 0.0
+
+    def load_quantile(self, q: float) -> float | None:
+        """Estimated load time (seconds) at quantile *q* (0.5, 0.99), from the buckets."""
+        return quantile(self.load_buckets, q)
+
+    def is_zero(self) -> bool:
+        return (
+            not any(getattr(self, k) for k in COUNTERS)
+            and not self.load_seconds
+            and not any(self.load_buckets)
+        )
+
+    def copy(self) -> FamilyCounts:
+        return FamilyCounts(
+            **{k: getattr(self, k) for k in COUNTERS},
+            load_seconds=self.load_seconds,
+            load_buckets=list(self.load_buckets),
+        )
+
+    def add(self, other: FamilyCounts, sign: int = 1) -> None:
+        """Add (or with ``sign=-1`` subtract) *other*'s counts to these, in place."""
+        for k in COUNTERS:
+            setattr(self, k, getattr(self, k) + sign * getattr(other, k))
+        self.load_seconds += sign * other.load_seconds
+        for i, n in enumerate(other.load_buckets):
+            self.load_buckets[i] += sign * n
+
+
+def quantile(buckets: Sequence[int], q: float) -> float | None:
+    """Estimate quantile *q* from load-time bucket counts, interpolating linearly inside
+    the bucket it falls in (as Prometheus' ``histogram_quantile`` does); ``None`` with no
+    samples. Past the last bound the answer is that bound: "at least this slow"."""
+    total = sum(buckets)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(buckets):
+        if n and seen + n >= rank:
+            if i >= len(LOAD_BUCKETS):
+                return LOAD_BUCKETS[-1]
+            low = LOAD_BUCKETS[i - 1] if i else 0.0
+            return low + (LOAD_BUCKETS[i] - low) * max(0.0, rank - seen) / n
+        seen += n
+    return LOAD_BUCKETS[-1]
 
 
 class Counters:
@@ -57,6 +118,7 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._families: defaultdict[str, FamilyCounts] = defaultdict(FamilyCounts)
+        self._taken: dict[str, FamilyCounts] = {}  # what take() has handed out so far
 
     def incr(self, family: str, name: str, n: int = 1) -> None:
         with self._lock:
@@ -76,6 +138,7 @@ class Counters:
             counts = self._families[family]
             counts.loads += 1
             counts.load_seconds += seconds
+            counts.load_buckets[bisect_left(LOAD_BUCKETS, seconds)] += 1
             if len(counts.load_times) < 10_000:
                 counts.load_times.append(seconds)
 
@@ -87,6 +150,7 @@ class Counters:
                     **{k: getattr(c, k) for k in COUNTERS},
                     load_seconds=c.load_seconds,
                     load_times=list(c.load_times),
+                    load_buckets=list(c.load_buckets),
                 )
                 for name, c in self._families.items()
             }
@@ -97,8 +161,58 @@ class Counters:
             for k in COUNTERS:
                 setattr(out, k, getattr(out, k) + getattr(c, k))
             out.load_seconds += c.load_seconds
+            for i, n in enumerate(c.load_buckets):
+                out.load_buckets[i] += n
         return out
 
     def reset(self) -> None:
+        """Forget every count (what was not flushed yet is dropped too)."""
         with self._lock:
             self._families.clear()
+            self._taken.clear()
+
+    def take(self) -> dict[str, FamilyCounts]:
+        """What was counted since the last take, per family (families with nothing new are
+        left out). Hand it to :meth:`give_back` if it could not be written."""
+        out: dict[str, FamilyCounts] = {}
+        with self._lock:
+            for name, counts in self._families.items():
+                taken = self._taken.get(name)
+                delta = counts.copy()
+                if taken is not None:
+                    delta.add(taken, -1)
+                if delta.is_zero():
+                    continue
+                out[name] = delta
+                self._taken[name] = counts.copy()
+        return out
+
+    def give_back(self, deltas: dict[str, FamilyCounts]) -> None:
+        """Return *deltas* from :meth:`take` whose write failed: the next take includes them."""
+        with self._lock:
+            for name, delta in deltas.items():
+                taken = self._taken.get(name)
+                if taken is not None:
+                    taken.add(delta, -1)
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock, and what the parent counted stays the parent's
+        to flush (the child's flushes carry only what the child counts)."""
+        self._lock = threading.Lock()
+        self._taken = {name: c.copy() for name, c in self._families.items()}
+
+
+class NullCounters(Counters):
+    """Counts nothing: ``Cache(..., count=False)``, used to measure what counting costs."""
+
+    def incr(self, family: str, name: str, n: int = 1) -> None:
+        pass
+
+    def hit(self, family: str) -> None:
+        pass
+
+    def miss(self, family: str) -> None:
+        pass
+
+    def load(self, family: str, seconds: float) -> None:
+        pass
