@@ -1,27 +1,31 @@
 """Flushing per-family counters to Redis, so every process's counts add up.
 
 Each cache's counts (:class:`hitrate.stats.Counters`) are written in batches, never per
-operation: what was counted since the last flush goes out in ONE pipeline of ``HINCRBY``
-to two hashes under the cache's prefix (see :mod:`hitrate.keys`)::
+operation: what was counted since the last flush becomes a numbered batch, sent in ONE
+pipeline (one ``stats_flush.lua`` call per batch, normally one) that adds it to two hashes
+under the cache's prefix (see :mod:`hitrate.keys`)::
 
-    app:~stats:totals          field "user|hits" etc.; TTL 30 days, renewed by every flush
-    app:~stats:m:<minute>      the same fields for one epoch minute; TTL 25 hours
+    app:~stats:{app}:totals        fields "user|hits" etc.; TTL 30 days, renewed by each flush
+    app:~stats:{app}:m:<minute>    the same fields for one epoch minute; TTL 25 hours
+    app:~stats:{app}:seq:<process> the last batch number of one process; TTL 6 hours
 
 Fields are ``<family>|<counter>`` (``hits``, ``misses``, ``stale_hits``, ``negative_hits``,
 ``loads``, ``fills``, ``invalidations``, ``errors``, ``fail_open``, ...), plus
 ``<family>|load_seconds`` and the load-time histogram ``<family>|load_le_<bound>`` with the
 fixed bounds of :data:`hitrate.stats.LOAD_BUCKETS`, so p50/p99 can be estimated from all
-processes at once. A flush that fails keeps its counts for the next one (fail-open, no
-loss); two flushes never send the same counts.
+processes at once. A batch that failed is sent again with the next flush (fail-open, no
+loss); one that Redis had already applied (a timeout after the write) is recognised by its
+number and skipped, so nothing is counted twice. The ``{app}`` hash tag keeps one cache's
+stats keys in one Cluster slot, as its script needs.
 
 When: every ``flush_interval`` seconds (``Cache(..., flush_interval=5.0)``; 0 turns the
-periodic flush off), in one daemon thread shared by all caches of the process and started
-with the first cache; then on ``close()``, at interpreter exit (``atexit``), and when an
-unclosed cache is garbage-collected. :class:`~hitrate.AsyncCache` flushes from that same
-thread with a small synchronous client built from its pool's connection settings, so its
-counts are flushed even while the event loop is busy or after it has stopped; its
+timer off), in one daemon thread shared by all caches of the process and started with the
+first cache; then by ``stats()``, on ``close()``, at interpreter exit (``atexit``), and when
+an unclosed cache is garbage-collected. :class:`~hitrate.AsyncCache` is flushed from that
+same thread with a small synchronous client built from its pool's connection settings, so
+its counts go out even while the event loop is busy or after it has stopped; its
 ``close()`` does the final flush in a worker thread, without blocking the loop. A forked
-child starts with a fresh thread and flushes only what it counts itself.
+child starts with a fresh thread and name and flushes only what it counts itself.
 """
 
 from __future__ import annotations
@@ -35,14 +39,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import CacheUnavailableError
-from .ops import Batch, Plan
+from .ops import Batch, Eval, Plan
+from .scripts import script
 from .stats import COUNTERS, LOAD_BUCKETS, Counters, FamilyCounts
 
 __all__ = [
     "MINUTE_TTL",
     "TOTALS_TTL",
     "Flusher",
-    "bucket_field",
     "flush_plan",
     "minute_key",
     "stats_root",
@@ -53,7 +57,9 @@ log = logging.getLogger("hitrate")
 
 TOTALS_TTL = 30 * 24 * 3600  # seconds; renewed by every flush, so it lasts while in use
 MINUTE_TTL = 25 * 3600  # per-minute buckets are kept at least 24 hours
+SEQ_TTL = 6 * 3600  # a batch re-sent later than this after a timeout may count twice
 BUCKET_NAMES = (*(f"load_le_{b!r}" for b in LOAD_BUCKETS), "load_le_inf")
+STATS_FLUSH = script("stats_flush")
 
 
 def stats_root(prefix: str) -> str:
@@ -62,55 +68,51 @@ def stats_root(prefix: str) -> str:
 
 
 def totals_key(prefix: str) -> str:
-    return f"{prefix}:~stats:totals"
+    return f"{prefix}:~stats:{{{prefix}}}:totals"
 
 
 def minute_key(prefix: str, minute: int) -> str:
-    """The hash of counts flushed during epoch minute *minute* (``int(time() // 60)``)."""
-    return f"{prefix}:~stats:m:{minute}"
+    """The hash of counts counted during epoch minute *minute* (``int(time() // 60)``)."""
+    return f"{prefix}:~stats:{{{prefix}}}:m:{minute}"
 
 
-def bucket_field(index: int) -> str:
-    return BUCKET_NAMES[index]
+def sequence_key(prefix: str, source: str) -> str:
+    return f"{prefix}:~stats:{{{prefix}}}:seq:{source}"
 
 
-def flush_ops(prefix: str, deltas: dict[str, FamilyCounts], minute: int) -> list[tuple[Any, ...]]:
-    """The commands that add *deltas* to the totals and to *minute*'s bucket."""
-    totals, bucket = totals_key(prefix), minute_key(prefix, minute)
-    ops: list[tuple[Any, ...]] = []
+def batch_fields(deltas: dict[str, FamilyCounts]) -> list[str]:
+    """``[field, amount, ...]`` for stats_flush.lua: the non-zero counts of *deltas*."""
+    out: list[str] = []
     for family, delta in sorted(deltas.items()):
         fields: list[tuple[str, int]] = [(k, getattr(delta, k)) for k in COUNTERS]
         fields += [(BUCKET_NAMES[i], n) for i, n in enumerate(delta.load_buckets)]
-        for name, n in fields:
-            if n:
-                ops.append(("HINCRBY", totals, f"{family}|{name}", n))
-                ops.append(("HINCRBY", bucket, f"{family}|{name}", n))
-        if delta.load_seconds:
-            amount = repr(delta.load_seconds)
-            ops.append(("HINCRBYFLOAT", totals, f"{family}|load_seconds", amount))
-            ops.append(("HINCRBYFLOAT", bucket, f"{family}|load_seconds", amount))
-    if ops:
-        ops.append(("EXPIRE", totals, TOTALS_TTL))
-        ops.append(("EXPIRE", bucket, MINUTE_TTL))
-    return ops
+        out += [x for name, n in fields if n for x in (f"{family}|{name}", str(n))]
+        if delta.load_seconds:  # always with a ".", so the script adds it as a float
+            out += [f"{family}|load_seconds", f"{delta.load_seconds:.9f}"]
+    return out
 
 
 def flush_plan(counters: Counters, prefix: str, clock: Callable[[], float] = time.time) -> Plan:
-    """Write what *counters* counted since the last flush; True when it was written (or
-    there was nothing to write). On failure the counts are given back for the next flush,
-    also when the driver raises instead (strict mode) and the caller closes the plan."""
-    deltas = counters.take()
-    if not deltas:
+    """Send every batch of *counters* not yet confirmed written (what was counted since the
+    last flush becomes a new one); True when Redis confirmed them (or there was nothing to
+    send), False when it was unreachable: they stay queued for the next flush."""
+    batches = counters.outbox(int(clock() // 60))
+    if not batches:
         return True
-    written = False
+    totals, sequence = totals_key(prefix), sequence_key(prefix, counters.source)
+    ops = [
+        Eval(
+            STATS_FLUSH,
+            [sequence, totals, minute_key(prefix, minute)],
+            (seq, SEQ_TTL, TOTALS_TTL, MINUTE_TTL, *batch_fields(deltas)),
+        )
+        for seq, minute, deltas in batches
+    ]
     try:
-        yield Batch(flush_ops(prefix, deltas, int(clock() // 60)))
-        written = True
+        yield Batch(ops)
     except CacheUnavailableError:
         return False
-    finally:
-        if not written:
-            counters.give_back(deltas)
+    counters.delivered(batches[-1][0])
     return True
 
 

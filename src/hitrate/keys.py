@@ -9,6 +9,7 @@ keys put a suffix after the closing brace::
     app:{user:42}:err      a loader's failure, shown to callers waiting on its lease
     app:{user:42}:v        the row version of a cached write (write_through(version=...))
     app:tag:{t}            the set of entries tagged ``t``, and ``app:tag:{t}:gen``
+    app:~stats:{app}:...   hit/miss counts flushed by every process (:mod:`hitrate.flush`)
 
 The braces are a Redis Cluster hash tag, so an entry and its sidecars share a slot and one
 Lua script can touch them all. The characters ``{``, ``}`` and ``%`` in user keys are

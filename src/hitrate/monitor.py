@@ -99,11 +99,13 @@ class FamilyStats:
     invalidations: int = 0
     errors: int = 0
     fail_open: int = 0
+    decode_errors: int = 0
     load_seconds: float = 0.0
     load_p50: float | None = None  #: seconds, estimated from the load-time buckets
     load_p99: float | None = None
     keys: int | None = None  #: entries, estimated by sampling (None: not sampled)
     memory_bytes: int | None = None  #: their memory, estimated by sampling
+    load_buckets: tuple[int, ...] = ()  #: loads per bucket of :data:`~hitrate.stats.LOAD_BUCKETS`
 
     @property
     def hit_rate(self) -> float:
@@ -130,11 +132,13 @@ class FamilyStats:
             "invalidations": self.invalidations,
             "errors": self.errors,
             "fail_open": self.fail_open,
+            "decode_errors": self.decode_errors,
             "load_seconds": round(self.load_seconds, 6),
             "load_p50": self.load_p50,
             "load_p99": self.load_p99,
             "keys": self.keys,
             "memory_bytes": self.memory_bytes,
+            "load_buckets": list(self.load_buckets),
         }
 
 
@@ -417,9 +421,11 @@ def _family_row(name: str, c: FamilyCounts, key_sample: KeySample | None) -> Fam
         invalidations=c.invalidations,
         errors=c.errors,
         fail_open=c.fail_open,
+        decode_errors=c.decode_errors,
         load_seconds=c.load_seconds,
         load_p50=quantile(c.load_buckets, 0.5),
         load_p99=quantile(c.load_buckets, 0.99),
+        load_buckets=tuple(c.load_buckets),
         keys=key_sample.keys.get(name, 0) if key_sample is not None else None,
         memory_bytes=key_sample.memory_bytes.get(name, 0) if key_sample is not None else None,
     )

@@ -1,9 +1,11 @@
 """In-process counters per key family: hits, misses, loads, errors, fail-open events.
 
 Incrementing is a dict update under a lock: no Redis round trip on the hot path. The
-counts only grow; :meth:`Counters.take` hands out what was counted since the last take
-(the flusher in :mod:`hitrate.flush` writes it to Redis), and :meth:`Counters.give_back`
-returns it when the write failed, so nothing is lost and nothing is counted twice.
+counts only grow; :meth:`Counters.outbox` packs what was counted since the last call into
+a numbered batch and returns every batch not yet confirmed written, and
+:meth:`Counters.delivered` drops the batches Redis confirmed. The flusher in
+:mod:`hitrate.flush` sends them with their numbers, so a batch re-sent after an ambiguous
+failure is not counted twice, and a batch that failed is sent again: nothing is lost.
 
 Load times go into fixed buckets (:data:`LOAD_BUCKETS`), the same in every process, so
 percentiles can be estimated from the buckets summed over all processes and hosts.
@@ -11,13 +13,19 @@ percentiles can be estimated from the buckets summed over all processes and host
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["COUNTERS", "LOAD_BUCKETS", "Counters", "FamilyCounts", "NullCounters", "quantile"]
+
+log = logging.getLogger("hitrate")
+
+MAX_UNSENT = 1000  # batches kept while Redis is unreachable (~80 min at one per 5 s)
 
 #: Upper bounds (seconds, inclusive) of the load-time buckets; one more bucket holds the rest.
 LOAD_BUCKETS: tuple[float, ...] = (
@@ -119,6 +127,12 @@ class Counters:
         self._lock = threading.Lock()
         self._families: defaultdict[str, FamilyCounts] = defaultdict(FamilyCounts)
         self._taken: dict[str, FamilyCounts] = {}  # what take() has handed out so far
+        self.source = os.urandom(8).hex()  # names this process's batches in Redis
+        self._seq = 0
+        self._unsent: dict[int, tuple[int, dict[str, FamilyCounts]]] = {}
+        #: ``(family, seconds)`` callbacks for each load (Prometheus' histogram); loads are
+        #: misses, so the hit path never runs them
+        self.observers: list[Callable[[str, float], None]] = []
 
     def incr(self, family: str, name: str, n: int = 1) -> None:
         with self._lock:
@@ -141,6 +155,11 @@ class Counters:
             counts.load_buckets[bisect_left(LOAD_BUCKETS, seconds)] += 1
             if len(counts.load_times) < 10_000:
                 counts.load_times.append(seconds)
+        for observe in self.observers:
+            try:
+                observe(family, seconds)
+            except Exception:  # an exporter's failure is no reason to fail a read
+                log.exception("hitrate: load observer failed")
 
     def snapshot(self) -> dict[str, FamilyCounts]:
         """A copy of every family's counts."""
@@ -170,36 +189,57 @@ class Counters:
         with self._lock:
             self._families.clear()
             self._taken.clear()
+            self._unsent.clear()
 
-    def take(self) -> dict[str, FamilyCounts]:
+    def _take(self) -> dict[str, FamilyCounts]:
         """What was counted since the last take, per family (families with nothing new are
-        left out). Hand it to :meth:`give_back` if it could not be written."""
+        left out). Called with the lock held."""
         out: dict[str, FamilyCounts] = {}
-        with self._lock:
-            for name, counts in self._families.items():
-                taken = self._taken.get(name)
-                delta = counts.copy()
-                if taken is not None:
-                    delta.add(taken, -1)
-                if delta.is_zero():
-                    continue
-                out[name] = delta
-                self._taken[name] = counts.copy()
+        for name, counts in self._families.items():
+            taken = self._taken.get(name)
+            delta = counts.copy()
+            if taken is not None:
+                delta.add(taken, -1)
+            if delta.is_zero():
+                continue
+            out[name] = delta
+            self._taken[name] = counts.copy()
         return out
 
-    def give_back(self, deltas: dict[str, FamilyCounts]) -> None:
-        """Return *deltas* from :meth:`take` whose write failed: the next take includes them."""
+    def outbox(self, minute: int) -> list[tuple[int, int, dict[str, FamilyCounts]]]:
+        """Every batch not confirmed written, oldest first, as ``(sequence number, epoch
+        minute it was counted in, counts per family)``; what was counted since the last
+        call becomes a new batch in *minute*. Past :data:`MAX_UNSENT` batches (Redis down
+        for long) new counts are folded into the newest batch instead."""
         with self._lock:
-            for name, delta in deltas.items():
-                taken = self._taken.get(name)
-                if taken is not None:
-                    taken.add(delta, -1)
+            deltas = self._take()
+            if deltas:
+                if len(self._unsent) >= MAX_UNSENT:
+                    newest = self._unsent[self._seq][1]
+                    for name, delta in deltas.items():
+                        if name in newest:
+                            newest[name].add(delta)
+                        else:
+                            newest[name] = delta
+                else:
+                    self._seq += 1
+                    self._unsent[self._seq] = (minute, deltas)
+            return [(seq, m, d) for seq, (m, d) in sorted(self._unsent.items())]
+
+    def delivered(self, upto: int) -> None:
+        """Redis holds every batch up to sequence number *upto*: forget them."""
+        with self._lock:
+            for seq in [s for s in self._unsent if s <= upto]:
+                del self._unsent[seq]
 
     def after_fork(self) -> None:
-        """In a forked child: a fresh lock, and what the parent counted stays the parent's
-        to flush (the child's flushes carry only what the child counts)."""
+        """In a forked child: a fresh lock and name, and what the parent counted stays the
+        parent's to flush (the child's flushes carry only what the child counts)."""
         self._lock = threading.Lock()
         self._taken = {name: c.copy() for name, c in self._families.items()}
+        self.source = os.urandom(8).hex()
+        self._seq = 0
+        self._unsent = {}
 
 
 class NullCounters(Counters):
