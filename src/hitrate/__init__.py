@@ -13,6 +13,7 @@ from .errors import (
     CircuitOpenError,
     ConfigurationError,
     HitrateError,
+    InvalidArgumentError,
     InvalidKeyError,
     LoaderError,
     SerializationError,
@@ -21,6 +22,7 @@ from .errors import (
 from .keys import escape_glob
 from .plans import MISSING
 from .policy import AGGREGATE, COUNTER, REFERENCE, USER, Policy
+from .structures import Decision, Ranked
 
 __version__ = "0.1.0.dev0"
 
@@ -36,13 +38,16 @@ __all__ = [
     "CacheUnavailableError",
     "CircuitOpenError",
     "ConfigurationError",
+    "Decision",
     "HitrateError",
+    "InvalidArgumentError",
     "InvalidKeyError",
     "JsonCodec",
     "LoaderError",
     "MsgpackCodec",
     "PickleCodec",
     "Policy",
+    "Ranked",
     "SerializationError",
     "ValueTooLargeError",
     "__version__",

@@ -11,6 +11,7 @@ import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 import redis
@@ -29,6 +30,18 @@ from .monitor import Stats, stats_plan
 from .plans import MISSING, Context
 from .policy import USER, Policy, TTLLike, to_policy
 from .stats import Counters, NullCounters
+from .structures import (
+    AsyncLeaderboard,
+    AsyncObjects,
+    AsyncRateLimiter,
+    AsyncSeen,
+    AsyncUnique,
+    Leaderboard,
+    Objects,
+    RateLimiter,
+    Seen,
+    Unique,
+)
 
 __all__ = ["AsyncCache", "Cache"]
 
@@ -326,6 +339,39 @@ class Cache(_CacheBase):
             self._twin = twin
         return self._twin
 
+    # -- data structures (hitrate.structures): same prefix, driver and fail-open rules -----
+    def objects(self, family: str, ttl: TTLLike = None) -> Objects:
+        """Objects of *family* cached as hashes, field by field (TTL: *ttl* or the family's
+        policy): ``cache.objects("user").get_field(42, "name")``."""
+        return Objects(self._ctx, self._driver, family, ttl)
+
+    def leaderboard(
+        self, name: str, *, keep: int | None = None, ttl: TTLLike = None
+    ) -> Leaderboard:
+        """A sorted-set leaderboard, best first; ``keep=N`` trims it to the best N."""
+        return Leaderboard(self._ctx, self._driver, name, keep=keep, ttl=ttl)
+
+    def seen(
+        self, name: str, ttl: TTLLike = None, *, window: float | timedelta | None = None
+    ) -> Seen:
+        """An exact dedup set (``add`` -> True when new); ``window=`` for per-window sets."""
+        return Seen(self._ctx, self._driver, name, ttl=ttl, window=window)
+
+    def unique(self, name: str, ttl: TTLLike = None) -> Unique:
+        """A HyperLogLog distinct count (0.81 % standard error, at most 12 KB)."""
+        return Unique(self._ctx, self._driver, name, ttl=ttl)
+
+    def rate_limiter(
+        self, name: str, limit: int, per: float | timedelta, algorithm: str = "sliding_window",
+        *, burst: int | None = None, fail_closed: bool = False,
+    ) -> RateLimiter:  # fmt: skip
+        """A rate limiter: ``algorithm`` is ``"fixed_window"``, ``"sliding_window"`` (exact
+        log, the default) or ``"gcra"``; fails open unless ``fail_closed=True``."""
+        return RateLimiter(
+            self._ctx, self._driver, name, limit, per, algorithm,
+            burst=burst, fail_closed=fail_closed,
+        )  # fmt: skip
+
     def _decorate(self, func: Any, ttl: TTLLike, key: str | None, tags: Sequence[str]) -> Any:
         if inspect.iscoroutinefunction(func):
             return self.aio._decorate(func, ttl, key, tags)
@@ -501,6 +547,37 @@ class AsyncCache(_CacheBase):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    # -- data structures: see Cache.objects etc.; their verbs are awaited -----------------
+    def objects(self, family: str, ttl: TTLLike = None) -> AsyncObjects:
+        """See :meth:`Cache.objects`."""
+        return AsyncObjects(self._ctx, self._driver, family, ttl)
+
+    def leaderboard(
+        self, name: str, *, keep: int | None = None, ttl: TTLLike = None
+    ) -> AsyncLeaderboard:
+        """See :meth:`Cache.leaderboard`."""
+        return AsyncLeaderboard(self._ctx, self._driver, name, keep=keep, ttl=ttl)
+
+    def seen(
+        self, name: str, ttl: TTLLike = None, *, window: float | timedelta | None = None
+    ) -> AsyncSeen:
+        """See :meth:`Cache.seen`."""
+        return AsyncSeen(self._ctx, self._driver, name, ttl=ttl, window=window)
+
+    def unique(self, name: str, ttl: TTLLike = None) -> AsyncUnique:
+        """See :meth:`Cache.unique`."""
+        return AsyncUnique(self._ctx, self._driver, name, ttl=ttl)
+
+    def rate_limiter(
+        self, name: str, limit: int, per: float | timedelta, algorithm: str = "sliding_window",
+        *, burst: int | None = None, fail_closed: bool = False,
+    ) -> AsyncRateLimiter:  # fmt: skip
+        """See :meth:`Cache.rate_limiter`."""
+        return AsyncRateLimiter(
+            self._ctx, self._driver, name, limit, per, algorithm,
+            burst=burst, fail_closed=fail_closed,
+        )  # fmt: skip
 
     def _decorate(self, func: Any, ttl: TTLLike, key: str | None, tags: Sequence[str]) -> Any:
         if not inspect.iscoroutinefunction(func):

@@ -4,12 +4,17 @@
 
     HitrateError
     ├── ConfigurationError (ValueError)      bad argument to a constructor or policy
-    ├── InvalidKeyError (ValueError)         a key hitrate cannot store (empty, wrong type)
+    ├── InvalidKeyError (ValueError)         a key hitrate cannot store (empty, wrong type),
+    │                                        also a structure name, object id or identity
+    ├── InvalidArgumentError (ValueError)    a bad argument to a data-structure verb: a
+    │                                        non-numeric score, a cost over the limit
     ├── SerializationError (TypeError)       a value the codec cannot encode
     ├── ValueTooLargeError (ValueError)      an encoded value over ``max_value_size``
     ├── CacheUnavailableError (ConnectionError)
     │   │                                    Redis unreachable, timed out or refused a
-    │   │                                    command; raised only with ``strict=True``
+    │   │                                    command; raised with ``strict=True``, and by
+    │   │                                    leaderboards, seen sets and unique counts,
+    │   │                                    which have nothing to fall back on
     │   └── CircuitOpenError                 the breaker is open: Redis was not even tried
     └── LoaderError (RuntimeError)           the loader failed in another process while
                                              this caller waited for its fill
@@ -27,6 +32,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
     "HitrateError",
+    "InvalidArgumentError",
     "InvalidKeyError",
     "LoaderError",
     "SerializationError",
@@ -45,6 +51,11 @@ class ConfigurationError(HitrateError, ValueError):
 
 class InvalidKeyError(HitrateError, ValueError):
     """A cache key that hitrate cannot store (not a string, empty, or too long)."""
+
+
+class InvalidArgumentError(HitrateError, ValueError):
+    """A data-structure verb was given an argument it cannot use (a score that is not a
+    number, a rate-limit cost larger than the limit, ...). Nothing was written."""
 
 
 class SerializationError(HitrateError, TypeError):

@@ -16,6 +16,24 @@ Lua script can touch them all. The characters ``{``, ``}`` and ``%`` in user key
 percent-encoded, so the first ``}`` in a Redis key always closes the user key: a SCAN
 pattern ``app:{<pattern>}*`` then matches exactly the entries whose key matches
 ``<pattern>`` and their sidecars, and nothing outside the prefix.
+
+The data structures (:mod:`hitrate.structures`) live under roots that start with ``~``::
+
+    app:~obj:{user:42}            an object hash (cache.objects("user")), and its
+    app:~obj:{user:42}:lease      fill lease
+    app:~lb:{weekly}              a leaderboard (sorted set)
+    app:~seen:{emails}            a dedup set; time-windowed: app:~seen:{visitors}:w<start ms>
+    app:~hll:{visitors}           a HyperLogLog (cache.unique)
+    app:~rl:{api:alice}:gcra      rate-limit state of identity "alice" under limiter "api"
+
+They cannot collide with cache entries, whose Redis keys always start with ``app:{``, nor
+with tag keys (``app:tag:``) or the stats hashes (``app:~stats:``), and pattern
+invalidation (``app:{<pattern>}*``) never reaches them. Everything of one structure (or of
+one object, or one limiter identity) sits inside one hash tag, so every atomic step is a
+single-slot operation on Redis Cluster. Names, ids and identities get the same brace and
+percent encoding as user keys; where two parts share a tag (``{family:id}``,
+``{limiter:identity}``), ``:`` in the first part is also encoded (``%3A``), so
+``("a:b", "c")`` and ``("a", "b:c")`` are different keys.
 """
 
 from __future__ import annotations
@@ -53,6 +71,29 @@ def _encode(text: str) -> str:
     if "%" in text or "{" in text or "}" in text:
         return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
     return text
+
+
+def _part(value: str | int, what: str) -> str:
+    """A name, id or identity that becomes part of a Redis key: non-empty text or an int."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidKeyError(f"{what} must be a string or an int, got {type(value).__name__}")
+    if not value:
+        raise InvalidKeyError(f"{what} is empty; give a non-empty string such as 'user-42'")
+    if len(value) > MAX_KEY_LENGTH:
+        raise InvalidKeyError(
+            f"{what} {value[:40]!r}... is {len(value)} characters; keep it under "
+            f"{MAX_KEY_LENGTH} (hash long parts)"
+        )
+    return value
+
+
+def _head(name: str) -> str:
+    """The first part of a two-part hash tag: encoded, and ``:`` encoded too."""
+    if not isinstance(name, str):
+        raise InvalidKeyError(f"names are strings, got {type(name).__name__} {name!r}")
+    return _encode(_part(name, "name")).replace(":", "%3A")
 
 
 def decode_user_key(text: str) -> str:
@@ -149,6 +190,20 @@ class KeySpace:
     @staticmethod
     def tag_gen(tag_key: str) -> str:
         return tag_key + ":gen"
+
+    def structure(self, root: str, name: str, what: str = "name") -> str:
+        """``app:~<root>:{<name>}``: the key of a leaderboard, set or HyperLogLog."""
+        return f"{self.root}~{root}:{{{_encode(_part(name, what))}}}"
+
+    def obj(self, family: str, id: str | int) -> str:
+        """``app:~obj:{<family>:<id>}``: the hash of one cached object."""
+        return f"{self.root}~obj:{{{_head(family)}:{_encode(_part(id, 'object id'))}}}"
+
+    def limiter(self, name: str, identity: str | int, algorithm: str) -> str:
+        """``app:~rl:{<limiter>:<identity>}:<algorithm>``: one identity's rate-limit state."""
+        return (
+            f"{self.root}~rl:{{{_head(name)}:{_encode(_part(identity, 'identity'))}}}:{algorithm}"
+        )
 
     def pattern(self, pattern: str) -> str:
         """SCAN pattern for the entries matching *pattern* and their sidecar keys."""

@@ -1,0 +1,15 @@
+-- obj_lease.lua: read a cached object, or take the lease to load and fill it, atomically.
+-- KEYS[1]  object hash
+-- KEYS[2]  its fill lease
+-- ARGV[1]  lease token (random, unique to this caller)
+-- ARGV[2]  lease time in milliseconds
+-- Returns {1, {field, value, ...}} when the object is cached, {2} when the lease was
+-- granted to ARGV[1], {3} when another caller holds it.
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields > 0 then
+  return {1, fields}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2}
+end
+return {3}

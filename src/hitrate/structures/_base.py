@@ -1,0 +1,142 @@
+"""The twin layer: each structure's verbs are written once, as plan methods (generators
+that yield Redis operations, see :mod:`hitrate.ops`), and run by the driver of the cache
+that made the structure. A :class:`Synced` structure returns the result; an
+:class:`Awaited` one returns an awaitable of it. Nothing else differs, so the sync and
+async classes are one class each plus a marker base::
+
+    class Leaderboard(_Leaderboard, Synced): ...        # lb.top(10)
+    class AsyncLeaderboard(_Leaderboard, Awaited): ...  # await lb.top(10)
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+
+from ..errors import InvalidArgumentError
+from ..keys import family_of
+from ..ops import Op
+from ..plans import Context
+from ..policy import COUNTER, Policy, TTLLike, to_policy
+
+__all__ = ["Awaited", "PlanOf", "Structure", "Synced", "calling", "verb"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+PlanOf = Generator[Op, Any, T]
+
+#: Items per command when a verb writes many members (Lua's unpack() stops near 8000).
+CHUNK = 1000
+
+
+class Structure:
+    """Holds the cache's :class:`~hitrate.plans.Context` and the driver that runs plans."""
+
+    __slots__ = ("_ctx", "_driver")
+
+    def __init__(self, ctx: Context, driver: Any) -> None:
+        self._ctx = ctx
+        self._driver = driver
+
+
+class Synced(Structure):
+    """Marker: the verbs of this structure run at once and return their result."""
+
+    __slots__ = ()
+
+
+class Awaited(Structure):
+    """Marker: the verbs of this structure return an awaitable (asyncio)."""
+
+    __slots__ = ()
+
+
+class verb(Generic[P, T]):
+    """Make a plan method a verb: ``lb.top(10)`` runs the plan ``top`` with the cache's
+    driver, so it returns the result on a :class:`Synced` structure and an awaitable on an
+    :class:`Awaited` one."""
+
+    def __init__(
+        self, plan: Callable[Concatenate[Any, P], Generator[Any, Any, T]], call: str = ""
+    ) -> None:
+        self.plan = plan
+        self._call = call
+        self._call_at = list(inspect.signature(plan).parameters).index(call) - 1 if call else 0
+        self.__doc__ = plan.__doc__
+        self.__name__ = plan.__name__
+        self.__qualname__ = plan.__qualname__
+        self.__wrapped__ = plan
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> verb[P, T]: ...
+
+    @overload
+    def __get__(self, obj: Synced, owner: type | None = None) -> Callable[P, T]: ...
+
+    @overload
+    def __get__(self, obj: Awaited, owner: type | None = None) -> Callable[P, Awaitable[T]]: ...
+
+    def __get__(self, obj: Structure | None, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        plan = self.plan
+        run = obj._driver.run
+        if self._call:
+            name, at = self._call, self._call_at
+
+            @functools.wraps(plan)
+            def call_with(*args: Any, **kwargs: Any) -> Any:
+                fn = kwargs[name] if name in kwargs else args[at] if at < len(args) else None
+                return run(plan(obj, *args, **kwargs), fn)
+
+            return call_with
+
+        @functools.wraps(plan)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return run(plan(obj, *args, **kwargs))
+
+        return call
+
+
+def calling(
+    name: str,
+) -> Callable[[Callable[Concatenate[Any, P], Generator[Any, Any, T]]], verb[P, T]]:
+    """Like ``@verb``, for a plan that yields CALL: the driver calls the verb's argument
+    *name* (a loader, sync or async)."""
+
+    def decorate(plan: Callable[Concatenate[Any, P], Generator[Any, Any, T]]) -> verb[P, T]:
+        return verb(plan, name)
+
+    return decorate
+
+
+def text(raw: Any) -> str:
+    """A member or name as Redis returned it (bytes) as text."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def integer(value: Any, what: str, *, minimum: int = 0) -> int:
+    """*value* as an int of at least *minimum*, or :class:`InvalidArgumentError`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentError(f"{what} must be an int, not {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise InvalidArgumentError(f"{what} must be >= {minimum}, not {value!r}")
+    return value
+
+
+def structure_policy(ctx: Context, name: str, ttl: TTLLike) -> Policy:
+    """The expiry of a leaderboard, set or HyperLogLog: *ttl* when given, else the policy
+    configured for the name's family (``policies={"visitors": ...}``), else none. These are
+    data, not copies of data, so the cache's ``default_ttl`` does not apply to them."""
+    if ttl is not None:
+        return to_policy(ttl, COUNTER)
+    return ctx.policies.get(family_of(name), COUNTER)
+
+
+def expiry_ms(ctx: Context, policy: Policy) -> int:
+    """Milliseconds until a key written now under *policy* expires (jitter drawn); 0 = none."""
+    seconds = policy.draw_ttl(ctx.rng)
+    return 0 if seconds is None else max(1, math.ceil(seconds * 1000))
