@@ -235,15 +235,12 @@ async def test_get_or_fetch_loads_once_and_counts(c: Caches) -> None:
     assert (counts.hits, counts.misses, counts.loads, counts.fills) == (3, 2, 1, 1)
 
 
-async def test_get_or_fetch_accepts_an_async_loader_on_async_caches(c: Caches) -> None:
-    if not c.is_async:
-        pytest.skip("async loaders are for AsyncCache")
-
+async def test_get_or_fetch_accepts_an_async_loader(acache: hitrate.AsyncCache) -> None:
     async def load() -> dict[str, Any]:
         return {"n": 1}
 
-    assert await c.objects("user").get_or_fetch(1, load) == {"n": 1}
-    assert await c.objects("user").get(1) == {"n": 1}
+    assert await acache.objects("user").get_or_fetch(1, load) == {"n": 1}
+    assert await acache.objects("user").get(1) == {"n": 1}
 
 
 async def test_get_or_fetch_none_or_empty_is_not_cached(c: Caches, raw: redis.Redis) -> None:

@@ -155,6 +155,8 @@ def _owe(driver: Any, rkey: str) -> None:
 
 
 def _take_owed(driver: Any) -> list[str]:
+    if not _OWED:  # the usual case, without the lock
+        return []
     with _OWED_LOCK:
         owed = _OWED.pop(driver, None)
     return sorted(owed) if owed else []
