@@ -27,10 +27,10 @@ ALGORITHMS = ["fixed_window", "sliding_window", "gcra"]
 
 
 async def test_fixed_window(c: Caches, raw: redis.Redis) -> None:
-    api = c.rate_limiter("api", limit=3, per=2, algorithm="fixed_window")
+    api = c.rate_limiter("api", limit=3, per=60, algorithm="fixed_window")
     first = await api.hit("alice")
-    server_now = float(".".join(str(x) for x in raw.time()))
-    window_left = 2 - server_now % 2  # windows are aligned to the epoch on the server clock
+    seconds, micros = raw.time()
+    window_left = 60 - (seconds + micros / 1e6) % 60  # aligned to the epoch, server clock
     assert first == Decision(True, 2, 0.0, first.reset_after)
     assert abs(first.reset_after - window_left) < 0.05
     assert [d.remaining for d in [await api.hit("alice"), await api.hit("alice")]] == [1, 0]
@@ -82,7 +82,7 @@ async def test_gcra_bursts_then_spaces_requests(c: Caches) -> None:
     assert 0.99 <= burst[-1].reset_after <= 1.0  # the bucket is full again in 1 s
     denied = await api.hit("alice")
     assert not denied.allowed
-    assert 0.2 <= denied.retry_after <= 0.25  # one token every 0.25 s
+    assert 0.15 <= denied.retry_after <= 0.25  # one token every 0.25 s
     time.sleep(denied.retry_after + 0.01)
     assert (await api.hit("alice")).allowed
     assert not (await api.hit("alice")).allowed
@@ -93,7 +93,7 @@ async def test_gcra_burst_option(c: Caches) -> None:
     assert (await api.hit("x")).allowed
     denied = await api.hit("x")
     assert not denied.allowed
-    assert 0.05 <= denied.retry_after <= 0.1
+    assert 0.02 <= denied.retry_after <= 0.1
     with pytest.raises(hitrate.InvalidArgumentError, match="could never be allowed"):
         await api.hit("x", cost=2)
 

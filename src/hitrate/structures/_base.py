@@ -10,7 +10,6 @@ async classes are one class each plus a marker base::
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Generator
@@ -87,17 +86,22 @@ class verb(Generic[P, T]):
         if self._call:
             name, at = self._call, self._call_at
 
-            @functools.wraps(plan)
-            def call_with(*args: Any, **kwargs: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
                 fn = kwargs[name] if name in kwargs else args[at] if at < len(args) else None
                 return run(plan(obj, *args, **kwargs), fn)
 
-            return call_with
+        else:
 
-        @functools.wraps(plan)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return run(plan(obj, *args, **kwargs))
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return run(plan(obj, *args, **kwargs))
 
+        # What functools.wraps would copy, without its cost on every attribute access.
+        call.__name__, call.__qualname__, call.__doc__ = (
+            self.__name__,
+            self.__qualname__,
+            self.__doc__,
+        )
+        call.__wrapped__ = plan  # type: ignore[attr-defined]
         return call
 
 

@@ -51,7 +51,6 @@ from ..errors import (
     SerializationError,
     ValueTooLargeError,
 )
-from ..keys import _head
 from ..ops import CALL, Batch, Coalesce, Eval, Publish, Sleep
 from ..plans import Context
 from ..policy import TTLLike
@@ -170,7 +169,7 @@ class _Objects(Structure):
 
     def __init__(self, ctx: Context, driver: Any, family: str, ttl: TTLLike) -> None:
         super().__init__(ctx, driver)
-        _head(family)  # validates: a non-empty string
+        ctx.keys.obj(family, 0)  # validates the family: a non-empty string
         self.family = family
         self._label = family + ":"
         self._policy = ctx.family_policy(family, ttl)
