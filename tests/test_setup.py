@@ -75,3 +75,14 @@ def test_embedded_server_starts_and_stops(flavour: str) -> None:
         info = client.info("server")
         assert ("valkey_version" in info) == (flavour == "valkey")
     assert server.process.poll() is not None
+
+
+def test_uncached_none_gives_the_lease_back(url: str, prefix: str) -> None:
+    cache = Cache.from_url(url, prefix=prefix, strict=True)
+    policy = Policy(10, negative_ttl=0)
+    assert cache.get_or_fetch("user:1", lambda: None, ttl=policy) is None
+    assert cache.get_or_fetch("user:1", lambda: 5, ttl=policy) == 5  # loaded again at once
+    raw = redis.Redis.from_url(url)
+    assert raw.exists(cache.redis_key("user:1") + ":lease") == 0
+    assert cache.counters.snapshot()["user"].errors == 0
+    cache.close()

@@ -2,12 +2,15 @@
 -- KEYS[1]  lease key
 -- KEYS[2]  error key (app:{user:42}:err)
 -- ARGV[1]  lease token
--- ARGV[2]  error text shown to callers in other processes waiting on this lease
+-- ARGV[2]  error text shown to callers in other processes waiting on this lease; "" to
+--          just give the lease back (a None that the policy does not cache)
 -- ARGV[3]  how long the error text is kept, milliseconds
 -- Returns 1 when the lease was still ours, 0 otherwise.
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('SET', KEYS[2], ARGV[1] .. '\n' .. ARGV[2], 'PX', ARGV[3])
+  if ARGV[2] ~= '' then
+    redis.call('SET', KEYS[2], ARGV[1] .. '\n' .. ARGV[2], 'PX', ARGV[3])
+  end
   return 1
 end
 return 0
