@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -100,7 +101,10 @@ def _explain(exc: BaseException, url: str) -> str:
 
 
 def _console() -> Console:
-    return Console(soft_wrap=False)
+    # Piped output (logs, CI, `| less`) gets room for the whole table instead of rich's
+    # default of 80 columns, which squeezes the per-family table unreadably.
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(soft_wrap=False, width=160 if wide else None)
 
 
 def _ms(seconds: float | None) -> str:
