@@ -401,6 +401,56 @@ def dashboard(
     uvicorn.Server(config).run(sockets=[sock])
 
 
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(min=2, help="Seconds to run, both phases.")] = 60.0,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            envvar=["HITRATE_REDIS_URL", "REDIS_URL"],
+            show_envvar=False,
+            help="Redis URL [default: $HITRATE_REDIS_URL, $REDIS_URL, else a private server]",
+        ),
+    ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL [default: a SQLite file in ~/.cache/hitrate]"),
+    ] = None,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Dashboard port.")] = 8000,
+    no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="No dashboard.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the data and the traffic.")] = 0,
+    as_json: JsonOption = False,
+    scale: Annotated[float, typer.Option(min=0.01, max=10, hidden=True)] = 1.0,
+    prefix: Annotated[str, typer.Option(hidden=True)] = "hitrate-demo",
+    table_prefix: Annotated[str, typer.Option(hidden=True)] = "shop_",
+    db_latency: Annotated[float | None, typer.Option(min=0, hidden=True)] = None,
+    rate: Annotated[float, typer.Option(min=0, hidden=True)] = 600.0,
+) -> None:
+    """A shop (10,000 users, 2,000 products, 50,000 orders) behind the cache under skewed
+    traffic, with a live view and the dashboard, then a report: hit rate per family, queries
+    avoided, latency with vs without the cache, stampedes, stale reads, rate-limit precision."""
+    try:
+        from .demo import run_demo
+    except ImportError as exc:
+        raise _Failure(
+            f"the demo needs SQLAlchemy ({exc.name} is missing): pip install 'hitrate[demo]'"
+        ) from None
+    try:
+        run_demo(
+            duration=duration, redis_url=redis_url, database=database, port=port,
+            dashboard=not no_dashboard, seed=seed, as_json=as_json, scale=scale,
+            prefix=prefix, table_prefix=table_prefix, db_latency_ms=db_latency, rate=rate,
+            console=_console(),
+        )  # fmt: skip
+    except (HitrateError, redis.RedisError, OSError, RuntimeError) as exc:
+        raise _Failure(f"demo: {exc}") from None
+    except Exception as exc:  # the database's errors (SQLAlchemy, psycopg): one line too
+        if type(exc).__module__.split(".")[0] not in ("sqlalchemy", "psycopg"):
+            raise
+        raise _Failure(f"demo: database: {str(exc).splitlines()[0]}") from None
+
+
 def run(argv: list[str]) -> int:
     command = typer.main.get_command(app)
     try:

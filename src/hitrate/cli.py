@@ -9,6 +9,7 @@
     hitrate bigkeys [--top 10]                         the largest keys under the prefix
     hitrate server                                     start a private server, print its URL
     hitrate dashboard [--port 8000]                    live web dashboard, /api/stats, /metrics
+    hitrate demo [--duration 60] [--database URL]      a shop behind the cache, then a report
 
 ``--url`` defaults to ``HITRATE_REDIS_URL``, then ``REDIS_URL``, then localhost;
 ``--prefix`` to ``HITRATE_PREFIX``, then ``hitrate`` (the default prefix of ``Cache``).
