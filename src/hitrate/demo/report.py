@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Group
@@ -241,23 +242,22 @@ def render_report(report: dict[str, Any]) -> Group:
 
 
 def live_table(wl: Workload, duration: float) -> Table:
-    """The live view: elapsed time, requests per second, hit rate per family."""
-    import time
-
-    phase = wl.phase
+    """The live view: phase, elapsed time, requests per second, hit rate per family."""
+    phase = wl.phase or "starting"
     elapsed = time.perf_counter() - wl.started if wl.started else 0.0
-    n = wl.requests(phase)
+    n = wl.requests(wl.phase)
+    label = {"uncached": "without the cache", "cached": "with the cache"}.get(phase, phase)
     table = Table(
-        title=f"hitrate demo · {phase or 'starting'} · {elapsed:4.1f} s of the phase "
-        f"(run {duration:g} s)",
+        title=f"hitrate demo ({duration:g} s): {label}, {elapsed:4.1f} of {wl.phase_seconds:.0f} s",
         title_justify="left",
         show_edge=False,
+        min_width=64,
     )
-    table.add_column("family")
+    table.add_column("")
     table.add_column("hit rate", justify="right")
-    table.add_column("reads", justify="right")
-    table.add_row("requests/s", f"{n / elapsed if elapsed else 0:,.0f}", f"{n:,}")
-    if phase == "cached":
+    table.add_column("requests", justify="right")
+    table.add_row("all", "", f"{n:,} ({n / elapsed if elapsed else 0:,.0f}/s)")
+    if wl.phase == "cached":
         counters = wl.cache.counters.snapshot()
         for name in CACHED_FAMILIES:
             c = counters.get(name)

@@ -109,6 +109,7 @@ class Workload:
         self._lock = threading.Lock()
         self.phase = ""
         self.started = 0.0
+        self.phase_seconds = 0.0
         self.failure: BaseException | None = None
 
     # -- set-up ----------------------------------------------------------------------------
@@ -129,7 +130,7 @@ class Workload:
         stop = threading.Event()
         logs = [Log() for _ in range(self.threads)]
         self.logs[phase] = logs
-        self.phase, self.started = phase, time.perf_counter()
+        self.phase, self.started, self.phase_seconds = phase, time.perf_counter(), seconds
         serve = self._cached if phase == "cached" else self._uncached
         workers = [
             threading.Thread(
