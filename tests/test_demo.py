@@ -45,6 +45,7 @@ def check_invariants(report: dict[str, Any]) -> None:
     assert report["staleness"]["stale_reads"] == 0
     assert report["staleness"]["reads_checked"] > 100
     assert report["staleness"]["writes"] > 5
+    assert report["second_process_reads"] > 50  # reads from another process, checked too
     # Zipf over 1,000 users for ~4 s: most reads hit, but not all (that would mean no misses).
     assert 40.0 <= families["user"]["hit_rate"] <= 99.0, families["user"]
     assert 30.0 <= families["product"]["hit_rate"] <= 99.0, families["product"]

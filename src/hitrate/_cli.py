@@ -426,6 +426,7 @@ def demo(
     table_prefix: Annotated[str, typer.Option(hidden=True)] = "shop_",
     db_latency: Annotated[float | None, typer.Option(min=0, hidden=True)] = None,
     rate: Annotated[float, typer.Option(min=0, hidden=True)] = 600.0,
+    second_process: Annotated[bool, typer.Option(hidden=True)] = True,
 ) -> None:
     """A shop (10,000 users, 2,000 products, 50,000 orders) behind the cache under skewed
     traffic, with a live view and the dashboard, then a report: hit rate per family, queries
@@ -441,6 +442,7 @@ def demo(
             duration=duration, redis_url=redis_url, database=database, port=port,
             dashboard=not no_dashboard, seed=seed, as_json=as_json, scale=scale,
             prefix=prefix, table_prefix=table_prefix, db_latency_ms=db_latency, rate=rate,
+            second_process=second_process,
             console=_console(),
         )  # fmt: skip
     except (HitrateError, redis.RedisError, OSError, RuntimeError) as exc:

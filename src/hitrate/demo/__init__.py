@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -100,12 +102,14 @@ def run_demo(
     rate: float = 600.0,
     top_ttl: float = 3.0,
     limit: int = 10,
+    second_process: bool = True,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the demo and return its report (also printed: a table, or JSON with *as_json*).
 
     *duration* covers both phases: about 15 % without the cache, the rest with it.
     *rate* is the requests per second offered in both phases (0: as fast as they go).
+    *second_process* runs user profile reads from another process too (100/s).
     *db_latency_ms* is added to every query (default: 1 ms for SQLite, which is in-process
     and so faster than any networked database; 0 for PostgreSQL).
     """
@@ -198,8 +202,27 @@ def run_demo(
         q1 = shop.queries
         wl.prepare_cache()
         q2 = shop.queries
+        other = None
+        if second_process:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="hitrate-demo-"))
+            reads_file = os.path.join(tmp, "reads.json")
+            spec: dict[str, Any] = {
+                "database": db_url, "table_prefix": table_prefix, "latency": shop.latency,
+                "redis": url, "prefix": prefix, "scale": scale, "seed": seed, "rate": 100.0,
+                "seconds": cached_s, "out": reads_file,
+            }  # fmt: skip
+            other = subprocess.Popen(
+                [sys.executable, "-m", "hitrate.demo.second", json.dumps(spec)],
+                stdin=subprocess.DEVNULL,
+            )
+            stack.callback(other.kill)
         wl.run("cached", cached_s, tick)
         q3 = shop.queries
+        if other is not None:
+            if other.wait(timeout=60) != 0:
+                raise RuntimeError(f"the second process failed (exit status {other.returncode})")
+            with open(reads_file) as f:
+                wl.other_reads = [(r[0], r[1], r[2], r[3]) for r in json.load(f)]
         if live is not None:
             live.stop()
 
@@ -215,6 +238,7 @@ def run_demo(
                 "duration_s": duration,
                 "threads": threads,
                 "offered_rate_per_s": rate,
+                "second_process_reads": len(wl.other_reads),
                 "redis_server": server_label,
                 "prefix": prefix,
                 "dashboard": dashboard_url,

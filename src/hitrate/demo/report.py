@@ -215,8 +215,9 @@ def render_report(report: dict[str, Any]) -> Group:
     lines.add_row(
         "stale reads",
         Text(
-            f"{st['stale_reads']}  (every cached user read checked against "
-            f"{st['writes']:,} database writes: {st['reads_checked']:,} reads)",
+            f"{st['stale_reads']}  ({st['reads_checked']:,} cached user reads, "
+            f"{report['second_process_reads']:,} of them by a second process, checked "
+            f"against {st['writes']:,} database writes)",
             style=ok if st["stale_reads"] == 0 else bad,
         ),
     )

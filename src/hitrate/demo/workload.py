@@ -111,6 +111,7 @@ class Workload:
         self.started = 0.0
         self.phase_seconds = 0.0
         self.failure: BaseException | None = None
+        self.other_reads: list[tuple[int, float, float, int]] = []  # the second process's
 
     # -- set-up ----------------------------------------------------------------------------
     def prepare_cache(self) -> None:
@@ -268,8 +269,9 @@ class Workload:
 
     # -- checks ----------------------------------------------------------------------------
     def stale_reads(self) -> tuple[int, int, int]:
-        """``(stale, reads checked, writes)``: a cached read of a user that started after a
-        write of that user had completed must not return an older version."""
+        """``(stale, reads checked, writes)``: a cached read of a user (in this process or
+        the second) that started after a write of that user had completed must not return
+        an older version."""
         logs = self.logs["cached"]
         writes: dict[int, list[tuple[float, int]]] = defaultdict(list)
         for log in logs:
@@ -282,8 +284,8 @@ class Workload:
             best = list(itertools.accumulate((v for _, v in ws), max))
             done[uid] = (ends, best)
         stale = checked = 0
-        for log in logs:
-            for uid, start, _, version in log.reads:
+        for reads in [log.reads for log in logs] + [self.other_reads]:
+            for uid, start, _, version in reads:
                 checked += 1
                 if uid in done:
                     ends, best = done[uid]
