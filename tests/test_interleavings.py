@@ -190,3 +190,25 @@ def test_naive_cache_aside_fails_the_same_check(cache: Cache) -> None:
             stale += 1
         assert all(a.done for a in actors)
     assert stale > 0  # the stale set: load old row, writer saves + deletes, reader SETs
+
+
+def test_fill_during_tag_invalidation_stays_tagged(cache: Cache) -> None:
+    """A reader that refills a tagged entry while invalidate_tag runs: either the refill is
+    deleted by it, or it stays in the tag set for the next invalidation (never orphaned)."""
+    for step in range(4):
+        cache.invalidate_tag("users")
+        cache.get_or_fetch("user:1", lambda: "v1", ttl=60, tags=["users"])
+        plan = plans.invalidate_tag(cache._ctx, "users")
+        reply: Any = None
+        n = 0
+        while True:
+            try:
+                op = plan.send(reply)
+            except StopIteration:
+                break
+            if n == step:
+                cache.get_or_fetch("user:1", lambda: "v2", ttl=60, tags=["users"])
+            reply = cache._driver.redis(op)
+            n += 1
+        cache.invalidate_tag("users")
+        assert cache.get_or_fetch("user:1", lambda: "v3", ttl=60, tags=["users"]) == "v3", step

@@ -55,6 +55,13 @@ class Breaker:
             self._probing = False
             return was_open
 
+    def abandon(self) -> None:
+        """A call ended without telling whether Redis works (cancelled, or a bug of ours):
+        let the next call probe instead of waiting for a verdict that never comes."""
+        if self._probing:
+            with self._lock:
+                self._probing = False
+
     def failure(self) -> None:
         with self._lock:
             self._failures += 1

@@ -166,10 +166,11 @@ class SyncDriver(_Base):
                 reply = self._eval(op)
             else:
                 reply = self._batch(op)
-        except Exception as exc:
-            if not _redis_error(exc):
-                raise
-            raise self._failed(exc, op) from exc
+        except BaseException as exc:
+            if isinstance(exc, Exception) and _redis_error(exc):
+                raise self._failed(exc, op) from exc
+            self.breaker.abandon()
+            raise
         if self.breaker._failures:
             self.breaker.success()
         if self.ctx.owes:
@@ -223,7 +224,9 @@ class SyncDriver(_Base):
                             flight = self._flights[op.rkey] = _Flight()
                     if leader is not None:
                         joined = time.monotonic()
-                        leader.done.wait()
+                        if not leader.done.wait(op.wait):
+                            send = True  # waited the lease time: the plan loads by itself
+                            continue
                         # Only a value vouched for by Redis after we arrived is fresh for
                         # us: a write may have completed between an earlier read and now.
                         if leader.published and leader.sent_at > joined:
@@ -302,10 +305,11 @@ class AsyncDriver(_Base):
                 reply = await self._eval(op)
             else:
                 reply = await self._batch(op)
-        except Exception as exc:
-            if not _redis_error(exc):
-                raise
-            raise self._failed(exc, op) from exc
+        except BaseException as exc:
+            if isinstance(exc, Exception) and _redis_error(exc):
+                raise self._failed(exc, op) from exc
+            self.breaker.abandon()
+            raise
         if self.breaker._failures:
             self.breaker.success()
         if self.ctx.owes:
@@ -350,8 +354,8 @@ class AsyncDriver(_Base):
                         send = call()
                         if inspect.isawaitable(send):
                             send = await send
-                    except Exception as exc:
-                        throw = exc
+                    except (Exception, asyncio.CancelledError) as exc:
+                        throw = exc  # on cancellation the plan gives its lease back first
                 elif isinstance(op, Sleep):
                     await asyncio.sleep(op.seconds)
                 elif isinstance(op, Spawn):
@@ -366,7 +370,10 @@ class AsyncDriver(_Base):
                         continue
                     joined = time.monotonic()
                     try:
-                        result = await asyncio.shield(leader)
+                        result = await asyncio.wait_for(asyncio.shield(leader), op.wait)
+                    except TimeoutError:
+                        send = True  # waited the lease time: the plan loads by itself
+                        continue
                     except _LeaderGone:
                         continue  # cancelled leader: go on alone
                     # As in the sync driver: only a value vouched for after we arrived.

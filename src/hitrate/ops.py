@@ -13,7 +13,8 @@
   :class:`Publish`-es a value, the driver drops this plan and returns the value; if it
   finishes without publishing (its fill was refused because a write overlapped its load,
   so its value may be older than a write that completed before we started), this plan
-  goes on by itself. With no other caller, the plan goes on as the leader.
+  goes on by itself. With no other caller, the plan goes on as the leader. If the other
+  caller takes longer than ``wait`` seconds, the driver sends ``True``: stop waiting.
 * :class:`Publish` -> the value this plan returns is good for the callers coalesced on it
 
 When Redis fails, the driver throws :class:`~hitrate.errors.CacheUnavailableError` into the
@@ -61,6 +62,7 @@ class Spawn:
 @dataclass(frozen=True, slots=True)
 class Coalesce:
     rkey: str
+    wait: float | None = None  # longest wait for the other caller; then ``True`` is sent
 
 
 class _Call:

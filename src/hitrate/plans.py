@@ -10,6 +10,7 @@ means for that step (load without caching, serve the stale value, queue an inval
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -262,15 +263,19 @@ def owed(ctx: Context) -> Plan:
         yield from invalidate_pattern(ctx, pattern)
 
 
-def _invalidate_entries(ctx: Context, entries: Sequence[str], batch: int) -> Plan:
-    """Invalidate entries given by their Redis keys, ``batch`` per script call, pipelined."""
+def _invalidate_entries(
+    ctx: Context, entries: Sequence[str], batch: int, tag_key: str = ""
+) -> Plan:
+    """Invalidate entries given by their Redis keys, ``batch`` per script call, pipelined;
+    with *tag_key*, each is also taken out of that tag set in the same script."""
     total = 0
     ops = []
     for i in range(0, len(entries), batch):
-        flat: list[str] = []
+        flat: list[str] = [tag_key] if tag_key else []
         for rkey in entries[i : i + batch]:
             flat += ctx.keys.quad_of(rkey)
-        ops.append(Eval(scripts.INVALIDATE, flat, (ctx.token(),)))
+        script = scripts.UNTAG if tag_key else scripts.INVALIDATE
+        ops.append(Eval(script, flat, (ctx.token(),)))
     if ops:
         replies = yield Batch(ops)
         total = sum(int(r) for r in replies)
@@ -315,9 +320,7 @@ def invalidate_tag(ctx: Context, tag: str, batch: int = 500) -> Plan:
             [("SET", gen_key, ctx.token(), "PX", gen_ms), ("SMEMBERS", tag_key)]
         )
         entries = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
-        deleted = yield from _invalidate_entries(ctx, entries, batch)
-        if entries:
-            yield ("SREM", tag_key, *entries)
+        deleted = yield from _invalidate_entries(ctx, entries, batch, tag_key)
     except CacheUnavailableError:
         ctx.stats.incr("tag", "fail_open")
         ctx.remember_failed_invalidation(tag=tag)
@@ -335,6 +338,14 @@ def _xfetch(
     """XFetch (Vattani et al., VLDB 2015): refresh early with a probability that rises as
     expiry nears, scaled by how long the last load took."""
     return now - load_time * beta * math.log(1.0 - rng.random()) >= expires_at
+
+
+def _load_unfilled(ctx: Context, family: str) -> Plan:
+    """Waited as long as the lease allows for another caller's fill: load, don't fill."""
+    t0 = ctx.monotonic()
+    value = yield CALL
+    ctx.stats.load(family, ctx.monotonic() - t0)
+    return value
 
 
 def _load_only(ctx: Context, family: str) -> Plan:
@@ -387,7 +398,9 @@ def get_or_fetch(ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = ())
             # Still fresh but XFetch says refresh early, or inside the stale window.
             return (yield from _refresh(ctx, key, rkey, family, policy, tags, raw, entry))
     ctx.stats.miss(family)
-    yield Coalesce(rkey)
+    if (yield Coalesce(rkey, policy.lease)):
+        # Another caller here loaded for longer than the lease time: load without filling.
+        return (yield from _load_unfilled(ctx, family))
     return (yield from _fill(ctx, key, rkey, family, policy, tags))
 
 
@@ -473,10 +486,7 @@ def _fill(
         while True:
             if ctx.monotonic() >= deadline:
                 # Past the budget: load ourselves, but don't fill (the holder may still).
-                t0 = ctx.monotonic()
-                value = yield CALL
-                ctx.stats.load(family, ctx.monotonic() - t0)
-                return value
+                return (yield from _load_unfilled(ctx, family))
             yield Sleep(min(delay, max(0.0, deadline - ctx.monotonic())))
             delay = min(delay * 2, 0.05)
             try:
@@ -515,9 +525,11 @@ def _load_and_fill(
         load_time = ctx.monotonic() - t0
         ctx.stats.load(family, load_time)
         data, px = ctx.encode(key, value, policy, load_time)
-    except Exception as exc:
+    except (Exception, asyncio.CancelledError) as exc:
         try:
-            text = f"{type(exc).__name__}: {exc}"
+            # A cancelled caller just gives the lease back: waiters load for themselves.
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            text = "" if cancelled else f"{type(exc).__name__}: {exc}"
             yield Eval(
                 scripts.RELEASE, [lease_key, ctx.keys.error(rkey)], (token, text, ERROR_TEXT_MS)
             )
