@@ -249,7 +249,8 @@ class Cache(_CacheBase):
             value = plans.fresh_value(ctx, key, family, first, ctx.family_policy(family, ttl))
             if value is not MISSING:
                 return value
-        return self._driver.run(plans.get_or_fetch(ctx, key, ttl, tuple(tags)), fetch, first)
+        plan = plans.get_or_fetch(ctx, key, ttl, tuple(tags), checked=True)
+        return self._driver.run(plan, fetch, first)
 
     def write_through(
         self,
@@ -485,7 +486,8 @@ class AsyncCache(_CacheBase):
             value = plans.fresh_value(ctx, key, family, first, ctx.family_policy(family, ttl))
             if value is not MISSING:
                 return value
-        return await self._driver.run(plans.get_or_fetch(ctx, key, ttl, tuple(tags)), fetch, first)
+        plan = plans.get_or_fetch(ctx, key, ttl, tuple(tags), checked=True)
+        return await self._driver.run(plan, fetch, first)
 
     async def write_through(
         self,

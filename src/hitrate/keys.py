@@ -38,10 +38,15 @@ percent encoding as user keys; where two parts share a tag (``{family:id}``,
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as _dt
+import decimal
+import enum
 import hashlib
 import inspect
 import re
 import string
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -128,7 +133,10 @@ class KeySpace:
 
     def locate(self, key: str) -> tuple[str, str]:
         """``(entry key, family)`` of *key*, memoised for hot keys (the hit path)."""
-        found = self._located.get(key)
+        try:
+            found = self._located.get(key)
+        except TypeError:  # unhashable: entry() says what is wrong
+            found = None
         if found is None:
             found = (self.entry(key), family_of(key))
             if len(self._located) < 4096:
@@ -137,7 +145,10 @@ class KeySpace:
 
     def entry(self, key: str) -> str:
         """The Redis key of the entry for user key *key*."""
-        cached = self._entry_cache.get(key)
+        try:
+            cached = self._entry_cache.get(key)
+        except TypeError:  # unhashable: reported just below
+            cached = None
         if cached is not None:
             return cached
         if not isinstance(key, str):
@@ -152,6 +163,13 @@ class KeySpace:
                 f"cache key {key[:40]!r}... is {len(key)} characters; keep keys under "
                 f"{MAX_KEY_LENGTH} (hash long parts)"
             )
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            raise InvalidKeyError(
+                f"cache key {key!r} is not valid Unicode text (a lone surrogate?); "
+                "decode bytes with errors='replace' or hash them"
+            ) from None
         rkey = f"{self.root}{{{_encode(key)}}}"
         if len(self._entry_cache) < 4096:
             self._entry_cache[key] = rkey
@@ -223,9 +241,39 @@ class KeySpace:
         return decode_user_key(entry[len(self.root) + 1 : -1])
 
 
+def _canonical(value: Any) -> Any:
+    """A JSON-able form of *value* that keeps its type: ``{1: "a"}`` and ``{"1": "a"}``,
+    ``(1, 2)`` and ``[1, 2]``, a date and its ISO string all differ."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return ["i", str(value)]
+    if isinstance(value, float):
+        return ["f", repr(value)]
+    if isinstance(value, bytes):
+        return ["b", value.hex()]
+    if isinstance(value, list | tuple):
+        return ["l" if isinstance(value, list) else "t", [_canonical(v) for v in value]]
+    if isinstance(value, dict):
+        items = [(orjson.dumps(_canonical(k)), _canonical(v)) for k, v in value.items()]
+        return ["d", [[k.decode(), v] for k, v in sorted(items, key=lambda kv: kv[0])]]
+    if isinstance(value, set | frozenset):
+        members = sorted(orjson.dumps(_canonical(v)) for v in value)
+        return ["s", [m.decode() for m in members]]
+    if isinstance(value, enum.Enum):
+        return ["e", type(value).__qualname__, _canonical(value.value)]
+    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        return [type(value).__name__, value.isoformat()]
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return [type(value).__name__, str(value)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return ["dc", type(value).__qualname__, _canonical(dataclasses.asdict(value))]
+    raise TypeError(f"type {type(value).__name__} has no stable form")
+
+
 def _stable_digest(payload: Any) -> str:
     try:
-        data = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        data = orjson.dumps(_canonical(payload))
     except TypeError as exc:
         raise InvalidKeyError(
             f"cannot build a cache key from these arguments ({exc}); pass "

@@ -381,7 +381,11 @@ def fresh_value(ctx: Context, key: str, family: str, raw: bytes | None, policy: 
     return entry.value
 
 
-def get_or_fetch(ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = ()) -> Plan:
+def get_or_fetch(
+    ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = (), *, checked: bool = False
+) -> Plan:
+    """Cache-aside with leases. ``checked``: the driver already ran :func:`fresh_value` on
+    the GET reply it replays (the hit fast path), so the XFetch draw is not made twice."""
     rkey = ctx.keys.entry(key)
     family = family_of(key)
     try:
@@ -389,9 +393,10 @@ def get_or_fetch(ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = ())
     except CacheUnavailableError:
         return (yield from _load_only(ctx, family))
     policy = ctx.policy(key, ttl)
-    value = fresh_value(ctx, key, family, raw, policy)
-    if value is not MISSING:
-        return value
+    if not checked:
+        value = fresh_value(ctx, key, family, raw, policy)
+        if value is not MISSING:
+            return value
     if raw is not None:
         entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family)
         if entry is not None and ctx.clock() < entry.expires_at + policy.stale:
