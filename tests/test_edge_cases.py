@@ -92,3 +92,41 @@ def test_interrupted_probe_does_not_keep_the_breaker_open() -> None:
     assert not breaker.allow()  # one probe at a time
     breaker.abandon()  # the probe was interrupted (cancelled, or not a Redis error)
     assert breaker.allow()
+
+
+def test_cached_methods_invalidate_through_the_instance(cache: Cache) -> None:
+    calls: list[int] = []
+
+    class Repo:
+        @cache.cached(ttl=60)
+        def find(self, x: int, y: int = 2) -> int:
+            calls.append(x)
+            return x + y
+
+        @cache.cached(key="user:{user_id}")
+        def user(self, user_id: int) -> dict[str, int]:
+            calls.append(user_id)
+            return {"id": user_id}
+
+    r = Repo()
+    assert r.find(1) == 3
+    assert r.find(5) == 7
+    assert r.find.key(5) == Repo.find.key(r, 5)
+    assert r.find.invalidate(1) == 1  # deletes find(1), not find(5)
+    assert r.find(5) == 7
+    assert calls == [1, 5]
+    assert r.user(9) == {"id": 9}
+    assert r.user.invalidate(user_id=9) == 1
+    assert r.user(9) == {"id": 9}
+    assert calls == [1, 5, 9, 9]
+
+
+async def test_cached_async_methods(acache: AsyncCache) -> None:
+    class Repo:
+        @acache.cached(key="item:{item_id}")
+        async def item(self, item_id: int) -> int:
+            return item_id * 10
+
+    r = Repo()
+    assert await r.item(4) == 40
+    assert await r.item.invalidate(item_id=4) == 1

@@ -384,7 +384,7 @@ class Cache(_CacheBase):
             return get_or_fetch(make_key(*args, **kwargs), lambda: func(*args, **kwargs), ttl, tags)
 
         _attach(wrapper, make_key, self.invalidate)
-        return wrapper
+        return _for_methods(wrapper, func)
 
 
 def _sync_client(aclient: Any) -> redis.Redis | None:
@@ -417,6 +417,48 @@ def _attach(wrapper: Any, make_key: Callable[..., str], invalidate: Callable[...
 
     invalidate_call.__doc__ = "Invalidate the cached result for these arguments."
     wrapper.invalidate = invalidate_call
+
+
+class _CachedMethod:
+    """A cached method: ``obj.method.invalidate(x)`` and ``.key(x)`` include ``obj``, as a
+    call of ``obj.method(x)`` does (a plain function attribute would not see ``obj``)."""
+
+    def __init__(self, wrapper: Any) -> None:
+        self._wrapper = wrapper
+        self.key = wrapper.key
+        self.invalidate = wrapper.invalidate
+        functools.update_wrapper(self, wrapper)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapper(*args, **kwargs)
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        return _BoundCached(self._wrapper, obj)
+
+
+class _BoundCached:
+    __slots__ = ("__self__", "_wrapper")
+
+    def __init__(self, wrapper: Any, obj: Any) -> None:
+        self._wrapper = wrapper
+        self.__self__ = obj
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapper(self.__self__, *args, **kwargs)
+
+    def key(self, *args: Any, **kwargs: Any) -> str:
+        return str(self._wrapper.key(self.__self__, *args, **kwargs))
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapper.invalidate(self.__self__, *args, **kwargs)
+
+
+def _for_methods(wrapper: Any, func: Any) -> Any:
+    """Functions whose first parameter is ``self``/``cls`` get method-aware helpers."""
+    params = list(inspect.signature(func).parameters)
+    return _CachedMethod(wrapper) if params and params[0] in ("self", "cls") else wrapper
 
 
 class AsyncCache(_CacheBase):
@@ -598,4 +640,4 @@ class AsyncCache(_CacheBase):
             )
 
         _attach(wrapper, make_key, self.invalidate)
-        return wrapper
+        return _for_methods(wrapper, func)
