@@ -544,7 +544,8 @@ def test_failed_tag_and_pattern_invalidations_are_owed_and_delivered() -> None:
     assert not (ctx.pending or ctx.pending_tags or ctx.pending_patterns)
     assert list(script.ops[0].keys) == ctx.keys.quad("user:9")
     untag = script.ops[2].ops[0]  # entries leave the tag set in the same script
-    assert untag.script.name == "untag"
+    assert untag.script.name == "invalidate"
+    assert untag.args[1] == "tag"
     assert list(untag.keys) == [ctx.keys.tag("t1"), *ctx.keys.quad_of("t:{user:1}")]
     assert list(script.ops[4].ops[0].keys) == ctx.keys.quad_of("t:{user:2}")
 

@@ -274,8 +274,8 @@ def _invalidate_entries(
         flat: list[str] = [tag_key] if tag_key else []
         for rkey in entries[i : i + batch]:
             flat += ctx.keys.quad_of(rkey)
-        script = scripts.UNTAG if tag_key else scripts.INVALIDATE
-        ops.append(Eval(script, flat, (ctx.token(),)))
+        args = (ctx.token(), "tag") if tag_key else (ctx.token(),)
+        ops.append(Eval(scripts.INVALIDATE, flat, args))
     if ops:
         replies = yield Batch(ops)
         total = sum(int(r) for r in replies)

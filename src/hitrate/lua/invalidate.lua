@@ -1,16 +1,28 @@
 -- invalidate.lua: delete entries, revoke their fill leases, and tell writers in flight.
 -- KEYS come in fours, one group per entry: entry key, lease key, write-bookkeeping key,
--- version key.
+-- version key. With ARGV[2] == "tag", KEYS[1] is a tag set instead and the groups follow;
+-- each entry is then also taken out of that set in this same atomic step, so an entry
+-- filled again meanwhile is either deleted here or stays tagged for the next invalidation.
 -- ARGV[1]  a fresh random token: written as the write epoch of every entry that has a
 --          write-through in flight, so that write sees it was overlapped and deletes
 --          instead of caching a value that may be older than ours.
+-- ARGV[2]  "tag" when KEYS[1] is the tag set (invalidate_tag), absent otherwise
 -- Returns the number of entries that existed and were deleted.
 local deleted = 0
-for i = 1, #KEYS, 4 do
+local first = 1
+local tagset = nil
+if ARGV[2] == 'tag' then
+  tagset = KEYS[1]
+  first = 2
+end
+for i = first, #KEYS, 4 do
   deleted = deleted + redis.call('UNLINK', KEYS[i])
   redis.call('UNLINK', KEYS[i + 1], KEYS[i + 3])
   if redis.call('EXISTS', KEYS[i + 2]) == 1 then
     redis.call('HSET', KEYS[i + 2], 'e', ARGV[1])
+  end
+  if tagset then
+    redis.call('SREM', tagset, KEYS[i])
   end
 end
 return deleted
