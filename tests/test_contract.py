@@ -646,7 +646,10 @@ async def test_every_written_key_has_a_ttl(c: Api, raw: redis.Redis, prefix: str
     keys = sorted(k.decode() for k in raw.scan_iter(match=f"{prefix}:*", count=1000))
     assert c.redis_key("post:4") in keys
     assert tag_key(prefix, "solo") in keys
-    no_ttl = [k for k in keys if raw.pttl(k) <= 0 and k != c.redis_key("hits:1")]
+    # The generations hash (one small hash per prefix) has none on purpose: forgetting a
+    # bump would make the entries it retired reachable again.
+    persistent = {c.redis_key("hits:1"), f"{prefix}:~gen"}
+    no_ttl = [k for k in keys if raw.pttl(k) <= 0 and k not in persistent]
     assert no_ttl == [], f"keys without TTL: {no_ttl}"
     assert raw.pttl(c.redis_key("hits:1")) == -1
 

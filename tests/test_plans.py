@@ -20,9 +20,11 @@ import pytest
 
 import hitrate
 from hitrate import plans
-from hitrate.codec import DecodeError, decode_entry, encode_entry, make_codec
+from hitrate.codec import HEADER, DecodeError, decode_entry, encode_entry, make_codec
 from hitrate.keys import KeySpace
-from hitrate.ops import CALL, Eval
+from hitrate.generations import Generations
+from hitrate.ops import CALL, LEAD, Eval
+from hitrate.owed import MAX_OWED
 from hitrate.policy import AGGREGATE, COUNTER, REFERENCE, USER, Policy, to_policy
 from hitrate.testing import FakeClock
 
@@ -32,7 +34,9 @@ LEASE = RKEY + ":lease"
 WRITES = RKEY + ":w"
 ERR = RKEY + ":err"
 QUAD = [RKEY, LEASE, WRITES, RKEY + ":v"]
-GRANTED = [2, b"", b""]
+GEN = "t:~gen"
+GENS = [b"", b"", b"", b""]  # lease.lua's fill epochs and namespace tokens: none yet
+GRANTED = [2, b"", b"", *GENS]
 
 
 # -- the scripted runner -------------------------------------------------------------------
@@ -114,6 +118,9 @@ NOW = FakeClock().now  # every context's wall clock starts here
 
 def make_ctx(policy: Policy | None = None, **options: Any) -> plans.Context:
     options.setdefault("rng", random.Random(0))
+    gens = Generations(math.inf)
+    gens.replace({})  # read once, never due again: no HGETALL in the scripts
+    options.setdefault("gens", gens)
     return plans.Context(
         keys=KeySpace("t"),
         codec=hitrate.JsonCodec(),
@@ -129,6 +136,11 @@ def entry(value: Any, expires_in: float | None = 60.0, load_time: float = 0.0) -
     """A JSON entry for KEY, logically expiring *expires_in* s after NOW (None: never)."""
     expires_at = NOW + expires_in if expires_in is not None else 0.0
     return encode_entry(hitrate.JsonCodec(), KEY, value, expires_at, load_time)
+
+
+def owed_keys(ctx: plans.Context) -> set[str]:
+    """The user keys whose invalidation is owed to Redis."""
+    return {ctx.keys.user_key(rkey) for rkey in ctx.owed.entries()}
 
 
 def counts(ctx: plans.Context, family: str = "user") -> Any:
@@ -175,8 +187,8 @@ def test_get_undecodable_bytes_are_unlinked_and_counted(raw: bytes, unlinked: An
 
 # -- get_or_fetch: hits and misses ---------------------------------------------------------
 
-MISS = (("GET", None), ("Coalesce", None))  # nothing cached; we lead inside this process
-HELD = ("lease", [3, b"", b"h"])  # the caller with token "h" holds the fill lease
+MISS = (("GET", None), ("Coalesce", LEAD))  # nothing cached; we lead inside this process
+HELD = ("lease", [3, b"", b"h", *GENS])  # the caller with token "h" holds the fill lease
 NAP = ("Sleep", None)
 
 
@@ -207,31 +219,32 @@ def test_get_or_fetch_miss_takes_lease_loads_and_fills() -> None:
     assert script.op("Coalesce").rkey == RKEY
     assert script.op("Publish").value == "v"  # shared with coalesced callers
     lease, fill = script.op("lease"), script.op("fill")
-    assert list(lease.keys) == [RKEY, LEASE]
-    assert tuple(lease.args[1:]) == (5000, b"")  # Policy.lease = 5 s; b"": not a refresh
-    assert list(fill.keys) == [RKEY, LEASE]
+    assert list(lease.keys) == [RKEY, LEASE, WRITES, GEN]
+    # Policy.lease = 5 s; b"": not a refresh; the family, for its fill epoch
+    assert tuple(lease.args[1:]) == (5000, b"", "user")
+    assert list(fill.keys) == [RKEY, LEASE, GEN]
     assert fill.args[0] == lease.args[0]  # the token the lease was granted to
     stored = decode_entry(ctx.codec, KEY, fill.args[1])
     assert (stored.value, stored.expires_at) == ("v", ctx.clock() + 60)
-    assert tuple(fill.args[2:]) == (60_000, 0)
+    assert tuple(fill.args[2:]) == (60_000, 0, "user", b"", b"", plans.TAG_PRUNE)
     c = counts(ctx)
     assert (c.misses, c.loads, c.fills) == (1, 1, 1)
 
 
 def test_get_or_fetch_with_tags_passes_generations_to_fill() -> None:
     ctx = make_ctx()
-    script = Script(*MISS, ("lease", [2, b"", b"", b"g1"]), *loads(1, filled=0))
+    script = Script(*MISS, ("lease", [2, b"", b"", *GENS, b"g1"]), *loads(1, filled=0))
     assert script.run(fetch(ctx, ("team",))) == 1
-    assert list(script.op("lease").keys) == [RKEY, LEASE, "t:tag:{team}:gen"]
+    assert list(script.op("lease").keys) == [RKEY, LEASE, WRITES, GEN, "t:tag:{team}:gen"]
     fill = script.op("fill")
-    assert list(fill.keys) == [RKEY, LEASE, "t:tag:{team}", "t:tag:{team}:gen"]
-    assert tuple(fill.args[3:]) == (1, b"g1")
+    assert list(fill.keys) == [RKEY, LEASE, GEN, "t:tag:{team}", "t:tag:{team}:gen"]
+    assert tuple(fill.args[3:]) == (1, "user", b"", b"", b"g1", plans.TAG_PRUNE)
     assert counts(ctx).fills_refused == 1
 
 
 def test_get_or_fetch_value_appears_at_lease_time() -> None:
     ctx = make_ctx()
-    script = Script(*MISS, ("lease", [1, entry("theirs"), b""]), ("Publish", None))
+    script = Script(*MISS, ("lease", [1, entry("theirs"), b"", *GENS]), ("Publish", None))
     assert script.run(fetch(ctx)) == "theirs"
 
 
@@ -321,14 +334,17 @@ def test_loader_exception_releases_lease_then_reraises(released: Any) -> None:
 @pytest.mark.parametrize(
     "steps",
     [
-        pytest.param([("GET", down())], id="at-get"),
-        pytest.param([*MISS, ("lease", down())], id="at-lease"),
-        pytest.param([*MISS, HELD, NAP, ("MGET", down())], id="while-polling"),
+        # Redis down at the first GET: one caller per key in this process loads
+        pytest.param(
+            [("GET", down()), ("Coalesce", LEAD), ("CALL", "v"), ("Publish", None)], id="at-get"
+        ),
+        pytest.param([*MISS, ("lease", down()), ("CALL", "v")], id="at-lease"),
+        pytest.param([*MISS, HELD, NAP, ("MGET", down()), ("CALL", "v")], id="while-polling"),
     ],
 )
 def test_unavailable_loads_and_returns(steps: list[tuple[str, Any]]) -> None:
     ctx = make_ctx()
-    assert Script(*steps, ("CALL", "v")).run(fetch(ctx)) == "v"
+    assert Script(*steps).run(fetch(ctx)) == "v"
     assert (counts(ctx).fail_open, counts(ctx).loads) == (1, 1)
 
 
@@ -352,10 +368,10 @@ REFRESH = {
 def test_refresh_lease_granted_serves_old_and_refreshes_in_background(case: str) -> None:
     policy, raw, r, stale = REFRESH[case]
     ctx = make_ctx(policy, rng=fixed_rng(r))
-    script = Script(("GET", raw), ("lease", GRANTED), ("Spawn", None))
+    script = Script(("GET", raw), ("lease", GRANTED), ("Spawn", True))
     assert script.run(fetch(ctx)) == "old"
     lease = script.op("lease")
-    assert list(lease.keys) == [RKEY, LEASE]
+    assert list(lease.keys) == [RKEY, LEASE, WRITES, GEN]
     assert lease.args[2] == raw[4:12]  # refresh only the entry we saw (its expiry field)
     c = counts(ctx)
     assert (c.hits, c.stale_hits, c.loads) == (1, stale, 0)
@@ -382,13 +398,13 @@ def test_refresh_lease_not_granted_serves_old_value(case: str, reply: Any) -> No
 def test_refresh_finds_a_newer_entry_and_serves_it() -> None:
     policy, raw, r, _ = REFRESH["stale"]
     ctx = make_ctx(policy, rng=fixed_rng(r))
-    script = Script(("GET", raw), ("lease", [1, entry("newer"), b""]))
+    script = Script(("GET", raw), ("lease", [1, entry("newer"), b"", *GENS]))
     assert script.run(fetch(ctx)) == "newer"  # refreshed a moment ago by another caller
 
 
 def test_background_refresh_loader_error_releases_lease() -> None:
     ctx = make_ctx(Policy(60, stale=30))
-    script = Script(("GET", entry("old", expires_in=-1)), ("lease", GRANTED), ("Spawn", None))
+    script = Script(("GET", entry("old", expires_in=-1)), ("lease", GRANTED), ("Spawn", True))
     assert script.run(fetch(ctx)) == "old"
     background = Script(("CALL", Throw(RuntimeError("nope"))), ("release", 1))
     with pytest.raises(RuntimeError, match="nope"):
@@ -398,9 +414,9 @@ def test_background_refresh_loader_error_releases_lease() -> None:
 def test_past_the_stale_window_is_a_plain_miss() -> None:
     ctx = make_ctx(Policy(60, stale=30))
     raw = entry("old", expires_in=-31)
-    script = Script(("GET", raw), ("Coalesce", None), ("lease", GRANTED), *loads("new"))
+    script = Script(("GET", raw), ("Coalesce", LEAD), ("lease", GRANTED), *loads("new"))
     assert script.run(fetch(ctx)) == "new"
-    assert script.op("lease").args[2] == b""
+    assert script.op("lease").args[2] == raw[4:12]  # take the lease despite the old entry
 
 
 @pytest.mark.parametrize("r", [0.0, 0.5])
@@ -438,7 +454,7 @@ def test_write_through_begin_save_end(in_flight: int, conflict: str) -> None:
     assert end.args[3] == 60_000
     assert end.args[4] != token  # a fresh epoch
     assert end.args[5] == ""  # no row version
-    assert not ctx.pending
+    assert not ctx.owed.pending
 
 
 def test_write_through_caches_what_save_returned_with_its_version() -> None:
@@ -463,7 +479,7 @@ def test_write_through_save_raises_ends_with_conflict_and_reraises(end: Any, pen
     assert list(op.keys) == QUAD
     assert op.args[0] == script.op("write_begin").args[0]
     assert tuple(op.args[1:4]) == ("1", b"", 0)  # conflict: cache nothing, delete the entry
-    assert ctx.pending == pending  # an end that could not reach Redis is retried later
+    assert owed_keys(ctx) == pending  # an end that could not reach Redis is retried later
 
 
 def test_write_through_saved_row_too_large_ends_as_conflict() -> None:
@@ -480,7 +496,7 @@ def test_write_through_begin_unavailable_invalidates_after_save(reply: Any, pend
     script = Script(("write_begin", down()), ("CALL", None), ("invalidate", reply))
     assert script.run(write(ctx)) == "v"
     assert list(script.op("invalidate").keys) == QUAD
-    assert ctx.pending == pending
+    assert owed_keys(ctx) == pending
 
 
 def test_write_through_begin_unavailable_and_save_raises_invalidates() -> None:
@@ -494,7 +510,7 @@ def test_write_through_end_unavailable_is_remembered() -> None:
     ctx = make_ctx()
     script = Script(("write_begin", 1), ("CALL", None), ("write_end", down()))
     assert script.run(write(ctx)) == "v"
-    assert ctx.pending == {KEY}
+    assert owed_keys(ctx) == {KEY}
     assert counts(ctx).fail_open == 1
 
 
@@ -512,42 +528,44 @@ def test_invalidate_sends_every_sidecar_key() -> None:
 def test_failed_invalidate_and_set_are_remembered_up_to_a_bound() -> None:
     ctx = make_ctx()
     assert Script(("invalidate", down())).run(plans.invalidate(ctx, ["user:1", "user:2"])) == 0
-    assert ctx.pending == {"user:1", "user:2"}
+    assert owed_keys(ctx) == {"user:1", "user:2"}
     assert counts(ctx).fail_open == 2
     assert Script(("set", down())).run(plans.set_(ctx, KEY, "v", None)) is False
-    assert ctx.pending == {"user:1", "user:2", KEY}  # a failed set is retried the same way
-    ctx.pending = {f"k:{i}" for i in range(plans.MAX_PENDING)}
+    assert owed_keys(ctx) == {"user:1", "user:2", KEY}  # a failed set is retried the same way
+    ctx = make_ctx()
+    for i in range(MAX_OWED):
+        ctx.owed.entry(ctx.keys.entry(f"k:{i}"), "k")
     Script(("invalidate", down())).run(plans.invalidate(ctx, ["user:3"]))
-    assert len(ctx.pending) == plans.MAX_PENDING
+    assert len(ctx.owed.entries()) == MAX_OWED
+    assert "user:3" not in owed_keys(ctx)
+    assert ctx.owed.bumps() == ["user"]  # past the bound: the family's generation instead
 
 
 def test_failed_tag_and_pattern_invalidations_are_owed_and_delivered() -> None:
     ctx = make_ctx()
     assert Script(("Batch", down())).run(plans.invalidate_tag(ctx, "t1")) == 0
-    assert Script(("SCAN", down())).run(plans.invalidate_pattern(ctx, "user:*")) == 0
+    assert Script(("HSET", down())).run(plans.invalidate_pattern(ctx, "user:*")) == 0
     assert Script(("invalidate", down())).run(plans.invalidate(ctx, ["user:9"])) == 0
-    assert ctx.owes
-    assert (ctx.pending, ctx.pending_tags, ctx.pending_patterns) == (
-        {"user:9"},
-        {"t1"},
-        {"user:*"},
-    )
+    assert ctx.owed.pending
+    # a pattern is owed as a generation bump of its family: O(1) when Redis is back
+    assert (owed_keys(ctx), ctx.owed.tags(), ctx.owed.bumps()) == ({"user:9"}, ["t1"], ["user"])
     script = Script(
+        ("HSET", 1),
         ("invalidate", 1),
         ("Batch", ["OK", [b"t:{user:1}"]]),
-        ("Batch", [1]),
-        ("SCAN", [0, [b"t:{user:2}", b"t:{user:2}:lease"]]),
-        ("Batch", [1]),
+        ("invalidate", 1),
     )
     script.run(plans.owed(ctx))
-    assert not ctx.owes
-    assert not (ctx.pending or ctx.pending_tags or ctx.pending_patterns)
-    assert list(script.ops[0].keys) == ctx.keys.quad("user:9")
-    untag = script.ops[2].ops[0]  # entries leave the tag set in the same script
+    assert not ctx.owed.pending
+    assert not (ctx.owed.entries() or ctx.owed.tags() or ctx.owed.bumps())
+    bump = script.ops[0]
+    assert bump[:2] == ("HSET", GEN) and bump[2::2] == ("ns:user", "ep:user")
+    assert ctx.gens.stamp("user") != 0  # this process sees its bump at once
+    assert list(script.ops[1].keys) == ctx.keys.quad("user:9")
+    untag = script.ops[3]  # entries leave the tag set in the same script
     assert untag.script.name == "invalidate"
     assert untag.args[1] == "tag"
     assert list(untag.keys) == [ctx.keys.tag("t1"), *ctx.keys.quad_of("t:{user:1}")]
-    assert list(script.ops[4].ops[0].keys) == ctx.keys.quad_of("t:{user:2}")
 
 
 # -- refusing values before anything is written --------------------------------------------
@@ -715,9 +733,9 @@ def test_pickle_round_trips_but_unpickles_only_what_was_signed_for_this_key() ->
     assert _UNPICKLED == ["ran"]
     _UNPICKLED.clear()
     refused = [
-        (codec, KEY, flip(raw, 16)),  # signature tampered
+        (codec, KEY, flip(raw, HEADER.size)),  # signature tampered
         (codec, KEY, flip(raw, -2)),  # pickle body tampered
-        (codec, KEY, raw[:26]),  # truncated
+        (codec, KEY, raw[: HEADER.size + 10]),  # truncated
         (codec, "user:43", raw),  # replayed under another key
         (hitrate.PickleCodec(b"another secret, 16+ bytes"), KEY, raw),
     ]

@@ -25,6 +25,7 @@ from .codec import Codec, make_codec
 from .drivers import AsyncDriver, SyncDriver
 from .errors import CacheUnavailableError, ConfigurationError
 from .flush import Flusher, flush_plan, register
+from .generations import Generations
 from .keys import KeySpace, key_builder
 from .monitor import Stats, stats_plan
 from .plans import MISSING, Context
@@ -47,6 +48,9 @@ __all__ = ["AsyncCache", "Cache"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_URL = "redis://localhost:6379/0"
+#: Connections per pool made by ``from_url``: a thread or task past this waits (up to
+#: ``pool_timeout``) for one to be free instead of opening more.
+MAX_CONNECTIONS = 64
 
 
 def resolve_url(url: str | None) -> str:
@@ -85,6 +89,7 @@ class _CacheBase:
         write_window: float = 30.0,
         count: bool = True,
         flush_interval: float = 5.0,
+        generation_check: float = 1.0,
     ) -> None:
         kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
         if kwargs.get("decode_responses"):
@@ -111,6 +116,7 @@ class _CacheBase:
             rng=rng or random.Random(),
             clock=clock,
             stats=Counters() if count else NullCounters(),
+            gens=Generations(generation_check),
         )
 
     @property
@@ -199,17 +205,23 @@ class Cache(_CacheBase):
         *,
         timeout: float = 0.25,
         connect_timeout: float = 0.25,
-        max_connections: int | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        pool_timeout: float = 1.0,
         **options: Any,
     ) -> Cache:
         """Connect to *url* (default: ``HITRATE_REDIS_URL``, ``REDIS_URL``, localhost) with
-        short timeouts and no retry storms; *options* go to :class:`Cache`."""
-        client = redis.Redis.from_url(
+        short timeouts and no retry storms; *options* go to :class:`Cache`.
+
+        The pool holds at most *max_connections*; a thread that finds them all busy waits
+        up to *pool_timeout* seconds for one, then that call fails open (not counted as an
+        outage by the circuit breaker)."""
+        pool = redis.BlockingConnectionPool.from_url(
             resolve_url(url),
             max_connections=max_connections,
+            timeout=pool_timeout,
             **_client_options(timeout, connect_timeout),
         )
-        return cls(client, **options)
+        return cls(redis.Redis.from_pool(pool), **options)
 
     def get(self, key: str, default: Any = None) -> Any:
         """The cached value of *key*, or *default*. A cached ``None`` returns ``None``;
@@ -282,6 +294,15 @@ class Cache(_CacheBase):
     def invalidate_tag(self, tag: str) -> int:
         """Invalidate every entry filled with *tag*; fills in flight are refused."""
         return int(self._driver.run(plans.invalidate_tag(self._ctx, tag)))
+
+    def bump(self, family: str | None = None) -> bool:
+        """Make every entry of *family* (``None``: every entry under the prefix)
+        unreachable at once, in O(1) and without SCAN: for deploys and schema changes.
+        Fills in flight are refused; Redis expires the old entries. This cache sees the
+        bump at once, other processes within ``generation_check`` seconds (default 1).
+        Returns False if Redis was unreachable (the bump is then owed, delivered before
+        the next command)."""
+        return bool(self._driver.run(plans.bump(self._ctx, family)))
 
     def stats(self, *, minutes: int | None = None, history: int = 0, sample: int = 10_000) -> Stats:
         """Hit rate and counts per key family from every process (this one's are flushed
@@ -481,16 +502,19 @@ class AsyncCache(_CacheBase):
         *,
         timeout: float = 0.25,
         connect_timeout: float = 0.25,
-        max_connections: int | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        pool_timeout: float = 1.0,
         **options: Any,
     ) -> AsyncCache:
-        """Like :meth:`Cache.from_url`, with a ``redis.asyncio`` client."""
-        client = aredis.Redis.from_url(
+        """Like :meth:`Cache.from_url`, with a ``redis.asyncio`` client: a task that finds
+        every pooled connection busy waits up to *pool_timeout* for one."""
+        pool = aredis.BlockingConnectionPool.from_url(
             resolve_url(url),
             max_connections=max_connections,
+            timeout=pool_timeout,
             **_client_options(timeout, connect_timeout),
         )
-        return cls(client, **options)
+        return cls(aredis.Redis.from_pool(pool), **options)
 
     async def get(self, key: str, default: Any = None) -> Any:
         """See :meth:`Cache.get`."""
@@ -556,6 +580,10 @@ class AsyncCache(_CacheBase):
     async def invalidate_tag(self, tag: str) -> int:
         """See :meth:`Cache.invalidate_tag`."""
         return int(await self._driver.run(plans.invalidate_tag(self._ctx, tag)))
+
+    async def bump(self, family: str | None = None) -> bool:
+        """See :meth:`Cache.bump`."""
+        return bool(await self._driver.run(plans.bump(self._ctx, family)))
 
     async def stats(
         self, *, minutes: int | None = None, history: int = 0, sample: int = 10_000

@@ -1,14 +1,15 @@
-"""The entry format: one Redis string per cached value, a 16-byte header then the payload.
+"""The entry format: one Redis string per cached value, a 20-byte header then the payload.
 
-Header (little-endian, ``struct`` format ``<BBBxdf``)::
+Header (little-endian, ``struct`` format ``<BBBxdfI``)::
 
     offset  size  field
-    0       1     format version (1)
+    0       1     format version (2)
     1       1     codec id (1 json, 2 msgpack, 3 signed pickle)
     2       1     flags (bit 0: the cached value is None)
     3       1     reserved (0)
     4       8     logical expiry, Unix seconds as float64; 0 = none
     12      4     duration of the load that produced it, seconds as float32
+    16      4     namespace generation it was written under (see ``Cache.bump``)
 
 Redis keeps the key a little longer than the logical expiry when a policy has a stale
 window, so one caller can refresh while others are served the old value.
@@ -42,8 +43,8 @@ __all__ = [
     "make_codec",
 ]
 
-FORMAT_VERSION = 1
-HEADER = struct.Struct("<BBBxdf")
+FORMAT_VERSION = 2
+HEADER = struct.Struct("<BBBxdfI")
 FLAG_NONE = 1
 
 
@@ -214,23 +215,27 @@ class Entry(NamedTuple):
     value: Any
     expires_at: float  # logical expiry, Unix seconds; 0.0 = never
     load_time: float  # seconds the load that produced it took
+    gen: int = 0  # namespace generation it was written under
 
 
 class DecodeError(ValueError):
     """Bytes under a key that are not a hitrate entry this codec can read."""
 
 
-def encode_entry(codec: Codec, key: str, value: Any, expires_at: float, load_time: float) -> bytes:
+def encode_entry(
+    codec: Codec, key: str, value: Any, expires_at: float, load_time: float, gen: int = 0
+) -> bytes:
     """Header + payload. ``None`` is stored as a flag with an empty payload."""
     if value is None:
-        return HEADER.pack(FORMAT_VERSION, codec.id, FLAG_NONE, expires_at, load_time)
-    return HEADER.pack(FORMAT_VERSION, codec.id, 0, expires_at, load_time) + codec.dumps(value, key)
+        return HEADER.pack(FORMAT_VERSION, codec.id, FLAG_NONE, expires_at, load_time, gen)
+    header = HEADER.pack(FORMAT_VERSION, codec.id, 0, expires_at, load_time, gen)
+    return header + codec.dumps(value, key)
 
 
 def decode_entry(codec: Codec, key: str, raw: bytes) -> Entry:
     """Parse an entry; raises :class:`DecodeError` for anything that is not one of ours."""
     try:
-        version, codec_id, flags, expires_at, load_time = HEADER.unpack_from(raw)
+        version, codec_id, flags, expires_at, load_time, gen = HEADER.unpack_from(raw)
     except struct.error:
         raise DecodeError(f"{key!r} holds {len(raw)} bytes, too short for an entry") from None
     if version != FORMAT_VERSION or codec_id != codec.id:
@@ -238,9 +243,9 @@ def decode_entry(codec: Codec, key: str, raw: bytes) -> Entry:
             f"{key!r} holds format {version} codec {codec_id}, expected {FORMAT_VERSION}/{codec.id}"
         )
     if flags & FLAG_NONE:
-        return Entry(None, expires_at, load_time)
+        return Entry(None, expires_at, load_time, gen)
     try:
         value = codec.loads(raw[HEADER.size :], key)
     except Exception as exc:
         raise DecodeError(f"{key!r}: {exc}") from None
-    return Entry(value, expires_at, load_time)
+    return Entry(value, expires_at, load_time, gen)

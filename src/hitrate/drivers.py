@@ -2,13 +2,20 @@
 
 The drivers are the only place that talks to redis-py. They translate its errors (once,
 via :func:`hitrate.errors.translate`), keep the circuit breaker, run Lua by EVALSHA with
-EVAL on NOSCRIPT, coalesce concurrent fills of one key inside the process, and retry
-invalidations that failed while Redis was down.
+EVAL on NOSCRIPT, coalesce concurrent fills of one key inside the process, deliver the
+invalidations owed since an outage before anything else is sent, and run background
+refreshes (bounded, one per key at a time, with the caller's ``contextvars``).
+
+However a step ends - a reply, a Redis error, the loader raising, or an interruption
+(``asyncio`` cancellation, ``KeyboardInterrupt``, a gevent timeout) - the driver throws
+what happened into the plan, so the plan can give its lease back and close its write
+window before the exception goes on to the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import threading
@@ -22,13 +29,16 @@ import redis.exceptions as rexc
 from .breaker import Breaker
 from .errors import CacheUnavailableError, CircuitOpenError, translate
 from .keys import family_of
-from .ops import CALL, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
+from .ops import ALONE, CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
+from .owed import OwedDeliveryInProgress
 from .plans import Context
 from .plans import owed as owed_plan
 
-__all__ = ["AsyncDriver", "SyncDriver"]
+__all__ = ["MAX_BACKGROUND", "AsyncDriver", "SyncDriver"]
 
 log = logging.getLogger("hitrate")
+
+MAX_BACKGROUND = 64  # background refreshes queued or running per driver; more are refused
 
 
 def _eval_args(op: Eval) -> tuple[Any, ...]:
@@ -37,6 +47,14 @@ def _eval_args(op: Eval) -> tuple[Any, ...]:
 
 def _redis_error(exc: BaseException) -> bool:
     return isinstance(exc, rexc.RedisError | OSError) and not isinstance(exc, rexc.NoScriptError)
+
+
+def _pool_exhausted(exc: BaseException) -> bool:
+    """No pooled connection was free in time: the program is busier than its pool, which
+    says nothing about Redis (the call fails open; the breaker does not count it)."""
+    return isinstance(exc, rexc.MaxConnectionsError) or (
+        isinstance(exc, rexc.ConnectionError) and "No connection available" in str(exc)
+    )
 
 
 class _Flight:
@@ -48,7 +66,7 @@ class _Flight:
         self.done = threading.Event()
         self.value: Any = None
         self.published = False
-        self.sent_at = 0.0  # when the Redis command that vouched for the value was sent
+        self.sent_at = 0.0  # when what vouched for the value happened (a command, a load)
         self.error: BaseException | None = None
 
 
@@ -73,6 +91,7 @@ class _Base:
         self.ctx = ctx
         self.strict = strict
         self.breaker = breaker
+        self._refreshing: set[str] = set()  # keys with a background refresh here
 
     def _describe(self, op: Any) -> str:
         if isinstance(op, tuple):
@@ -86,7 +105,8 @@ class _Base:
     def _failed(self, exc: BaseException, op: Any) -> CacheUnavailableError:
         err = translate(exc, self._describe(op))
         assert err is not None
-        self.breaker.failure()
+        if not _pool_exhausted(exc):
+            self.breaker.failure()
         family = self._family(op)
         if family is not None:
             self.ctx.stats.incr(family, "errors")
@@ -102,6 +122,24 @@ class _Base:
         entry = self.ctx.keys.entry_of(rkey) if rkey is not None else None
         return family_of(self.ctx.keys.user_key(entry)) if entry is not None else None
 
+    def _check(self, op: Any) -> None:
+        if not self.breaker.allow():
+            raise CircuitOpenError(f"Redis is down (circuit open); skipped {self._describe(op)}")
+
+    def _claim_owed(self) -> None:
+        if not self.ctx.owed.claim():
+            raise OwedDeliveryInProgress(
+                "invalidations owed since Redis was unreachable are being delivered by "
+                "another call; this one is served from the loader meanwhile"
+            )
+
+    def _may_spawn(self, op: Spawn, running: int) -> bool:
+        if op.key in self._refreshing or running >= MAX_BACKGROUND:
+            return False
+        if op.key:
+            self._refreshing.add(op.key)
+        return True
+
 
 class SyncDriver(_Base):
     """Runs plans with a ``redis.Redis`` (or ``RedisCluster``) client."""
@@ -112,19 +150,28 @@ class SyncDriver(_Base):
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
         self._workers: ThreadPoolExecutor | None = None
+        self._background = 0
 
-    def _background(self, plan: Plan, call: Callable[[], Any] | None) -> None:
-        if self._workers is None:
-            with self._flights_lock:
-                if self._workers is None:
-                    self._workers = ThreadPoolExecutor(4, thread_name_prefix="hitrate-refresh")
-        self._workers.submit(self._run_logged, plan, call)
+    def _spawn(self, op: Spawn, call: Callable[[], Any] | None) -> bool:
+        with self._flights_lock:
+            if not self._may_spawn(op, self._background):
+                return False
+            self._background += 1
+            if self._workers is None:
+                self._workers = ThreadPoolExecutor(4, thread_name_prefix="hitrate-refresh")
+        context = contextvars.copy_context()  # the caller's request-scoped state
+        self._workers.submit(context.run, self._run_logged, op, call)
+        return True
 
-    def _run_logged(self, plan: Plan, call: Callable[[], Any] | None) -> None:
+    def _run_logged(self, op: Spawn, call: Callable[[], Any] | None) -> None:
         try:
-            self.run(plan, call)
+            self.run(op.plan, call)
         except Exception:
-            log.exception("hitrate: background refresh failed")
+            log.exception("hitrate: background refresh of %r failed", op.key)
+        finally:
+            with self._flights_lock:
+                self._background -= 1
+                self._refreshing.discard(op.key)
 
     def close(self) -> None:
         """Wait for background refreshes to finish."""
@@ -156,9 +203,7 @@ class SyncDriver(_Base):
                 raise reply
         return replies
 
-    def redis(self, op: Any) -> Any:
-        if not self.breaker.allow():
-            raise CircuitOpenError(f"Redis is down (circuit open); skipped {self._describe(op)}")
+    def _send(self, op: Any) -> Any:
         try:
             if isinstance(op, tuple):
                 reply = self.client.execute_command(*op)
@@ -173,9 +218,28 @@ class SyncDriver(_Base):
             raise
         if self.breaker._failures:
             self.breaker.success()
-        if self.ctx.owes:
-            self.run(owed_plan(self.ctx))
         return reply
+
+    def _deliver_owed(self) -> None:
+        """Deliver what is owed before anything else is sent (raises if it cannot)."""
+        self._claim_owed()
+        try:
+            plan = owed_plan(self.ctx)
+            send: Any = None
+            while True:
+                try:
+                    op = plan.send(send)
+                except StopIteration:
+                    return
+                send = self._send(op)  # a failure ends the plan and goes to the caller
+        finally:
+            self.ctx.owed.release()
+
+    def redis(self, op: Any) -> Any:
+        self._check(op)
+        if self.ctx.owed.pending:
+            self._deliver_owed()
+        return self._send(op)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, plan: Plan, call: Callable[[], Any] | None = None, first: Any = _NOT_READ) -> Any:
@@ -184,7 +248,7 @@ class SyncDriver(_Base):
         the caller already sent (the hit fast path), so it is not sent twice."""
         flight: _Flight | None = None
         flight_key = ""
-        sent_at = 0.0
+        sent_at = called_at = 0.0
         send: Any = None
         throw: BaseException | None = None
         try:
@@ -206,66 +270,109 @@ class SyncDriver(_Base):
                         if self.strict:
                             raise
                         throw = exc
+                    except BaseException as exc:  # interrupted: the plan cleans up first
+                        throw = exc
                 elif op is CALL:
                     assert call is not None
+                    called_at = time.monotonic()
                     try:
                         send = call()
-                    except Exception as exc:
+                    except BaseException as exc:
                         throw = exc
                 elif isinstance(op, Sleep):
-                    time.sleep(op.seconds)
+                    try:
+                        time.sleep(op.seconds)
+                    except BaseException as exc:
+                        throw = exc
                 elif isinstance(op, Spawn):
-                    self._background(op.plan, call)
+                    send = self._spawn(op, call)
                 elif isinstance(op, Coalesce):
                     with self._flights_lock:
                         leader = self._flights.get(op.rkey)
                         if leader is None:
                             flight_key = op.rkey
                             flight = self._flights[op.rkey] = _Flight()
-                    if leader is not None:
-                        joined = time.monotonic()
-                        if not leader.done.wait(op.wait):
-                            send = True  # waited the lease time: the plan loads by itself
-                            continue
-                        # Only a value vouched for by Redis after we arrived is fresh for
-                        # us: a write may have completed between an earlier read and now.
-                        if leader.published and leader.sent_at > joined:
-                            plan.close()
-                            return leader.value
-                        if leader.error is not None:
-                            raise leader.error
-                        # Unpublished: go on alone (lease, wait or load).
+                    if leader is None:
+                        send = LEAD
+                        continue
+                    joined = time.monotonic()
+                    if not leader.done.wait(op.wait):
+                        send = TIMEOUT  # waited the lease time: the plan loads by itself
+                        continue
+                    # Only a value vouched for by Redis (or loaded) after we arrived is
+                    # fresh for us: a write may have completed between an earlier read and now.
+                    if leader.published and leader.sent_at > joined:
+                        plan.close()
+                        return leader.value
+                    if leader.error is not None:
+                        raise leader.error
+                    send = ALONE  # unpublished, or too old for us: go on alone
                 elif isinstance(op, Publish):
-                    if flight is not None:
+                    if flight is not None and not flight.done.is_set():
                         flight.value, flight.published = op.value, True
-                        flight.sent_at = sent_at
+                        flight.sent_at = called_at if op.loaded else sent_at
+                        self._land(flight_key, flight)
                 else:  # pragma: no cover - a plan bug
                     raise TypeError(f"plan yielded {op!r}")
         except Exception as exc:
-            if flight is not None:
+            if flight is not None and not flight.done.is_set():
                 flight.error = exc
             raise
         finally:
             if flight is not None:
-                with self._flights_lock:
-                    self._flights.pop(flight_key, None)
-                flight.done.set()
+                self._land(flight_key, flight)
+
+    def _land(self, key: str, flight: _Flight) -> None:
+        """The flight is over: later callers start their own, waiters wake up."""
+        with self._flights_lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.done.set()
 
 
 class AsyncDriver(_Base):
-    """Runs plans with a ``redis.asyncio.Redis`` client."""
+    """Runs plans with a ``redis.asyncio.Redis`` client. It follows the program from one
+    event loop to the next (``asyncio.run`` called again, a test runner's loop per test):
+    connections and in-process flights of a loop that is gone are dropped, not reused."""
 
     def __init__(self, client: Any, ctx: Context, *, strict: bool, breaker: Breaker) -> None:
         super().__init__(ctx, strict=strict, breaker=breaker)
         self.client = client
         self._flights: dict[str, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def _run_logged(self, plan: Plan, call: Callable[[], Any] | None) -> None:
+    def _follow_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        if self._loop is not None:
+            # Everything bound to the old loop is unusable here: its connections (their
+            # streams), the futures of its flights, its background tasks.
+            self._flights.clear()
+            self._tasks.clear()
+            self._refreshing.clear()
+            pool = getattr(self.client, "connection_pool", None)
+            if pool is not None:
+                pool.reset()
+        self._loop = loop
+
+    async def _run_logged(self, op: Spawn, call: Callable[[], Any] | None) -> None:
         try:
-            await self.run(plan, call)
+            await self.run(op.plan, call)
         except Exception:
-            log.exception("hitrate: background refresh failed")
+            log.exception("hitrate: background refresh of %r failed", op.key)
+        finally:
+            self._refreshing.discard(op.key)
+
+    def _spawn(self, op: Spawn, call: Callable[[], Any] | None) -> bool:
+        if not self._may_spawn(op, len(self._tasks)):
+            return False
+        # create_task copies the caller's contextvars
+        task = asyncio.get_running_loop().create_task(self._run_logged(op, call))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
 
     async def close(self) -> None:
         """Wait for background refreshes to finish."""
@@ -295,9 +402,7 @@ class AsyncDriver(_Base):
                 raise reply
         return replies
 
-    async def redis(self, op: Any) -> Any:
-        if not self.breaker.allow():
-            raise CircuitOpenError(f"Redis is down (circuit open); skipped {self._describe(op)}")
+    async def _send(self, op: Any) -> Any:
         try:
             if isinstance(op, tuple):
                 reply = await self.client.execute_command(*op)
@@ -312,9 +417,29 @@ class AsyncDriver(_Base):
             raise
         if self.breaker._failures:
             self.breaker.success()
-        if self.ctx.owes:
-            await self.run(owed_plan(self.ctx))
         return reply
+
+    async def _deliver_owed(self) -> None:
+        """See :meth:`SyncDriver._deliver_owed`."""
+        self._claim_owed()
+        try:
+            plan = owed_plan(self.ctx)
+            send: Any = None
+            while True:
+                try:
+                    op = plan.send(send)
+                except StopIteration:
+                    return
+                send = await self._send(op)
+        finally:
+            self.ctx.owed.release()
+
+    async def redis(self, op: Any) -> Any:
+        self._follow_loop()
+        self._check(op)
+        if self.ctx.owed.pending:
+            await self._deliver_owed()
+        return await self._send(op)
 
     async def run(
         self, plan: Plan, call: Callable[[], Any] | None = None, first: Any = _NOT_READ
@@ -322,9 +447,10 @@ class AsyncDriver(_Base):
         """Run *plan*; *call* is the user's function for CALL. *first*, when given, is the
         reply (or :class:`CacheUnavailableError`) to the plan's first Redis command, which
         the caller already sent (the hit fast path), so it is not sent twice."""
+        self._follow_loop()
         flight: asyncio.Future[Any] | None = None
         flight_key = ""
-        sent_at = 0.0
+        sent_at = called_at = 0.0
         send: Any = None
         throw: BaseException | None = None
         try:
@@ -348,41 +474,50 @@ class AsyncDriver(_Base):
                         if self.strict:
                             raise
                         throw = exc
+                    except BaseException as exc:  # cancelled: the plan cleans up first
+                        throw = exc
                 elif op is CALL:
                     assert call is not None
+                    called_at = time.monotonic()
                     try:
                         send = call()
                         if inspect.isawaitable(send):
                             send = await send
-                    except (Exception, asyncio.CancelledError) as exc:
+                    except BaseException as exc:
                         throw = exc  # on cancellation the plan gives its lease back first
                 elif isinstance(op, Sleep):
-                    await asyncio.sleep(op.seconds)
+                    try:
+                        await asyncio.sleep(op.seconds)
+                    except BaseException as exc:
+                        throw = exc
                 elif isinstance(op, Spawn):
-                    task = asyncio.get_running_loop().create_task(self._run_logged(op.plan, call))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    send = self._spawn(op, call)
                 elif isinstance(op, Coalesce):
                     leader = self._flights.get(op.rkey)
                     if leader is None:
                         flight_key = op.rkey
                         flight = self._flights[op.rkey] = asyncio.get_running_loop().create_future()
+                        send = LEAD
                         continue
                     joined = time.monotonic()
                     try:
                         result = await asyncio.wait_for(asyncio.shield(leader), op.wait)
                     except TimeoutError:
-                        send = True  # waited the lease time: the plan loads by itself
+                        send = TIMEOUT  # waited the lease time: the plan loads by itself
                         continue
                     except _LeaderGone:
-                        continue  # cancelled leader: go on alone
+                        send = ALONE  # cancelled leader: go on alone
+                        continue
                     # As in the sync driver: only a value vouched for after we arrived.
                     if result is not _UNPUBLISHED and result[1] > joined:
                         plan.close()
                         return result[0]
+                    send = ALONE
                 elif isinstance(op, Publish):
                     if flight is not None and not flight.done():
-                        flight.set_result((op.value, sent_at))
+                        flight.set_result((op.value, called_at if op.loaded else sent_at))
+                        if self._flights.get(flight_key) is flight:
+                            del self._flights[flight_key]
                 else:  # pragma: no cover - a plan bug
                     raise TypeError(f"plan yielded {op!r}")
         except BaseException as exc:
@@ -392,5 +527,5 @@ class AsyncDriver(_Base):
                 flight.exception()  # mark retrieved: there may be no waiters
             raise
         finally:
-            if flight is not None:
-                self._flights.pop(flight_key, None)
+            if flight is not None and self._flights.get(flight_key) is flight:
+                del self._flights[flight_key]

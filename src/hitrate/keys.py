@@ -209,6 +209,14 @@ class KeySpace:
     def tag_gen(tag_key: str) -> str:
         return tag_key + ":gen"
 
+    def generations(self) -> str:
+        """``app:~gen``: namespace generations and fill epochs (:mod:`hitrate.generations`)."""
+        return f"{self.root}~gen"
+
+    def objects(self, family: str) -> str:
+        """SCAN pattern for every cached object hash of *family* (and their leases)."""
+        return f"{self.root}~obj:{{{escape_glob(_head(family))}:*"
+
     def structure(self, root: str, name: str, what: str = "name") -> str:
         """``app:~<root>:{<name>}``: the key of a leaderboard, set or HyperLogLog."""
         return f"{self.root}~{root}:{{{_encode(_part(name, what))}}}"

@@ -7,15 +7,20 @@
   its return value is sent back, its exception thrown into the plan
 * :class:`Sleep` -> wait (``time.sleep`` or ``asyncio.sleep``)
 * :class:`Spawn` -> run another plan in the background (a worker thread, or an asyncio
-  task) with the same user function; sends ``None`` back at once
+  task) with the same user function and the caller's ``contextvars``; sends back ``True``,
+  or ``False`` when refused (this process already refreshes that key, or too many
+  background plans are queued): the plan then cleans up after the spawned plan itself
 * :class:`Coalesce` -> single flight inside this process: if another thread/task of this
   process is already filling the same key, the driver waits for it. If that caller
-  :class:`Publish`-es a value, the driver drops this plan and returns the value; if it
-  finishes without publishing (its fill was refused because a write overlapped its load,
-  so its value may be older than a write that completed before we started), this plan
-  goes on by itself. With no other caller, the plan goes on as the leader. If the other
-  caller takes longer than ``wait`` seconds, the driver sends ``True``: stop waiting.
+  :class:`Publish`-es a value fresh for this one, the driver drops this plan and returns
+  the value, and sends :data:`ALONE` if it finished without one (its fill was refused
+  because a write overlapped its load, so its value may be older than a write that
+  completed before we started): this plan goes on by itself. With no other caller, it
+  sends :data:`LEAD`: the plan goes on as the leader. If the other caller takes longer
+  than ``wait`` seconds, it sends :data:`TIMEOUT`: stop waiting.
 * :class:`Publish` -> the value this plan returns is good for the callers coalesced on it
+  that arrived before the Redis command that vouched for it was sent (or, with
+  ``loaded=True``, before the loader was called: Redis could vouch for nothing)
 
 When Redis fails, the driver throws :class:`~hitrate.errors.CacheUnavailableError` into the
 plan at the ``yield`` that failed (or raises it to the caller in strict mode).
@@ -29,7 +34,25 @@ from typing import Any, Final
 
 from .scripts import LuaScript
 
-__all__ = ["CALL", "Batch", "Coalesce", "Eval", "Op", "Plan", "Publish", "Sleep", "Spawn"]
+__all__ = [
+    "ALONE",
+    "CALL",
+    "LEAD",
+    "TIMEOUT",
+    "Batch",
+    "Coalesce",
+    "Eval",
+    "Op",
+    "Plan",
+    "Publish",
+    "Sleep",
+    "Spawn",
+]
+
+#: What the driver sends back for :class:`Coalesce`.
+LEAD: Final = "lead"
+ALONE: Final = "alone"
+TIMEOUT: Final = "timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +75,19 @@ class Sleep:
 @dataclass(frozen=True, slots=True)
 class Publish:
     value: Any
+    loaded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Spawn:
     plan: Generator[Any, Any, Any]
+    key: str = ""  # at most one background plan per key at a time in this process
 
 
 @dataclass(frozen=True, slots=True)
 class Coalesce:
     rkey: str
-    wait: float | None = None  # longest wait for the other caller; then ``True`` is sent
+    wait: float | None = None  # longest wait for the other caller; then TIMEOUT is sent
 
 
 class _Call:

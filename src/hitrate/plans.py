@@ -10,12 +10,10 @@ means for that step (load without caching, serve the stale value, queue an inval
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import os
 import random
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,12 +22,20 @@ from typing import Any, Final
 from . import scripts
 from .codec import Codec, DecodeError, Entry, decode_entry, encode_entry
 from .errors import CacheUnavailableError, LoaderError, ValueTooLargeError
+from .generations import ALL, Generations, family_of_pattern, new_token
 from .keys import KeySpace, family_of
-from .ops import CALL, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
+from .ops import CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
+from .owed import OwedQueue
 from .policy import Policy, TTLLike, to_policy
 from .stats import Counters
 
 __all__ = ["MISSING", "Context"]
+
+#: Sizes of the chunks that multi-key verbs are cut into (one command or script call
+#: each, pipelined), so no single command blocks the server for long.
+MGET_CHUNK = 500
+SCRIPT_CHUNK = 100  # entries per invalidate.lua call
+BATCH_CHUNK = 500  # commands per pipeline
 
 
 class _Missing:
@@ -47,7 +53,14 @@ class _Missing:
 MISSING: Final = _Missing()
 
 ERROR_TEXT_MS = 2000  # how long a loader's failure is shown to waiters in other processes
-MAX_PENDING = 10_000  # invalidations kept for retry while Redis is unreachable
+TAG_PRUNE = 2  # tag-set members checked (and dropped if their entry is gone) per tagged fill
+DOWN_ROUNDS = 3  # in-process single-flight rounds while Redis is unreachable
+
+
+def interrupted(exc: BaseException) -> bool:
+    """An exception a plan must clean up after (give leases back, close write windows)
+    before passing it on: anything but the generator being closed."""
+    return not isinstance(exc, GeneratorExit)
 
 
 @dataclass
@@ -64,11 +77,8 @@ class Context:
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     stats: Counters = field(default_factory=Counters)
-    pending: set[str] = field(default_factory=set)
-    pending_tags: set[str] = field(default_factory=set)
-    pending_patterns: set[str] = field(default_factory=set)
-    owes: bool = False  # some invalidation is owed to Redis (checked on every call: cheap)
-    _pending_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    owed: OwedQueue = field(default_factory=OwedQueue)
+    gens: Generations = field(default_factory=Generations)
 
     def policy(self, key: str, ttl: TTLLike) -> Policy:
         return self.family_policy(family_of(key), ttl)
@@ -84,17 +94,20 @@ class Context:
         return os.urandom(12).hex()
 
     def encode(
-        self, key: str, value: Any, policy: Policy, load_time: float = 0.0
+        self, key: str, value: Any, policy: Policy, load_time: float = 0.0, gen: int | None = None
     ) -> tuple[bytes, int]:
         """Entry bytes and Redis expiry in ms (0 = none); raises before anything is written.
 
         ``b""`` means "store nothing": a ``None`` under a policy with ``negative_ttl=0``.
+        *gen* is the namespace stamp (default: this process's view of the key's family).
         """
         if value is None and not policy.negative_ttl:
             return b"", 0
         ttl = policy.draw_ttl(self.rng, negative=value is None)
         expires_at = self.clock() + ttl if ttl is not None else 0.0
-        data = encode_entry(self.codec, key, value, expires_at, load_time)
+        if gen is None:
+            gen = self.gens.stamp(family_of(key))
+        data = encode_entry(self.codec, key, value, expires_at, load_time, gen)
         if len(data) > self.max_value_size:
             raise ValueTooLargeError(
                 f"value for key {key!r} is {len(data)} bytes encoded, over max_value_size="
@@ -106,28 +119,15 @@ class Context:
         return data, math.ceil((ttl + (policy.stale if value is not None else 0)) * 1000)
 
     def remember_failed_write(self, key: str) -> None:
-        """A write or invalidation could not reach Redis: retry it when Redis is back."""
-        with self._pending_lock:
-            if len(self.pending) < MAX_PENDING:
-                self.pending.add(key)
-            self.owes = True
+        """A write or invalidation could not reach Redis: owe it (delivered before the
+        next command once Redis is back; see :mod:`hitrate.owed`)."""
+        self.owed.entry(self.keys.entry(key), family_of(key))
 
-    def remember_failed_invalidation(self, *, tag: str = "", pattern: str = "") -> None:
-        """A tag or pattern invalidation did not complete: run it again when Redis is back."""
-        with self._pending_lock:
-            if tag:
-                self.pending_tags.add(tag)
-            if pattern:
-                self.pending_patterns.add(pattern)
-            self.owes = True
-
-    def take_pending(self) -> tuple[list[str], list[str], list[str]]:
-        """The keys, tags and patterns whose invalidation is owed to Redis, emptying them."""
-        with self._pending_lock:
-            keys, tags, patterns = self.pending, self.pending_tags, self.pending_patterns
-            self.pending, self.pending_tags, self.pending_patterns = set(), set(), set()
-            self.owes = False
-        return sorted(keys), sorted(tags), sorted(patterns)
+    def fresh(self, entry: Entry, family: str) -> bool:
+        """Not logically expired, and written under the family's current generation."""
+        return (not entry.expires_at or self.clock() < entry.expires_at) and (
+            entry.gen == self.gens.stamp(family)
+        )
 
 
 def _decode(ctx: Context, key: str, rkey: str, raw: bytes, family: str) -> Plan:
@@ -141,6 +141,18 @@ def _decode(ctx: Context, key: str, rkey: str, raw: bytes, family: str) -> Plan:
         return None
 
 
+def generations(ctx: Context) -> Plan:
+    """Read the prefix's generations hash again (see :mod:`hitrate.generations`)."""
+    reply = yield ("HGETALL", ctx.keys.generations())
+    ctx.gens.replace(reply)
+
+
+def _check_generations(ctx: Context) -> Plan:
+    """Refresh the generation view when it is due; Redis failing here fails the read."""
+    if ctx.gens.due():
+        yield from generations(ctx)
+
+
 # -- reads ---------------------------------------------------------------------------------
 
 
@@ -148,13 +160,14 @@ def get(ctx: Context, key: str, default: Any) -> Plan:
     rkey = ctx.keys.entry(key)
     family = family_of(key)
     try:
+        yield from _check_generations(ctx)
         raw = yield ("GET", rkey)
     except CacheUnavailableError:
         ctx.stats.incr(family, "fail_open")
         return default
     if raw is not None:
         entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family)
-        if entry is not None and (not entry.expires_at or ctx.clock() < entry.expires_at):
+        if entry is not None and ctx.fresh(entry, family):
             ctx.stats.hit(family)
             return entry.value
     ctx.stats.miss(family)
@@ -162,19 +175,25 @@ def get(ctx: Context, key: str, default: Any) -> Plan:
 
 
 def get_many(ctx: Context, keys: Iterable[str]) -> Plan:
+    """MGET in chunks of :data:`MGET_CHUNK` keys, all in one pipeline (one round trip)."""
     wanted = list(dict.fromkeys(keys))
     if not wanted:
         return {}
     rkeys = [ctx.keys.entry(k) for k in wanted]
     try:
-        raws = yield ("MGET", *rkeys)
+        yield from _check_generations(ctx)
+        chunks = [rkeys[i : i + MGET_CHUNK] for i in range(0, len(rkeys), MGET_CHUNK)]
+        if len(chunks) == 1:
+            raws = yield ("MGET", *chunks[0])
+        else:
+            replies = yield Batch([("MGET", *chunk) for chunk in chunks])
+            raws = [raw for reply in replies for raw in reply]
     except CacheUnavailableError:
         for k in wanted:
             ctx.stats.incr(family_of(k), "fail_open")
         return {}
     found: dict[str, Any] = {}
     bad: list[str] = []
-    now = ctx.clock()
     for key, rkey, raw in zip(wanted, rkeys, raws, strict=True):
         family = family_of(key)
         if raw is not None:
@@ -184,7 +203,7 @@ def get_many(ctx: Context, keys: Iterable[str]) -> Plan:
                 ctx.stats.incr(family, "decode_errors")
                 bad.append(rkey)
             else:
-                if not entry.expires_at or now < entry.expires_at:
+                if ctx.fresh(entry, family):
                     found[key] = entry.value
                     ctx.stats.hit(family)
                     continue
@@ -214,6 +233,7 @@ def set_(ctx: Context, key: str, value: Any, ttl: TTLLike) -> Plan:
 
 
 def set_many(ctx: Context, mapping: Mapping[str, Any], ttl: TTLLike) -> Plan:
+    """One script call per key, pipelined :data:`BATCH_CHUNK` at a time."""
     # Encode everything first: one bad value means nothing is written.
     ops = []
     for key, value in mapping.items():
@@ -221,26 +241,46 @@ def set_many(ctx: Context, mapping: Mapping[str, Any], ttl: TTLLike) -> Plan:
         data, px = ctx.encode(key, value, ctx.policy(key, ttl))
         script = scripts.SET if data else scripts.INVALIDATE
         ops.append(Eval(script, quad, (data, px, ctx.token()) if data else (ctx.token(),)))
-    if not ops:
-        return True
-    try:
-        yield Batch(ops)
-    except CacheUnavailableError:
-        for key in mapping:
-            ctx.stats.incr(family_of(key), "fail_open")
-            ctx.remember_failed_write(key)
-        return False
+    keys = list(mapping)
+    for i in range(0, len(ops), BATCH_CHUNK):
+        try:
+            yield Batch(ops[i : i + BATCH_CHUNK])
+        except CacheUnavailableError:
+            for key in keys[i:]:  # what may not have been written is owed a delete
+                ctx.stats.incr(family_of(key), "fail_open")
+                ctx.remember_failed_write(key)
+            return False
     return True
+
+
+def _invalidate_entries(
+    ctx: Context, entries: Sequence[str], batch: int = SCRIPT_CHUNK, tag_key: str = ""
+) -> Plan:
+    """Invalidate entries given by their Redis keys, ``batch`` per script call, pipelined
+    :data:`BATCH_CHUNK` calls at a time; with *tag_key*, each is also taken out of that tag
+    set in the same script."""
+    ops = []
+    for i in range(0, len(entries), batch):
+        flat: list[str] = [tag_key] if tag_key else []
+        for rkey in entries[i : i + batch]:
+            flat += ctx.keys.quad_of(rkey)
+        args = (ctx.token(), "tag") if tag_key else (ctx.token(),)
+        ops.append(Eval(scripts.INVALIDATE, flat, args))
+    if len(ops) == 1:
+        return int((yield ops[0]))
+    total = 0
+    for i in range(0, len(ops), BATCH_CHUNK):
+        replies = yield Batch(ops[i : i + BATCH_CHUNK])
+        total += sum(int(r) for r in replies)
+    return total
 
 
 def invalidate(ctx: Context, keys: Sequence[str]) -> Plan:
     if not keys:
         return 0
-    flat: list[str] = []
-    for key in keys:
-        flat.extend(ctx.keys.quad(key))
+    entries = list(dict.fromkeys(ctx.keys.entry(key) for key in keys))
     try:
-        deleted: int = yield Eval(scripts.INVALIDATE, flat, (ctx.token(),))
+        deleted: int = yield from _invalidate_entries(ctx, entries)
     except CacheUnavailableError:
         for key in keys:
             ctx.stats.incr(family_of(key), "fail_open")
@@ -251,46 +291,68 @@ def invalidate(ctx: Context, keys: Sequence[str]) -> Plan:
     return deleted
 
 
-def owed(ctx: Context) -> Plan:
-    """Deliver the invalidations that failed while Redis was unreachable (each re-queues
-    itself if it fails again)."""
-    keys, tags, patterns = ctx.take_pending()
-    if keys:
-        yield from invalidate(ctx, keys)
-    for tag in tags:
-        yield from invalidate_tag(ctx, tag)
-    for pattern in patterns:
-        yield from invalidate_pattern(ctx, pattern)
+def bump(ctx: Context, family: str | None) -> Plan:
+    """Make every entry of *family* (``None``: of the whole prefix) unreachable in O(1):
+    new namespace and fill-epoch tokens (see :mod:`hitrate.generations`)."""
+    name = ALL if family is None else family
+    token = new_token()
+    try:
+        yield ("HSET", ctx.keys.generations(), "ns:" + name, token, "ep:" + name, new_token())
+    except CacheUnavailableError:
+        ctx.stats.incr(name, "fail_open")
+        ctx.owed.bump(name)
+        return False
+    ctx.gens.bumped(name, token)
+    ctx.stats.incr(name, "invalidations")
+    return True
 
 
-def _invalidate_entries(
-    ctx: Context, entries: Sequence[str], batch: int, tag_key: str = ""
-) -> Plan:
-    """Invalidate entries given by their Redis keys, ``batch`` per script call, pipelined;
-    with *tag_key*, each is also taken out of that tag set in the same script."""
-    total = 0
-    ops = []
-    for i in range(0, len(entries), batch):
-        flat: list[str] = [tag_key] if tag_key else []
-        for rkey in entries[i : i + batch]:
-            flat += ctx.keys.quad_of(rkey)
-        args = (ctx.token(), "tag") if tag_key else (ctx.token(),)
-        ops.append(Eval(scripts.INVALIDATE, flat, args))
-    if ops:
-        replies = yield Batch(ops)
-        total = sum(int(r) for r in replies)
-    return total
+def owed(ctx: Context, chunk_size: int = 500) -> Plan:
+    """Deliver the invalidations owed since Redis was unreachable, a chunk at a time; each
+    chunk leaves the queue only once Redis confirmed it (see :mod:`hitrate.owed`). A
+    failure is raised: the driver then fails the call that triggered delivery open."""
+    queue = ctx.owed
+    while True:
+        chunk = queue.peek(chunk_size)
+        if not chunk:
+            return
+        if chunk.bumps:
+            fields: list[str] = []
+            for name in chunk.bumps:
+                fields += ["ns:" + name, new_token(), "ep:" + name, new_token()]
+            yield ("HSET", ctx.keys.generations(), *fields)
+            for name in chunk.bumps:
+                ctx.gens.bumped(name, fields[fields.index("ns:" + name) + 1])
+        elif chunk.entries:
+            yield from _invalidate_entries(ctx, chunk.entries)
+        elif chunk.unlink:
+            yield Batch([("UNLINK", k) for k in chunk.unlink])
+        elif chunk.tags:
+            yield from _invalidate_tag(ctx, chunk.tags[0])
+        elif chunk.scan is not None:
+            family, cursor = chunk.scan
+            cursor, found = yield ("SCAN", cursor, "MATCH", ctx.keys.objects(family), "COUNT", 1000)
+            if found:
+                yield ("UNLINK", *found)
+            queue.scanned(family, int(cursor))
+            continue
+        queue.done(chunk)
 
 
-def invalidate_pattern(ctx: Context, pattern: str, count: int = 1000, batch: int = 500) -> Plan:
+def invalidate_pattern(ctx: Context, pattern: str, count: int = 1000) -> Plan:
     """SCAN (never KEYS) for entries under the prefix matching *pattern*, then invalidate
-    them in pipelined batches as they are found. Fail-open: returns what was deleted so far;
-    strict mode raises."""
+    them in pipelined batches as they are found. First the fill epoch of the pattern's
+    family (or of the prefix, when the pattern spans families) changes, so a fill whose
+    load began before this call is refused even where SCAN has already passed.
+    Fail-open: returns what was deleted so far, and the rest is owed (as a generation bump
+    of the family, delivered before the next command); strict mode raises."""
     match = ctx.keys.pattern(pattern)
+    family = family_of_pattern(pattern)
     cursor: Any = 0
     seen: set[str] = set()
     deleted = 0
     try:
+        yield ("HSET", ctx.keys.generations(), "ep:" + family, new_token())
         while True:
             cursor, found = yield ("SCAN", cursor, "MATCH", match, "COUNT", count)
             entries = []
@@ -299,33 +361,37 @@ def invalidate_pattern(ctx: Context, pattern: str, count: int = 1000, batch: int
                 if entry is not None and entry not in seen:
                     seen.add(entry)
                     entries.append(entry)
-            deleted += yield from _invalidate_entries(ctx, entries, batch)
+            deleted += yield from _invalidate_entries(ctx, entries)
             if int(cursor) == 0:
                 break
     except CacheUnavailableError:
         ctx.stats.incr(family_of(pattern), "fail_open")
-        ctx.remember_failed_invalidation(pattern=pattern)
+        ctx.owed.bump(family)
     ctx.stats.incr(family_of(pattern), "invalidations", len(seen))
     return deleted
 
 
-def invalidate_tag(ctx: Context, tag: str, batch: int = 500) -> Plan:
-    """Bump the tag's generation (fills whose lease predates this are refused), then
-    invalidate every entry the tag names and remove it from the tag set."""
+def _invalidate_tag(ctx: Context, tag: str) -> Plan:
     tag_key = ctx.keys.tag(tag)
     gen_key = ctx.keys.tag_gen(tag_key)
     gen_ms = 24 * 3600 * 1000
+    _, members = yield Batch([("SET", gen_key, ctx.token(), "PX", gen_ms), ("SMEMBERS", tag_key)])
+    entries = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+    deleted = yield from _invalidate_entries(ctx, entries, tag_key=tag_key)
+    return deleted, len(entries)
+
+
+def invalidate_tag(ctx: Context, tag: str) -> Plan:
+    """Bump the tag's generation (fills whose lease predates this are refused), then
+    invalidate every entry the tag names and remove it from the tag set."""
+    ctx.keys.tag(tag)  # a bad tag is an error now, not an owed invalidation
     try:
-        _, members = yield Batch(
-            [("SET", gen_key, ctx.token(), "PX", gen_ms), ("SMEMBERS", tag_key)]
-        )
-        entries = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
-        deleted = yield from _invalidate_entries(ctx, entries, batch, tag_key)
+        deleted, count = yield from _invalidate_tag(ctx, tag)
     except CacheUnavailableError:
         ctx.stats.incr("tag", "fail_open")
-        ctx.remember_failed_invalidation(tag=tag)
+        ctx.owed.tag(tag)
         return 0
-    ctx.stats.incr("tag", "invalidations", len(entries))
+    ctx.stats.incr("tag", "invalidations", count)
     return deleted
 
 
@@ -351,22 +417,38 @@ def _load_unfilled(ctx: Context, family: str) -> Plan:
 def _load_only(ctx: Context, family: str) -> Plan:
     """Redis is unavailable: serve the loader's value, cache nothing."""
     ctx.stats.incr(family, "fail_open")
-    t0 = ctx.monotonic()
-    value = yield CALL
-    ctx.stats.load(family, ctx.monotonic() - t0)
-    return value
+    return (yield from _load_unfilled(ctx, family))
+
+
+def _load_down(ctx: Context, rkey: str, family: str, wait: float) -> Plan:
+    """Redis is unavailable: load without caching, but one caller per key in this process
+    at a time (the others share its value if its load began after they arrived)."""
+    ctx.stats.incr(family, "fail_open")
+    for _ in range(DOWN_ROUNDS):
+        joined = yield Coalesce(rkey, wait)
+        if joined is LEAD:
+            value = yield from _load_unfilled(ctx, family)
+            yield Publish(value, loaded=True)
+            return value
+        if joined is TIMEOUT:
+            break
+    return (yield from _load_unfilled(ctx, family))
 
 
 def fresh_value(ctx: Context, key: str, family: str, raw: bytes | None, policy: Policy) -> Any:
     """What a GET reply serves at once: the cached value (a hit, counted), or
     :data:`MISSING` when ``get_or_fetch`` must do more: a miss, undecodable bytes, a stale
-    entry, or an early refresh that XFetch says is due. No Redis; the plan below and the
-    drivers' hit fast path (``Cache.get_or_fetch``) both decide with it."""
+    entry, an entry of an older generation, an early refresh that XFetch says is due, or a
+    generation view due to be read again. No Redis; the plan below and the drivers' hit
+    fast path (``Cache.get_or_fetch``) both decide with it."""
     if raw is None:
         return MISSING
     try:
         entry = decode_entry(ctx.codec, key, raw)
     except DecodeError:
+        return MISSING
+    gens = ctx.gens
+    if entry.gen != gens.stamp(family) or gens.due():
         return MISSING
     expires_at = entry.expires_at
     if expires_at:
@@ -385,28 +467,38 @@ def get_or_fetch(
     ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = (), *, checked: bool = False
 ) -> Plan:
     """Cache-aside with leases. ``checked``: the driver already ran :func:`fresh_value` on
-    the GET reply it replays (the hit fast path), so the XFetch draw is not made twice."""
+    the GET reply it replays (the hit fast path), so the XFetch draw is not made twice
+    (unless the generation view had to be read again first)."""
     rkey = ctx.keys.entry(key)
     family = family_of(key)
+    policy = ctx.policy(key, ttl)
     try:
         raw = yield ("GET", rkey)
+        if ctx.gens.due():
+            yield from generations(ctx)
+            checked = False
     except CacheUnavailableError:
-        return (yield from _load_only(ctx, family))
-    policy = ctx.policy(key, ttl)
+        return (yield from _load_down(ctx, rkey, family, policy.lease))
     if not checked:
         value = fresh_value(ctx, key, family, raw, policy)
         if value is not MISSING:
             return value
     if raw is not None:
         entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family)
-        if entry is not None and ctx.clock() < entry.expires_at + policy.stale:
+        if (
+            entry is not None
+            and entry.gen == ctx.gens.stamp(family)
+            and ctx.clock() < entry.expires_at + policy.stale
+        ):
             # Still fresh but XFetch says refresh early, or inside the stale window.
             return (yield from _refresh(ctx, key, rkey, family, policy, tags, raw, entry))
     ctx.stats.miss(family)
-    if (yield Coalesce(rkey, policy.lease)):
+    joined = yield Coalesce(rkey, policy.lease)
+    if joined is TIMEOUT:
         # Another caller here loaded for longer than the lease time: load without filling.
         return (yield from _load_unfilled(ctx, family))
-    return (yield from _fill(ctx, key, rkey, family, policy, tags))
+    seen = raw[4:12] if raw is not None else b""  # an entry that is there but not fresh
+    return (yield from _fill(ctx, key, rkey, family, policy, tags, seen))
 
 
 def _refresh(
@@ -427,63 +519,97 @@ def _refresh(
         ctx.stats.incr(family, "stale_hits")
     token = ctx.token()
     try:
-        reply = yield _lease_op(ctx, rkey, tags, token, policy, seen=raw[4:12])
+        reply = yield from _take_lease(ctx, rkey, family, tags, token, policy, raw[4:12])
     except CacheUnavailableError:
         return old.value
     if reply[0] == 1:  # refreshed meanwhile by another caller: serve the new value
         entry = yield from _decode(ctx, key, rkey, reply[1], family)
-        return old.value if entry is None else entry.value
+        return old.value if entry is None or not ctx.fresh(entry, family) else entry.value
     if reply[0] == 2:
-        yield Spawn(_load_and_fill(ctx, key, rkey, family, policy, tags, token, reply[3:]))
+        fill = _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply)
+        if not (yield Spawn(fill, rkey)):
+            # This process already refreshes the key, or its refresh queue is full.
+            fill.close()
+            with contextlib.suppress(CacheUnavailableError):
+                yield _release(ctx, rkey, token)
     return old.value
 
 
-def _lease_op(
-    ctx: Context, rkey: str, tags: Sequence[str], token: str, policy: Policy, *, seen: bytes
-) -> Eval:
-    """lease.lua: *seen* is the expiry field of the entry being refreshed, b"" on a miss."""
-    gens = [ctx.keys.tag_gen(ctx.keys.tag(t)) for t in tags]
+def _release(ctx: Context, rkey: str, token: str, text: str = "") -> Eval:
+    """release.lua: give the lease back (if still ours), with the loader's error text."""
     return Eval(
-        scripts.LEASE,
-        [rkey, ctx.keys.lease(rkey), *gens],
-        (token, math.ceil(policy.lease * 1000), seen),
+        scripts.RELEASE,
+        [ctx.keys.lease(rkey), ctx.keys.error(rkey)],
+        (token, text, ERROR_TEXT_MS if text else 0),
     )
 
 
-def _current(ctx: Context, entry: Entry) -> bool:
-    """Not logically expired (Redis may keep a key past that: stale windows, clock skew)."""
-    return not entry.expires_at or ctx.clock() < entry.expires_at
+def _take_lease(
+    ctx: Context,
+    rkey: str,
+    family: str,
+    tags: Sequence[str],
+    token: str,
+    policy: Policy,
+    seen: bytes,
+) -> Plan:
+    """lease.lua: *seen* is the expiry field of the entry being refreshed, b"" on a miss.
+    Interrupted (cancelled, KeyboardInterrupt) while the script may have granted the
+    lease, it gives the lease back before passing the interruption on."""
+    gens = [ctx.keys.tag_gen(ctx.keys.tag(t)) for t in tags]
+    op = Eval(
+        scripts.LEASE,
+        [rkey, ctx.keys.lease(rkey), ctx.keys.writes(rkey), ctx.keys.generations(), *gens],
+        (token, math.ceil(policy.lease * 1000), seen, family),
+    )
+    try:
+        reply = yield op
+    except CacheUnavailableError:
+        raise
+    except BaseException as exc:
+        if interrupted(exc):
+            with contextlib.suppress(CacheUnavailableError):
+                yield _release(ctx, rkey, token)
+        raise
+    ctx.gens.saw(family, reply[5], reply[6])
+    return reply
 
 
 def _fill(
-    ctx: Context, key: str, rkey: str, family: str, policy: Policy, tags: Sequence[str]
+    ctx: Context,
+    key: str,
+    rkey: str,
+    family: str,
+    policy: Policy,
+    tags: Sequence[str],
+    seen: bytes = b"",
 ) -> Plan:
-    """Miss: take the lease and load, or wait (bounded) for the caller that holds it."""
+    """Miss: take the lease and load, or wait (bounded) for the caller that holds it.
+    *seen*: the expiry field of an entry Redis holds that is not fresh for us (logically
+    expired, or of an older generation): the lease is taken despite it."""
     lease_key = ctx.keys.lease(rkey)
     err_key = ctx.keys.error(rkey)
     token = ctx.token()
     deadline: float | None = None
     delay = 0.002
-    seen = b""  # the expiry field of an expired entry Redis still holds (clock skew)
     while True:
         try:
-            reply = yield _lease_op(ctx, rkey, tags, token, policy, seen=seen)
+            reply = yield from _take_lease(ctx, rkey, family, tags, token, policy, seen)
         except CacheUnavailableError:
             return (yield from _load_only(ctx, family))
         status = reply[0]
         if status == 2:
-            return (
-                yield from _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply[3:])
-            )
+            return (yield from _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply))
         if status == 1:
             entry = yield from _decode(ctx, key, rkey, reply[1], family)
             if entry is not None:
-                if _current(ctx, entry):
+                if ctx.fresh(entry, family):
                     yield Publish(entry.value)
                     return entry.value
-                seen = reply[1][4:12]  # logically expired: take the lease despite it
+                seen = reply[1][4:12]  # not fresh for us: take the lease despite it
             continue
-        # Another caller is loading: wait for its fill, polling with backoff.
+        # Another caller is loading (3), or a write-through of the key is in flight (4):
+        # wait for its fill, polling with backoff.
         holder = reply[2]
         if deadline is None:
             ctx.stats.incr(family, "waits")
@@ -500,7 +626,7 @@ def _fill(
                 return (yield from _load_only(ctx, family))
             if raw is not None:
                 entry = yield from _decode(ctx, key, rkey, raw, family)
-                if entry is not None and _current(ctx, entry):
+                if entry is not None and ctx.fresh(entry, family):
                     yield Publish(entry.value)
                     return entry.value
             if err is not None and holder and err.startswith(holder + b"\n"):
@@ -521,31 +647,29 @@ def _load_and_fill(
     policy: Policy,
     tags: Sequence[str],
     token: str,
-    gens: Sequence[Any],
+    lease_reply: Sequence[Any],
 ) -> Plan:
-    lease_key = ctx.keys.lease(rkey)
+    """Holding the lease: load, then fill only if nothing invalidated the key meanwhile.
+    However the load ends (an error, a cancellation, KeyboardInterrupt), the lease is given
+    back before the exception goes on, so waiters need not wait out the lease time."""
     t0 = ctx.monotonic()
     try:
         value = yield CALL
         load_time = ctx.monotonic() - t0
         ctx.stats.load(family, load_time)
-        data, px = ctx.encode(key, value, policy, load_time)
-    except (Exception, asyncio.CancelledError) as exc:
-        try:
-            # A cancelled caller just gives the lease back: waiters load for themselves.
-            cancelled = isinstance(exc, asyncio.CancelledError)
-            text = "" if cancelled else f"{type(exc).__name__}: {exc}"
-            yield Eval(
-                scripts.RELEASE, [lease_key, ctx.keys.error(rkey)], (token, text, ERROR_TEXT_MS)
-            )
-        except CacheUnavailableError:
-            pass
+        gen = ctx.gens.saw(family, lease_reply[5], lease_reply[6])
+        data, px = ctx.encode(key, value, policy, load_time, gen)
+    except BaseException as exc:
+        if interrupted(exc):
+            # A failed loader tells waiters in other processes why; an interrupted one
+            # just gives the lease back: waiters load for themselves.
+            text = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else ""
+            with contextlib.suppress(CacheUnavailableError):
+                yield _release(ctx, rkey, token, text)
         raise
     try:
         if not data:  # a None we don't cache: just give the lease back
-            released = yield Eval(
-                scripts.RELEASE, [lease_key, ctx.keys.error(rkey)], (token, "", 0)
-            )
+            released = yield _release(ctx, rkey, token)
             if released:  # still ours: nothing revoked it while we loaded
                 yield Publish(value)
             return value
@@ -553,12 +677,27 @@ def _load_and_fill(
         gen_keys = [ctx.keys.tag_gen(t) for t in tag_keys]
         filled = yield Eval(
             scripts.FILL,
-            [rkey, lease_key, *tag_keys, *gen_keys],
-            (token, data, px, len(tags), *gens),
+            [rkey, ctx.keys.lease(rkey), ctx.keys.generations(), *tag_keys, *gen_keys],
+            (
+                token,
+                data,
+                px,
+                len(tags),
+                family,
+                lease_reply[3],
+                lease_reply[4],
+                *lease_reply[7:],
+                TAG_PRUNE,
+            ),
         )
     except CacheUnavailableError:
         ctx.stats.incr(family, "fail_open")
         return value
+    except BaseException as exc:
+        if interrupted(exc):  # the fill may not have run: the lease goes back if still ours
+            with contextlib.suppress(CacheUnavailableError):
+                yield _release(ctx, rkey, token)
+        raise
     if filled:
         # Filled under a lease nothing revoked: no write completed since our load began.
         ctx.stats.incr(family, "fills")
@@ -582,10 +721,16 @@ def write_through(
     another write or an invalidation of this key overlapped ours: then delete the entry, so
     the next read loads whatever the source of truth holds now.
 
+    While the save runs, no reader may take a fill lease for the key (it would cache the
+    row as it was before the save). However the write ends - the save failing, the call
+    being cancelled or interrupted even after the save committed - the write window is
+    closed and the entry deleted unless the write completed, so no old row stays cached.
+
     If the save returns something other than ``None`` (the stored row, with the version or
     timestamps the database gave it), that is what gets cached. With ``version`` (a function
     of the cached value giving a number that grows with every write of the row), overlapping
-    writes are settled by comparing versions in Lua instead of deleting.
+    writes are settled by comparing versions in Lua instead of deleting, and an older write
+    never deletes a newer cached row.
     """
     quad = ctx.keys.quad(key)
     lease_key, writes_key = quad[1], quad[2]
@@ -594,6 +739,7 @@ def write_through(
     ctx.encode(key, value, policy)  # refuse an unencodable value before saving anything
     token = ctx.token()
     began = True
+    abandon = Eval(scripts.WRITE_END, quad, (token, "1", b"", 0, ctx.token(), ""))
     try:
         in_flight = yield Eval(
             scripts.WRITE_BEGIN,
@@ -602,21 +748,27 @@ def write_through(
         )
     except CacheUnavailableError:
         began, in_flight = False, 0
+    except BaseException as exc:
+        if interrupted(exc):  # the begin may have run: close the window it may have opened
+            try:
+                yield abandon
+            except CacheUnavailableError:
+                ctx.remember_failed_write(key)
+        raise
     try:
         saved = yield CALL
         if saved is not None:
             value = saved
         data, px = ctx.encode(key, value, policy)
         row_version = "" if version is None else _version_text(key, version(value))
-    except Exception:
-        # The save failed (or what it returned cannot be cached): forget the entry.
-        try:
-            if began:
-                yield Eval(scripts.WRITE_END, quad, (token, "1", b"", 0, ctx.token(), ""))
-            else:
-                yield Eval(scripts.INVALIDATE, quad, (ctx.token(),))
-        except CacheUnavailableError:
-            ctx.remember_failed_write(key)
+    except BaseException as exc:
+        # The save failed, was interrupted (it may have committed), or what it returned
+        # cannot be cached: forget the entry and close our write window.
+        if interrupted(exc):
+            try:
+                yield abandon if began else Eval(scripts.INVALIDATE, quad, (ctx.token(),))
+            except CacheUnavailableError:
+                ctx.remember_failed_write(key)
         raise
     try:
         if not began:
@@ -628,6 +780,13 @@ def write_through(
     except CacheUnavailableError:
         ctx.stats.incr(family, "fail_open")
         ctx.remember_failed_write(key)
+    except BaseException as exc:
+        if interrupted(exc):  # the end may not have run: make sure the window closes
+            try:
+                yield abandon if began else Eval(scripts.INVALIDATE, quad, (ctx.token(),))
+            except CacheUnavailableError:
+                ctx.remember_failed_write(key)
+        raise
     return value
 
 

@@ -1,22 +1,34 @@
--- fill.lua: write a loaded value only if this caller still holds the fill lease.
+-- fill.lua: write a loaded value only if this caller still holds the fill lease and no
+-- invalidation that could cover the key began while it loaded.
 -- An invalidation or write-through that happened while the caller loaded deleted or
--- replaced the lease, so a value read before that write can never be cached (no stale set).
+-- replaced the lease, so a value read before that write can never be cached (no stale set);
+-- a pattern invalidation or bump changed a fill epoch, and a tag invalidation its tag's
+-- generation, which are compared with what lease.lua saw.
 -- KEYS[1]  entry key
 -- KEYS[2]  lease key
--- KEYS[3 .. 2+n]       tag set keys (app:tag:{t}), n = ARGV[4]
--- KEYS[3+n .. 2+2n]    their generation keys (app:tag:{t}:gen)
+-- KEYS[3]  the prefix's generations hash (app:~gen)
+-- KEYS[4 .. 3+n]       tag set keys (app:tag:{t}), n = ARGV[4]
+-- KEYS[4+n .. 3+2n]    their generation keys (app:tag:{t}:gen)
 -- ARGV[1]  lease token
 -- ARGV[2]  entry bytes
 -- ARGV[3]  expiry in milliseconds for the entry; its tag sets get at least this + 1 s
 -- ARGV[4]  n, the number of tags
--- ARGV[5 .. 4+n]  tag generations seen by lease.lua when the lease was granted
--- Returns 1 when written, 0 when the lease was lost or a tag was invalidated meanwhile.
+-- ARGV[5]  the key's family
+-- ARGV[6], ARGV[7]  the fill epochs ep:* and ep:<family> seen by lease.lua
+-- ARGV[8 .. 7+n]  tag generations seen by lease.lua when the lease was granted
+-- ARGV[8+n]  how many members of each tag set to check for entries gone (pruning)
+-- Returns 1 when written, 0 when the lease was lost or an invalidation ran meanwhile.
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return 0
 end
 local n = tonumber(ARGV[4])
+local g = redis.call('HMGET', KEYS[3], 'ep:*', 'ep:' .. ARGV[5])
+if (g[1] or '') ~= ARGV[6] or (g[2] or '') ~= ARGV[7] then
+  redis.call('DEL', KEYS[2])
+  return 0
+end
 for i = 1, n do
-  if (redis.call('GET', KEYS[2 + n + i]) or '') ~= ARGV[4 + i] then
+  if (redis.call('GET', KEYS[3 + n + i]) or '') ~= ARGV[7 + i] then
     redis.call('DEL', KEYS[2])
     return 0
   end
@@ -28,11 +40,21 @@ else
   redis.call('SET', KEYS[1], ARGV[2])
 end
 redis.call('DEL', KEYS[2])
+local prune = tonumber(ARGV[8 + n] or '0')
 for i = 1, n do
-  local tagset = KEYS[2 + i]
+  local tagset = KEYS[3 + i]
   local existed = redis.call('EXISTS', tagset) == 1
   local ttl = redis.call('PTTL', tagset)
   redis.call('SADD', tagset, KEYS[1])
+  -- Members whose entry is gone (expired, evicted, overwritten untagged) are dropped a few
+  -- at a time, so a tag set stays about as large as the entries it names.
+  if prune > 0 then
+    for _, member in ipairs(redis.call('SRANDMEMBER', tagset, prune)) do
+      if redis.call('EXISTS', member) == 0 then
+        redis.call('SREM', tagset, member)
+      end
+    end
+  end
   -- A tag set's TTL is only ever extended: it must outlive every entry it names (by a
   -- second, so it is still there when the last of them expires).
   if px <= 0 then

@@ -37,9 +37,7 @@ import dataclasses
 import datetime as _dt
 import decimal
 import math
-import threading
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -139,28 +137,6 @@ def to_fields(obj: Any) -> dict[str, Any]:
     return fields
 
 
-# -- invalidations owed while Redis was unreachable ----------------------------------------
-
-_OWED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
-_OWED_LOCK = threading.Lock()
-MAX_OWED = 10_000
-
-
-def _owe(driver: Any, rkey: str) -> None:
-    with _OWED_LOCK:
-        owed = _OWED.setdefault(driver, set())
-        if len(owed) < MAX_OWED:
-            owed.add(rkey)
-
-
-def _take_owed(driver: Any) -> list[str]:
-    if not _OWED:  # the usual case, without the lock
-        return []
-    with _OWED_LOCK:
-        owed = _OWED.pop(driver, None)
-    return sorted(owed) if owed else []
-
-
 # -- the structure -------------------------------------------------------------------------
 
 
@@ -224,22 +200,11 @@ class _Objects(Structure):
                 yield ("UNLINK", rkey)
             return None
 
-    def _settle_owed(self) -> PlanOf[None]:
-        owed = _take_owed(self._driver)
-        if not owed:
-            return
-        try:
-            yield _unlink_each(owed)
-        except CacheUnavailableError:
-            for rkey in owed:
-                _owe(self._driver, rkey)
-
     def _failed_write(self, *rkeys: str) -> None:
         """A write did not reach Redis: the old object (and any fill lease) is owed a delete."""
         self._ctx.stats.incr(self.family, "fail_open")
         for rkey in rkeys:
-            _owe(self._driver, rkey)
-            _owe(self._driver, rkey + ":lease")
+            self._ctx.owed.unlink([rkey, rkey + ":lease"], self.family)
 
     def _load_only(self) -> PlanOf[dict[str, Any] | None]:
         t0 = self._ctx.monotonic()
@@ -259,7 +224,6 @@ class _Objects(Structure):
                 f"object {self._label}{id} has no fields; a Redis hash cannot be empty"
             )
         flat = self._encode(id, fields)
-        yield from self._settle_owed()
         try:
             yield Eval(scripts.OBJ_PUT, [rkey, lease], (expiry_ms(self._ctx, self._policy), *flat))
         except CacheUnavailableError:
@@ -271,7 +235,6 @@ class _Objects(Structure):
     def get(self, id: str | int) -> PlanOf[dict[str, Any] | None]:
         """Object *id* as a dict, or None when it is not cached. One ``HGETALL``."""
         rkey = self._ctx.keys.obj(self.family, id)
-        yield from self._settle_owed()
         try:
             raw = yield ("HGETALL", rkey)
         except CacheUnavailableError:
@@ -291,7 +254,6 @@ class _Objects(Structure):
         tells a stored None from an absent field."""
         rkey = self._ctx.keys.obj(self.family, id)
         _field_names((name,))
-        yield from self._settle_owed()
         try:
             raw = yield ("HGET", rkey, name)
         except CacheUnavailableError:
@@ -318,7 +280,6 @@ class _Objects(Structure):
         _field_names(names)
         if not names:
             raise InvalidArgumentError("get_fields() needs at least one field name")
-        yield from self._settle_owed()
         try:
             exists, values = yield Batch([("EXISTS", rkey), ("HMGET", rkey, *names)])
         except CacheUnavailableError:
@@ -354,7 +315,6 @@ class _Objects(Structure):
         if not changes:
             raise InvalidArgumentError("update() needs at least one field to change")
         flat = self._encode(id, changes)
-        yield from self._settle_owed()
         try:
             updated = yield Eval(scripts.OBJ_UPDATE, [rkey, lease], flat)
         except CacheUnavailableError:
@@ -369,7 +329,6 @@ class _Objects(Structure):
         pairs = [self._keys(i) for i in ids]
         if not pairs:
             return 0
-        yield from self._settle_owed()
         try:
             replies = yield _unlink_each([k for pair in pairs for k in pair])
         except CacheUnavailableError:
@@ -388,7 +347,6 @@ class _Objects(Structure):
         not cached. One caller per object loads at a time, across threads and processes."""
         rkey, lease = self._keys(id)
         ctx, family, policy = self._ctx, self.family, self._policy
-        yield from self._settle_owed()
         try:
             raw = yield ("HGETALL", rkey)
         except CacheUnavailableError:

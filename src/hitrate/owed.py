@@ -1,0 +1,213 @@
+"""Invalidations owed to Redis: the ones that could not be delivered while it was down.
+
+One queue per cache (shared by its sync and async drivers, its data structures and its
+stats), kept in process. The drivers deliver it **before** the next Redis command of any
+call is sent, so the first read after an outage never returns a value whose invalidation
+was owed. Items leave the queue only once Redis confirmed them, so a call that is
+cancelled while it delivers loses nothing; delivery goes in bounded chunks.
+
+The queue is bounded. Past :data:`MAX_OWED` keys, the family of a key that does not fit
+is owed a **generation bump** instead (every entry of that family becomes unreachable: see
+``Cache.bump``), and past :data:`MAX_BUMPS` families the whole prefix is: more than was
+asked, never less. Each overflow is logged once on the ``hitrate`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from .errors import CacheUnavailableError
+
+__all__ = ["MAX_OWED", "OwedDeliveryInProgress", "OwedQueue"]
+
+log = logging.getLogger("hitrate")
+
+MAX_OWED = 10_000  # keys (entries and object hashes) kept for delivery
+MAX_BUMPS = 64  # families kept for a generation bump before the whole prefix is bumped
+MAX_TAGS = 1_000  # tags kept; a tag names entries of any family: past this, a prefix bump
+ALL = "*"  # the family name that stands for the whole prefix
+
+
+class OwedDeliveryInProgress(CacheUnavailableError):
+    """Another call is delivering the owed invalidations: this one is served as if Redis
+    were unreachable (from the loader, nothing cached) until that is done. Not an outage:
+    the circuit breaker does not count it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Part of the queue to deliver: entry keys (Redis keys of cache entries), other Redis
+    keys to unlink (object hashes and their leases), tags, families to bump."""
+
+    entries: tuple[str, ...] = ()
+    unlink: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    bumps: tuple[str, ...] = ()
+    scan: tuple[str, int] | None = None  # (object family, SCAN cursor) to delete by SCAN
+
+    def __bool__(self) -> bool:
+        return bool(self.entries or self.unlink or self.tags or self.bumps or self.scan)
+
+
+class OwedQueue:
+    """Thread-safe; ``pending`` is read without the lock on every Redis command."""
+
+    def __init__(self, limit: int = MAX_OWED) -> None:
+        self._lock = threading.Lock()
+        self._limit = limit
+        self._entries: dict[str, str] = {}  # entry key -> family (insertion ordered)
+        self._unlink: dict[str, str] = {}  # other Redis key -> family
+        self._tags: dict[str, None] = {}
+        self._bumps: dict[str, None] = {}
+        self._scans: dict[str, int] = {}  # object family -> SCAN cursor reached
+        self._overflowed = False
+        self._delivering = threading.Lock()
+        self.pending = False
+
+    def claim(self) -> bool:
+        """Become the one caller delivering the queue (never blocks); then :meth:`release`."""
+        return self._delivering.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._delivering.release()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return (
+                len(self._entries)
+                + len(self._unlink)
+                + len(self._tags)
+                + len(self._bumps)
+                + len(self._scans)
+            )
+
+    def _full(self, family: str) -> bool:
+        if len(self._entries) + len(self._unlink) < self._limit:
+            return False
+        self._overflow_log(family)
+        self._bump(family)
+        return True
+
+    def _overflow_log(self, family: str) -> None:
+        if not self._overflowed:
+            self._overflowed = True
+            log.warning(
+                "hitrate: more than %d invalidations owed while Redis is unreachable; "
+                "the families of the rest (first: %r) will have their generation bumped "
+                "instead, which makes all their entries unreachable when Redis is back",
+                self._limit,
+                family,
+            )
+
+    def _bump(self, family: str) -> None:
+        if ALL in self._bumps:
+            return
+        if len(self._bumps) >= MAX_BUMPS:
+            log.warning(
+                "hitrate: owed generation bumps of more than %d families: bumping the whole "
+                "prefix when Redis is back",
+                MAX_BUMPS,
+            )
+            self._bumps = {ALL: None}
+        else:
+            self._bumps[family] = None
+
+    def entry(self, rkey: str, family: str) -> None:
+        """The cache entry at Redis key *rkey* is owed an invalidation."""
+        with self._lock:
+            if rkey not in self._entries and not self._full(family):
+                self._entries[rkey] = family
+            self.pending = True
+
+    def unlink(self, rkeys: list[str], family: str) -> None:
+        """These Redis keys (an object hash and its lease) are owed a delete. Past the
+        bound, every cached object of *family* is owed a delete by SCAN (object hashes
+        carry no generation to bump)."""
+        with self._lock:
+            for rkey in rkeys:
+                if rkey in self._unlink or family in self._scans:
+                    continue
+                if len(self._entries) + len(self._unlink) < self._limit:
+                    self._unlink[rkey] = family
+                else:
+                    self._overflow_log(family)
+                    self._scans[family] = 0
+            self.pending = True
+
+    def tag(self, tag: str) -> None:
+        with self._lock:
+            if tag not in self._tags:
+                if len(self._tags) < MAX_TAGS:
+                    self._tags[tag] = None
+                else:
+                    self._full(ALL)
+            self.pending = True
+
+    def bump(self, family: str) -> None:
+        """Every entry of *family* (``"*"``: the whole prefix) is owed unreachability."""
+        with self._lock:
+            self._bump(family)
+            self.pending = True
+
+    def peek(self, size: int = 500) -> Chunk:
+        """The next chunk to deliver, without removing it (see :meth:`done`)."""
+        with self._lock:
+            if self._bumps:  # bumps first: they cover the most
+                return Chunk(bumps=tuple(self._bumps))
+            if self._entries:
+                return Chunk(entries=tuple(list(self._entries)[:size]))
+            if self._unlink:
+                return Chunk(unlink=tuple(list(self._unlink)[:size]))
+            if self._tags:
+                return Chunk(tags=(next(iter(self._tags)),))
+            if self._scans:
+                return Chunk(scan=next(iter(self._scans.items())))
+            self.pending = False
+            self._overflowed = False
+            return Chunk()
+
+    def done(self, chunk: Chunk) -> None:
+        """Redis confirmed *chunk*: forget it."""
+        with self._lock:
+            for rkey in chunk.entries:
+                self._entries.pop(rkey, None)
+            for rkey in chunk.unlink:
+                self._unlink.pop(rkey, None)
+            for tag in chunk.tags:
+                self._tags.pop(tag, None)
+            for family in chunk.bumps:
+                self._bumps.pop(family, None)
+            self.pending = bool(
+                self._entries or self._unlink or self._tags or self._bumps or self._scans
+            )
+
+    def scanned(self, family: str, cursor: int) -> None:
+        """The SCAN delete of *family*'s objects reached *cursor* (0: finished)."""
+        with self._lock:
+            if cursor:
+                self._scans[family] = cursor
+            else:
+                self._scans.pop(family, None)
+            self.pending = bool(
+                self._entries or self._unlink or self._tags or self._bumps or self._scans
+            )
+
+    def entries(self) -> list[str]:
+        """The Redis keys of the cache entries owed an invalidation, oldest first."""
+        with self._lock:
+            return list(self._entries)
+
+    def tags(self) -> list[str]:
+        with self._lock:
+            return list(self._tags)
+
+    def bumps(self) -> list[str]:
+        """Families (``"*"``: the prefix) owed a generation bump."""
+        with self._lock:
+            return list(self._bumps)
+
+    def families(self) -> set[str]:
+        with self._lock:
+            return set(self._entries.values()) | set(self._unlink.values()) | set(self._bumps)
