@@ -731,9 +731,9 @@ def test_pickle_round_trips_but_unpickles_only_what_was_signed_for_this_key() ->
 
 EXPORTS = """
     AGGREGATE COUNTER MISSING REFERENCE USER AsyncCache Breaker Cache CacheUnavailableError
-    CircuitOpenError ConfigurationError Decision HitrateError InvalidArgumentError InvalidKeyError
-    JsonCodec LoaderError MsgpackCodec PickleCodec Policy Ranked SerializationError
-    ValueTooLargeError __version__ escape_glob
+    CircuitOpenError CommandRefusedError ConfigurationError Decision Health HitrateError
+    InvalidArgumentError InvalidKeyError JsonCodec LoaderError MisconfiguredError MsgpackCodec
+    PickleCodec Policy Ranked SerializationError ValueTooLargeError __version__ escape_glob
 """.split()
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import redis.exceptions as rexc
 
 from .breaker import Breaker
-from .errors import CacheUnavailableError, CircuitOpenError, translate
+from .errors import CacheUnavailableError, CircuitOpenError, MisconfiguredError, translate
+from .health import refused, server_url
 from .keys import family_of
 from .ops import CALL, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
 from .plans import Context
@@ -84,9 +85,13 @@ class _Base:
         return repr(op)
 
     def _failed(self, exc: BaseException, op: Any) -> CacheUnavailableError:
-        err = translate(exc, self._describe(op))
+        err = translate(exc, self._describe(op), server_url(getattr(self, "client", None)))
         assert err is not None
-        self.breaker.failure()
+        if err.outage:  # only outages open the breaker; a misconfiguration is logged loudly
+            self.breaker.failure(err.cause, loud=isinstance(err, MisconfiguredError))
+        else:  # Redis answered (WRONGTYPE at one key, ...): it works, other keys stay cached
+            self.breaker.success()
+            refused(err.cause)
         family = self._family(op)
         if family is not None:
             self.ctx.stats.incr(family, "errors")
@@ -171,7 +176,7 @@ class SyncDriver(_Base):
                 raise self._failed(exc, op) from exc
             self.breaker.abandon()
             raise
-        if self.breaker._failures:
+        if self.breaker.failures:
             self.breaker.success()
         if self.ctx.owes:
             self.run(owed_plan(self.ctx))
@@ -310,7 +315,7 @@ class AsyncDriver(_Base):
                 raise self._failed(exc, op) from exc
             self.breaker.abandon()
             raise
-        if self.breaker._failures:
+        if self.breaker.failures:
             self.breaker.success()
         if self.ctx.owes:
             await self.run(owed_plan(self.ctx))
