@@ -21,8 +21,8 @@ import pytest
 import hitrate
 from hitrate import plans
 from hitrate.codec import HEADER, DecodeError, decode_entry, encode_entry, make_codec
-from hitrate.keys import KeySpace
 from hitrate.generations import Generations
+from hitrate.keys import KeySpace
 from hitrate.ops import CALL, LEAD, Eval
 from hitrate.owed import MAX_OWED
 from hitrate.policy import AGGREGATE, COUNTER, REFERENCE, USER, Policy, to_policy
@@ -749,9 +749,9 @@ def test_pickle_round_trips_but_unpickles_only_what_was_signed_for_this_key() ->
 
 EXPORTS = """
     AGGREGATE COUNTER MISSING REFERENCE USER AsyncCache Breaker Cache CacheUnavailableError
-    CircuitOpenError ConfigurationError Decision HitrateError InvalidArgumentError InvalidKeyError
-    JsonCodec LoaderError MsgpackCodec PickleCodec Policy Ranked SerializationError
-    ValueTooLargeError __version__ escape_glob
+    CircuitOpenError CommandRefusedError ConfigurationError Decision Health HitrateError
+    InvalidArgumentError InvalidKeyError JsonCodec LoaderError MisconfiguredError MsgpackCodec
+    PickleCodec Policy Ranked SerializationError ValueTooLargeError __version__ escape_glob
 """.split()
 
 

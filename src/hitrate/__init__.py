@@ -11,14 +11,17 @@ from .codec import JsonCodec, MsgpackCodec, PickleCodec
 from .errors import (
     CacheUnavailableError,
     CircuitOpenError,
+    CommandRefusedError,
     ConfigurationError,
     HitrateError,
     InvalidArgumentError,
     InvalidKeyError,
     LoaderError,
+    MisconfiguredError,
     SerializationError,
     ValueTooLargeError,
 )
+from .health import Health
 from .keys import escape_glob
 from .plans import MISSING
 from .policy import AGGREGATE, COUNTER, REFERENCE, USER, Policy
@@ -37,13 +40,16 @@ __all__ = [
     "Cache",
     "CacheUnavailableError",
     "CircuitOpenError",
+    "CommandRefusedError",
     "ConfigurationError",
     "Decision",
+    "Health",
     "HitrateError",
     "InvalidArgumentError",
     "InvalidKeyError",
     "JsonCodec",
     "LoaderError",
+    "MisconfiguredError",
     "MsgpackCodec",
     "PickleCodec",
     "Policy",

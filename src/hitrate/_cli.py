@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -84,12 +85,17 @@ def _cache(url: str | None, prefix: str) -> Iterator[Cache]:
         )
     except (ValueError, ConfigurationError) as exc:
         raise typer.BadParameter(str(exc)) from None
+    # Strict: a failure is raised and printed as one line, so the library's WARNING about
+    # it (meant for applications that fail open) would only print it twice.
+    logger, level = logging.getLogger("hitrate"), logging.getLogger("hitrate").level
+    logger.setLevel(logging.ERROR)
     try:
         yield cache
     except (HitrateError, redis.RedisError, OSError) as exc:
         raise _Failure(_explain(exc, target)) from None
     finally:
         cache.close()
+        logger.setLevel(level)
 
 
 def _explain(exc: BaseException, url: str) -> str:

@@ -19,13 +19,14 @@ import redis.asyncio as aredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import plans
+from . import health, plans
 from .breaker import Breaker
 from .codec import Codec, make_codec
 from .drivers import AsyncDriver, SyncDriver
 from .errors import CacheUnavailableError, ConfigurationError
 from .flush import Flusher, flush_plan, register
 from .generations import Generations
+from .health import Health
 from .keys import KeySpace, key_builder
 from .monitor import Stats, stats_plan
 from .plans import MISSING, Context
@@ -319,8 +320,27 @@ class Cache(_CacheBase):
         plan = self._stats_plan(minutes, history, sample)
         try:
             return cast(Stats, self._driver.run(plan))
+        except CacheUnavailableError as exc:
+            raise health.unreachable(exc, self.client, self.breaker, "stats()") from exc
         finally:
             plan.close()  # if Redis failed, the counts it could not flush are kept
+
+    # -- health (hitrate.health): is Redis usable, and if not, why and what to do ---------
+    def ping(self) -> bool:
+        """True if Redis answers PING now (it is tried even while the breaker is open)."""
+        return self.health().ok
+
+    def health(self) -> Health:
+        """One PING, around the circuit breaker, and what it says: ``ok``, the cause and
+        its fix when not (``"wrong password for redis://host:6379/0 (AUTH failed): check
+        the URL's user name and password"``), the breaker's state, the round trip and the
+        invalidations owed. For health-check endpoints: ``cache.health().as_dict()``."""
+        started = time.perf_counter()
+        try:
+            self.client.execute_command("PING")
+        except Exception as exc:
+            return health.report(self.client, self.breaker, self._ctx, started, exc)
+        return health.report(self.client, self.breaker, self._ctx, started, None)
 
     def flush_stats(self) -> bool:
         """Write this process's uncounted-in-Redis counts now; False if Redis was
@@ -592,8 +612,24 @@ class AsyncCache(_CacheBase):
         plan = self._stats_plan(minutes, history, sample)
         try:
             return cast(Stats, await self._driver.run(plan))
+        except CacheUnavailableError as exc:
+            raise health.unreachable(exc, self.client, self.breaker, "stats()") from exc
         finally:
             plan.close()
+
+    # -- health: see Cache.health ---------------------------------------------------------
+    async def ping(self) -> bool:
+        """See :meth:`Cache.ping`."""
+        return (await self.health()).ok
+
+    async def health(self) -> Health:
+        """See :meth:`Cache.health`."""
+        started = time.perf_counter()
+        try:
+            await self.client.execute_command("PING")
+        except Exception as exc:
+            return health.report(self.client, self.breaker, self._ctx, started, exc)
+        return health.report(self.client, self.breaker, self._ctx, started, None)
 
     async def flush_stats(self) -> bool:
         """See :meth:`Cache.flush_stats`."""

@@ -27,7 +27,8 @@ from typing import Any
 import redis.exceptions as rexc
 
 from .breaker import Breaker
-from .errors import CacheUnavailableError, CircuitOpenError, translate
+from .errors import CacheUnavailableError, CircuitOpenError, MisconfiguredError, translate
+from .health import refused, server_url
 from .keys import family_of
 from .ops import ALONE, CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
 from .owed import OwedDeliveryInProgress
@@ -103,10 +104,15 @@ class _Base:
         return repr(op)
 
     def _failed(self, exc: BaseException, op: Any) -> CacheUnavailableError:
-        err = translate(exc, self._describe(op))
+        err = translate(exc, self._describe(op), server_url(getattr(self, "client", None)))
         assert err is not None
-        if not _pool_exhausted(exc):
-            self.breaker.failure()
+        if _pool_exhausted(exc):
+            pass  # this process is busier than its pool: nothing wrong with Redis
+        elif err.outage:  # only outages open the breaker; a misconfiguration is logged loudly
+            self.breaker.failure(err.cause, loud=isinstance(err, MisconfiguredError))
+        else:  # Redis answered (WRONGTYPE at one key, ...): it works, other keys stay cached
+            self.breaker.success()
+            refused(err.cause)
         family = self._family(op)
         if family is not None:
             self.ctx.stats.incr(family, "errors")
@@ -216,7 +222,7 @@ class SyncDriver(_Base):
                 raise self._failed(exc, op) from exc
             self.breaker.abandon()
             raise
-        if self.breaker._failures:
+        if self.breaker.failures:
             self.breaker.success()
         return reply
 
@@ -415,7 +421,7 @@ class AsyncDriver(_Base):
                 raise self._failed(exc, op) from exc
             self.breaker.abandon()
             raise
-        if self.breaker._failures:
+        if self.breaker.failures:
             self.breaker.success()
         return reply
 

@@ -15,7 +15,12 @@
     │   │                                    command; raised with ``strict=True``, and by
     │   │                                    leaderboards, seen sets and unique counts,
     │   │                                    which have nothing to fall back on
-    │   └── CircuitOpenError                 the breaker is open: Redis was not even tried
+    │   ├── CircuitOpenError                 the breaker is open: Redis was not even tried
+    │   ├── MisconfiguredError               wrong password, DB index out of range, TLS
+    │   │                                    mismatch, unknown host: logged at WARNING
+    │   └── CommandRefusedError              the server refused this one command (WRONGTYPE
+    │                                        at the key, ...): not an outage, the breaker
+    │                                        stays closed and other keys stay cached
     └── LoaderError (RuntimeError)           the loader failed in another process while
                                              this caller waited for its fill
 
@@ -25,16 +30,22 @@ never needs to import ``redis.exceptions``.
 
 from __future__ import annotations
 
+import re
+import socket
+import ssl
+
 import redis.exceptions as rexc
 
 __all__ = [
     "CacheUnavailableError",
     "CircuitOpenError",
+    "CommandRefusedError",
     "ConfigurationError",
     "HitrateError",
     "InvalidArgumentError",
     "InvalidKeyError",
     "LoaderError",
+    "MisconfiguredError",
     "SerializationError",
     "ValueTooLargeError",
     "translate",
@@ -71,7 +82,18 @@ class CacheUnavailableError(HitrateError, ConnectionError):
 
     In the default fail-open mode this never reaches the caller: reads fall back to the
     loader and the error is counted. With ``strict=True`` it is raised.
+
+    ``cause`` says what went wrong in words a person can act on (no operation or key in
+    it, so one outage has one cause); ``outage`` is True when Redis as a whole cannot
+    serve (these count toward opening the circuit breaker), False for
+    :class:`CommandRefusedError`.
     """
+
+    outage: bool = True
+
+    def __init__(self, message: str = "", *, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause if cause is not None else message
 
 
 class CircuitOpenError(CacheUnavailableError):
@@ -85,26 +107,165 @@ class LoaderError(HitrateError, RuntimeError):
     """
 
 
-# Errors that mean "the server answered, but this command is wrong": a bug, never fail-open.
-_PROGRAMMING_ERRORS = (rexc.DataError, rexc.ResponseError)
+class MisconfiguredError(CacheUnavailableError):
+    """Redis cannot be used as configured, and will not be until the configuration changes:
+    a wrong password, a DB index out of range, ``rediss://`` to a server without TLS, an
+    unknown host, a user without the permissions hitrate needs.
+
+    Fail-open still serves the loaders' values, but the cause is logged once at WARNING on
+    the ``hitrate`` logger, and ``cache.health()`` states it with the fix.
+    """
 
 
-def translate(exc: BaseException, what: str) -> CacheUnavailableError | None:
+class CommandRefusedError(CacheUnavailableError):
+    """The server answered, but refused this one command: ``WRONGTYPE`` (another program
+    wrote a list or hash under the entry's key), a script error, a bad argument.
+
+    Not an outage: the call fails open (strict mode raises this), the error is counted for
+    the key's family, and the circuit breaker stays closed, so every other key stays cached.
+    """
+
+    outage = False
+
+
+# Server states that refuse every command for a while, whatever the key: outages.
+_SERVER_STATES = re.compile(
+    r"\b(LOADING|READONLY|MASTERDOWN|OOM|BUSY|CLUSTERDOWN|TRYAGAIN|NOREPLICAS|MISCONF)\b"
+)
+_STATE_WORDS = {
+    rexc.BusyLoadingError: "LOADING",
+    rexc.ReadOnlyError: "READONLY",
+    rexc.MasterDownError: "MASTERDOWN",
+    rexc.OutOfMemoryError: "OOM",
+    rexc.ClusterDownError: "CLUSTERDOWN",
+    rexc.TryAgainError: "TRYAGAIN",
+}
+_STATE_ADVICE = {
+    "LOADING": "is loading its dataset into memory; it answers again when that is done",
+    "READONLY": "is a read-only replica; point the URL at the primary",
+    "MASTERDOWN": "is a replica that lost its primary",
+    "OOM": "is out of memory (maxmemory reached, no key it may evict): raise maxmemory or "
+    "set an eviction policy such as allkeys-lru",
+    "BUSY": "is busy running a long script or function",
+    "CLUSTERDOWN": "reports the cluster down",
+    "TRYAGAIN": "is migrating the slot (TRYAGAIN)",
+    "NOREPLICAS": "has too few replicas to accept writes (min-replicas-to-write)",
+    "MISCONF": "refuses writes because it cannot save its snapshot (MISCONF): check the "
+    "server's disk and log",
+}
+_UNKNOWN_HOST = ("Name or service not known", "nodename nor servname", "name resolution")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """*exc* and what it was raised from or during (redis-py hides the socket error there)."""
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and len(out) < 5:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def _text(exc: BaseException) -> str:
+    return " ".join(str(e) for e in _chain(exc))
+
+
+def _host(where: str) -> str:
+    rest = where.split("://", 1)[-1]
+    return rest.rsplit("@", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0] or "?"
+
+
+def _db(where: str) -> str:
+    return where.rsplit("/", 1)[-1] if where.count("/") >= 3 else "?"
+
+
+def _misconfiguration(exc: BaseException, where: str) -> str | None:
+    """What is wrong with the configuration and how to fix it, if *exc* says so."""
+    text = _text(exc)
+    if isinstance(exc, rexc.AuthenticationError | rexc.AuthorizationError):
+        low = text.lower()
+        if "without any password configured" in low or "no password is set" in low:
+            return (
+                f"the URL gives a password but {where} has none set (AUTH failed): "
+                "remove the password from the URL"
+            )
+        if "@" not in where or "authentication required" in low or "noauth" in low:
+            return (
+                f"{where} requires a password (NOAUTH): put it in the URL, "
+                "redis://:PASSWORD@host:port/db or redis://USER:PASSWORD@host:port/db"
+            )
+        return f"wrong password for {where} (AUTH failed): check the URL's user name and password"
+    if isinstance(exc, rexc.NoPermissionError):
+        return (
+            f"the Redis user of {where} lacks a permission hitrate needs (NOPERM: {exc}): "
+            "grant it with ACL SETUSER (commands GET, SET, DEL, UNLINK, EVALSHA, SCAN, INFO ... "
+            "on the cache's prefix)"
+        )
+    if isinstance(exc, rexc.ResponseError) and "DB index is out of range" in text:
+        return (
+            f"DB index {_db(where)} is out of range for {where} (the server has fewer databases; "
+            "16 by default, numbered 0-15): fix the /DB at the end of the URL, or raise the "
+            "server's `databases` setting"
+        )
+    if where.startswith("rediss://") and any(
+        isinstance(e, ssl.SSLError) or "handshake" in str(e) or "SSL" in str(e) for e in _chain(exc)
+    ):
+        return (
+            f"TLS handshake with {where} failed (the server does not seem to speak TLS): "
+            "use redis:// instead of rediss://, or enable TLS on the server"
+        )
+    if isinstance(exc, rexc.ConnectionError) and (
+        any(isinstance(e, socket.gaierror) for e in _chain(exc))
+        or any(words in text for words in _UNKNOWN_HOST)
+    ):
+        return f"unknown host {_host(where)!r} in {where} (DNS lookup failed): check the URL's host"
+    return None
+
+
+def translate(exc: BaseException, what: str, where: str = "Redis") -> CacheUnavailableError | None:
     """Map a redis-py exception to hitrate's tree; ``None`` if it is not a Redis error.
 
-    ``what`` names the operation and key, so the message tells the user where it happened.
-    Server-side errors such as ``OOM`` or ``READONLY`` are availability problems; a
-    ``WRONGTYPE`` reply means another program wrote a different type under our key, which is
-    also treated as unavailable for that key (fail-open serves the loader's value).
+    ``what`` names the operation and key and ``where`` the server (a URL without its
+    password), so the message tells the user where it happened. The class says what kind
+    of failure it is, which decides what the circuit breaker counts:
+
+    * :class:`MisconfiguredError` (an outage that will not end by itself: wrong password,
+      DB index out of range, TLS mismatch, unknown host, missing ACL permission);
+    * :class:`CacheUnavailableError` with ``outage`` True: connection errors, timeouts and
+      server states that refuse every key (LOADING, READONLY, MASTERDOWN, OOM, BUSY,
+      CLUSTERDOWN, TRYAGAIN, NOREPLICAS, MISCONF);
+    * :class:`CommandRefusedError` (``outage`` False): an error reply about this command
+      or key, such as ``WRONGTYPE``; other keys are unaffected.
+
+    Each carries ``cause``: what went wrong, in words a person can act on.
     """
     if isinstance(exc, CacheUnavailableError):
         return exc
+    cause = _misconfiguration(exc, where)
+    if cause is not None:
+        return MisconfiguredError(f"{cause} (during {what})", cause=cause)
+    state = next((w for cls, w in _STATE_WORDS.items() if isinstance(exc, cls)), None)
+    if state is None and isinstance(exc, rexc.ResponseError):
+        found = _SERVER_STATES.search(str(exc))
+        state = found.group(1) if found else None
+    if state is not None:
+        cause = f"{where} {_STATE_ADVICE[state]} ({state}: {exc})"
+        return CacheUnavailableError(f"{cause} (during {what})", cause=cause)
     if isinstance(exc, rexc.TimeoutError):
-        return CacheUnavailableError(f"Redis timed out during {what}: {exc}")
+        cause = f"Redis at {where} timed out ({exc})"
+        return CacheUnavailableError(f"{cause} during {what}", cause=cause)
     if isinstance(exc, rexc.ConnectionError):
-        return CacheUnavailableError(f"Redis is unreachable during {what}: {exc}")
-    if isinstance(exc, (*_PROGRAMMING_ERRORS, rexc.RedisError)):
-        return CacheUnavailableError(f"Redis refused {what}: {exc}")
-    if isinstance(exc, OSError):
-        return CacheUnavailableError(f"network error during {what}: {exc}")
+        cause = f"Redis is unreachable at {where} ({str(exc).rstrip('.')})"
+        return CacheUnavailableError(f"{cause} during {what}", cause=cause)
+    if isinstance(exc, rexc.DataError | rexc.ResponseError):
+        cause = f"{where} refused {what}: {exc}"
+        if "WRONGTYPE" in str(exc):
+            cause += (
+                " (another program wrote a different type of value at the cache's key: "
+                "delete that key, the cache refills it, and keep other writers off the prefix)"
+            )
+        return CommandRefusedError(cause, cause=cause)
+    if isinstance(exc, rexc.RedisError | OSError):
+        cause = f"network error talking to {where} ({exc})"
+        return CacheUnavailableError(f"{cause} during {what}", cause=cause)
     return None
