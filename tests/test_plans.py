@@ -733,7 +733,7 @@ EXPORTS = """
     AGGREGATE COUNTER MISSING REFERENCE USER AsyncCache Breaker Cache CacheUnavailableError
     CircuitOpenError ConfigurationError Decision HitrateError InvalidArgumentError InvalidKeyError
     JsonCodec LoaderError MsgpackCodec PickleCodec Policy Ranked SerializationError
-    ValueTooLargeError __version__ escape_glob
+    ValueTooLargeError __version__ escape_glob key
 """.split()
 
 

@@ -19,7 +19,7 @@ from .errors import (
     SerializationError,
     ValueTooLargeError,
 )
-from .keys import escape_glob
+from .keys import escape_glob, key
 from .plans import MISSING
 from .policy import AGGREGATE, COUNTER, REFERENCE, USER, Policy
 from .structures import Decision, Ranked
@@ -52,4 +52,5 @@ __all__ = [
     "ValueTooLargeError",
     "__version__",
     "escape_glob",
+    "key",
 ]

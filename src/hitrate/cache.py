@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import os
 import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
@@ -22,10 +20,12 @@ from redis.retry import Retry
 from . import plans
 from .breaker import Breaker
 from .codec import Codec, make_codec
+from .decorators import AsyncCacheDecorator, CacheDecorator, KeyArg, cached_async, cached_sync
 from .drivers import AsyncDriver, SyncDriver
 from .errors import CacheUnavailableError, ConfigurationError
 from .flush import Flusher, flush_plan, register
-from .keys import KeySpace, key_builder
+from .keys import FamilyWatch, KeySpace, check_family_names, escape_glob
+from .keys import key as join_key
 from .monitor import Stats, stats_plan
 from .plans import MISSING, Context
 from .policy import USER, Policy, TTLLike, to_policy
@@ -45,7 +45,6 @@ from .structures import (
 
 __all__ = ["AsyncCache", "Cache"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_URL = "redis://localhost:6379/0"
 
 
@@ -98,11 +97,12 @@ class _CacheBase:
             raise ConfigurationError("flush_interval must be seconds >= 0 (0: no timer)")
         self._flush_interval = float(flush_interval)
         default = to_policy(default_ttl, USER)
+        check_family_names(policies or {})
         self.client = client
         self.strict = strict
         self.breaker = breaker or Breaker()
         self._ctx = Context(
-            keys=KeySpace(prefix),
+            keys=KeySpace(prefix, FamilyWatch(policies) if policies else None),
             codec=make_codec(codec, pickle_secret),
             default_policy=default,
             policies={name: to_policy(p, default) for name, p in (policies or {}).items()},
@@ -152,31 +152,6 @@ class _CacheBase:
     def redis_key(self, key: str) -> str:
         """The Redis key that holds *key*'s entry, e.g. ``app:{user:42}``."""
         return self._ctx.keys.entry(key)
-
-    def _decorate(self, func: Any, ttl: TTLLike, key: str | None, tags: Sequence[str]) -> Any:
-        raise NotImplementedError
-
-    def cached(
-        self, ttl: TTLLike = None, *, key: str | None = None, tags: Sequence[str] = ()
-    ) -> Callable[[F], F]:
-        """Cache a function's results (cache-aside with leases).
-
-        ``key`` is a format string over the function's parameters (``"user:{user_id}"``);
-        without it the key is ``module.function:<stable hash of the arguments>``.
-        The wrapper gets ``.invalidate(*args, **kwargs)`` and ``.key(*args, **kwargs)``::
-
-            @cache.cached(ttl=USER, key="user:{user_id}")
-            def get_user(user_id: int) -> dict: ...
-
-            get_user.invalidate(user_id=42)
-        """
-        if callable(ttl) and not isinstance(ttl, Policy):
-            raise ConfigurationError("use @cache.cached() with parentheses")
-
-        def decorate(func: F) -> F:
-            return cast(F, self._decorate(func, ttl, key, tuple(tags)))
-
-        return decorate
 
 
 class Cache(_CacheBase):
@@ -279,9 +254,47 @@ class Cache(_CacheBase):
         SCAN (never KEYS). Escape untrusted parts with :func:`hitrate.escape_glob`."""
         return int(self._driver.run(plans.invalidate_pattern(self._ctx, pattern)))
 
+    def invalidate_prefix(self, *parts: object) -> int:
+        """Invalidate the key :func:`hitrate.key` builds from *parts* and every key that
+        starts with it and a ``:``: ``cache.invalidate_prefix("tenant", tenant_id)``
+        deletes exactly that tenant's keys (``key("tenant", tenant_id, ...)``), whatever
+        the id holds -- tenant ``a`` never touches tenant ``a:b`` or ``a*``."""
+        exact = join_key(*parts)
+        plan = plans.invalidate_pattern(self._ctx, escape_glob(exact) + ":*")
+        return int(self._driver.run(plans.invalidate(self._ctx, [exact]))) + int(
+            self._driver.run(plan)
+        )
+
     def invalidate_tag(self, tag: str) -> int:
         """Invalidate every entry filled with *tag*; fills in flight are refused."""
         return int(self._driver.run(plans.invalidate_tag(self._ctx, tag)))
+
+    def cached(
+        self,
+        ttl: TTLLike = None,
+        *,
+        key: KeyArg = None,
+        tags: Sequence[str] = (),
+        unless: Callable[[Any], object] | None = None,
+        name: str | None = None,
+    ) -> CacheDecorator:
+        """Cache a function's results (cache-aside with leases); ``async def`` too.
+
+        ``key`` is a format string over the function's parameters (``"user:{user_id}"``;
+        a ``:`` or ``%`` in a value is encoded as in :func:`hitrate.key`), or a callable
+        taking the function's arguments and returning the key. Without it the key is
+        ``module.function:<stable hash of the arguments>`` (closures and lambdas: also of
+        their code and captured values); ``name=`` replaces ``module.function``.
+        ``unless=lambda result: ...`` returns a result without caching it when true.
+        The wrapper keeps the function's signature and types, and gets
+        ``.invalidate(*args, **kwargs)`` and ``.key(*args, **kwargs)``::
+
+            @cache.cached(ttl=USER, key="user:{user_id}")
+            def get_user(user_id: int) -> dict: ...
+
+            get_user.invalidate(user_id=42)
+        """
+        return cached_sync(self, ttl, key, tags, unless, name)
 
     def stats(self, *, minutes: int | None = None, history: int = 0, sample: int = 10_000) -> Stats:
         """Hit rate and counts per key family from every process (this one's are flushed
@@ -373,19 +386,6 @@ class Cache(_CacheBase):
             burst=burst, fail_closed=fail_closed,
         )  # fmt: skip
 
-    def _decorate(self, func: Any, ttl: TTLLike, key: str | None, tags: Sequence[str]) -> Any:
-        if inspect.iscoroutinefunction(func):
-            return self.aio._decorate(func, ttl, key, tags)
-        make_key = key_builder(func, key)
-        get_or_fetch = self.get_or_fetch
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return get_or_fetch(make_key(*args, **kwargs), lambda: func(*args, **kwargs), ttl, tags)
-
-        _attach(wrapper, make_key, self.invalidate)
-        return _for_methods(wrapper, func)
-
 
 def _sync_client(aclient: Any) -> redis.Redis | None:
     """A sync client on the same server as the asyncio client *aclient* (for the stats
@@ -407,58 +407,6 @@ def _sync_client(aclient: Any) -> redis.Redis | None:
     except TypeError:
         return None
     return redis.Redis(connection_pool=sync_pool)
-
-
-def _attach(wrapper: Any, make_key: Callable[..., str], invalidate: Callable[..., Any]) -> None:
-    wrapper.key = make_key
-
-    def invalidate_call(*args: Any, **kwargs: Any) -> Any:
-        return invalidate(make_key(*args, **kwargs))
-
-    invalidate_call.__doc__ = "Invalidate the cached result for these arguments."
-    wrapper.invalidate = invalidate_call
-
-
-class _CachedMethod:
-    """A cached method: ``obj.method.invalidate(x)`` and ``.key(x)`` include ``obj``, as a
-    call of ``obj.method(x)`` does (a plain function attribute would not see ``obj``)."""
-
-    def __init__(self, wrapper: Any) -> None:
-        self._wrapper = wrapper
-        self.key = wrapper.key
-        self.invalidate = wrapper.invalidate
-        functools.update_wrapper(self, wrapper)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._wrapper(*args, **kwargs)
-
-    def __get__(self, obj: Any, objtype: Any = None) -> Any:
-        if obj is None:
-            return self
-        return _BoundCached(self._wrapper, obj)
-
-
-class _BoundCached:
-    __slots__ = ("__self__", "_wrapper")
-
-    def __init__(self, wrapper: Any, obj: Any) -> None:
-        self._wrapper = wrapper
-        self.__self__ = obj
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._wrapper(self.__self__, *args, **kwargs)
-
-    def key(self, *args: Any, **kwargs: Any) -> str:
-        return str(self._wrapper.key(self.__self__, *args, **kwargs))
-
-    def invalidate(self, *args: Any, **kwargs: Any) -> Any:
-        return self._wrapper.invalidate(self.__self__, *args, **kwargs)
-
-
-def _for_methods(wrapper: Any, func: Any) -> Any:
-    """Functions whose first parameter is ``self``/``cls`` get method-aware helpers."""
-    params = list(inspect.signature(func).parameters)
-    return _CachedMethod(wrapper) if params and params[0] in ("self", "cls") else wrapper
 
 
 class AsyncCache(_CacheBase):
@@ -553,9 +501,29 @@ class AsyncCache(_CacheBase):
         """See :meth:`Cache.invalidate_pattern`."""
         return int(await self._driver.run(plans.invalidate_pattern(self._ctx, pattern)))
 
+    async def invalidate_prefix(self, *parts: object) -> int:
+        """See :meth:`Cache.invalidate_prefix`."""
+        exact = join_key(*parts)
+        plan = plans.invalidate_pattern(self._ctx, escape_glob(exact) + ":*")
+        return int(await self._driver.run(plans.invalidate(self._ctx, [exact]))) + int(
+            await self._driver.run(plan)
+        )
+
     async def invalidate_tag(self, tag: str) -> int:
         """See :meth:`Cache.invalidate_tag`."""
         return int(await self._driver.run(plans.invalidate_tag(self._ctx, tag)))
+
+    def cached(
+        self,
+        ttl: TTLLike = None,
+        *,
+        key: KeyArg = None,
+        tags: Sequence[str] = (),
+        unless: Callable[[Any], object] | None = None,
+        name: str | None = None,
+    ) -> AsyncCacheDecorator:
+        """See :meth:`Cache.cached`; wraps ``async def`` functions."""
+        return cached_async(self, ttl, key, tags, unless, name)
 
     async def stats(
         self, *, minutes: int | None = None, history: int = 0, sample: int = 10_000
@@ -622,22 +590,3 @@ class AsyncCache(_CacheBase):
             self._ctx, self._driver, name, limit, per, algorithm,
             burst=burst, fail_closed=fail_closed,
         )  # fmt: skip
-
-    def _decorate(self, func: Any, ttl: TTLLike, key: str | None, tags: Sequence[str]) -> Any:
-        if not inspect.iscoroutinefunction(func):
-            raise ConfigurationError(
-                f"AsyncCache.cached() wraps coroutine functions; {func.__qualname__} is not "
-                "one. Use Cache.cached() for plain functions"
-            )
-        make_key = key_builder(func, key)
-
-        get_or_fetch = self.get_or_fetch
-
-        @functools.wraps(func)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return await get_or_fetch(
-                make_key(*args, **kwargs), lambda: func(*args, **kwargs), ttl, tags
-            )
-
-        _attach(wrapper, make_key, self.invalidate)
-        return _for_methods(wrapper, func)
