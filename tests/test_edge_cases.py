@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from hitrate import AsyncCache, Breaker, Cache, InvalidKeyError, Policy
-from hitrate.keys import key_builder
+from hitrate.arghash import key_builder
 
 
 def describe(value: Any) -> str:

@@ -22,7 +22,7 @@ from .errors import (
     ValueTooLargeError,
 )
 from .health import Health
-from .keys import escape_glob
+from .keys import escape_glob, key
 from .plans import MISSING
 from .policy import AGGREGATE, COUNTER, REFERENCE, USER, Policy
 from .structures import Decision, Ranked
@@ -58,4 +58,5 @@ __all__ = [
     "ValueTooLargeError",
     "__version__",
     "escape_glob",
+    "key",
 ]

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import os
 import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
@@ -22,12 +20,14 @@ from redis.retry import Retry
 from . import health, plans
 from .breaker import Breaker
 from .codec import Codec, make_codec
+from .decorators import AsyncCacheDecorator, CacheDecorator, KeyArg, cached_async, cached_sync
 from .drivers import AsyncDriver, SyncDriver
 from .errors import CacheUnavailableError, ConfigurationError
 from .flush import Flusher, flush_plan, register
 from .generations import Generations
 from .health import Health
-from .keys import KeySpace, key_builder
+from .keys import FamilyWatch, KeySpace, check_family_names, escape_glob
+from .keys import key as join_key
 from .monitor import Stats, stats_plan
 from .plans import MISSING, Context
 from .policy import USER, Policy, TTLLike, to_policy
@@ -47,7 +47,6 @@ from .structures import (
 
 __all__ = ["AsyncCache", "Cache"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_URL = "redis://localhost:6379/0"
 #: Connections per pool made by ``from_url``: a thread or task past this waits (up to
 #: ``pool_timeout``) for one to be free instead of opening more.
@@ -104,11 +103,12 @@ class _CacheBase:
             raise ConfigurationError("flush_interval must be seconds >= 0 (0: no timer)")
         self._flush_interval = float(flush_interval)
         default = to_policy(default_ttl, USER)
+        check_family_names(policies or {})
         self.client = client
         self.strict = strict
         self.breaker = breaker or Breaker()
         self._ctx = Context(
-            keys=KeySpace(prefix),
+            keys=KeySpace(prefix, FamilyWatch(policies) if policies else None),
             codec=make_codec(codec, pickle_secret),
             default_policy=default,
             policies={name: to_policy(p, default) for name, p in (policies or {}).items()},
@@ -159,31 +159,6 @@ class _CacheBase:
     def redis_key(self, key: str) -> str:
         """The Redis key that holds *key*'s entry, e.g. ``app:{user:42}``."""
         return self._ctx.keys.entry(key)
-
-    def _decorate(self, func: Any, ttl: TTLLike, key: str | None, tags: Sequence[str]) -> Any:
-        raise NotImplementedError
-
-    def cached(
-        self, ttl: TTLLike = None, *, key: str | None = None, tags: Sequence[str] = ()
-    ) -> Callable[[F], F]:
-        """Cache a function's results (cache-aside with leases).
-
-        ``key`` is a format string over the function's parameters (``"user:{user_id}"``);
-        without it the key is ``module.function:<stable hash of the arguments>``.
-        The wrapper gets ``.invalidate(*args, **kwargs)`` and ``.key(*args, **kwargs)``::
-
-            @cache.cached(ttl=USER, key="user:{user_id}")
-            def get_user(user_id: int) -> dict: ...
-
-            get_user.invalidate(user_id=42)
-        """
-        if callable(ttl) and not isinstance(ttl, Policy):
-            raise ConfigurationError("use @cache.cached() with parentheses")
-
-        def decorate(func: F) -> F:
-            return cast(F, self._decorate(func, ttl, key, tuple(tags)))
-
-        return decorate
 
 
 class Cache(_CacheBase):
@@ -243,12 +218,19 @@ class Cache(_CacheBase):
         return bool(self._driver.run(plans.set_many(self._ctx, mapping, ttl)))
 
     def get_or_fetch(
-        self, key: str, fetch: Callable[[], Any], ttl: TTLLike = None, tags: Sequence[str] = ()
+        self,
+        key: str,
+        fetch: Callable[[], Any],
+        ttl: TTLLike = None,
+        tags: Sequence[str] = (),
+        *,
+        unless: Callable[[Any], object] | None = None,
     ) -> Any:
         """Cache-aside: the cached value, or ``fetch()``'s, cached for the next caller.
 
         One caller per key loads at a time (across threads and processes); a fill is
-        refused if an invalidation or write ran while it loaded.
+        refused if an invalidation or write ran while it loaded. ``unless(value)`` true:
+        the loaded value is returned but not cached.
         """
         ctx = self._ctx
         rkey, family = ctx.keys.locate(key)
@@ -262,7 +244,7 @@ class Cache(_CacheBase):
             value = plans.fresh_value(ctx, key, family, first, ctx.family_policy(family, ttl))
             if value is not MISSING:
                 return value
-        plan = plans.get_or_fetch(ctx, key, ttl, tuple(tags), checked=True)
+        plan = plans.get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless)
         return self._driver.run(plan, fetch, first)
 
     def write_through(
@@ -292,6 +274,17 @@ class Cache(_CacheBase):
         SCAN (never KEYS). Escape untrusted parts with :func:`hitrate.escape_glob`."""
         return int(self._driver.run(plans.invalidate_pattern(self._ctx, pattern)))
 
+    def invalidate_prefix(self, *parts: object) -> int:
+        """Invalidate the key :func:`hitrate.key` builds from *parts* and every key that
+        starts with it and a ``:``: ``cache.invalidate_prefix("tenant", tenant_id)``
+        deletes exactly that tenant's keys (``key("tenant", tenant_id, ...)``), whatever
+        the id holds -- tenant ``a`` never touches tenant ``a:b`` or ``a*``."""
+        exact = join_key(*parts)
+        plan = plans.invalidate_pattern(self._ctx, escape_glob(exact) + ":*")
+        return int(self._driver.run(plans.invalidate(self._ctx, [exact]))) + int(
+            self._driver.run(plan)
+        )
+
     def invalidate_tag(self, tag: str) -> int:
         """Invalidate every entry filled with *tag*; fills in flight are refused."""
         return int(self._driver.run(plans.invalidate_tag(self._ctx, tag)))
@@ -304,6 +297,33 @@ class Cache(_CacheBase):
         Returns False if Redis was unreachable (the bump is then owed, delivered before
         the next command)."""
         return bool(self._driver.run(plans.bump(self._ctx, family)))
+
+    def cached(
+        self,
+        ttl: TTLLike = None,
+        *,
+        key: KeyArg = None,
+        tags: Sequence[str] = (),
+        unless: Callable[[Any], object] | None = None,
+        name: str | None = None,
+    ) -> CacheDecorator:
+        """Cache a function's results (cache-aside with leases); ``async def`` too.
+
+        ``key`` is a format string over the function's parameters (``"user:{user_id}"``;
+        a ``:`` or ``%`` in a value is encoded as in :func:`hitrate.key`), or a callable
+        taking the function's arguments and returning the key. Without it the key is
+        ``module.function:<stable hash of the arguments>`` (closures and lambdas: also of
+        their code and captured values); ``name=`` replaces ``module.function``.
+        ``unless=lambda result: ...`` returns a result without caching it when true.
+        The wrapper keeps the function's signature and types, and gets
+        ``.invalidate(*args, **kwargs)`` and ``.key(*args, **kwargs)``::
+
+            @cache.cached(ttl=USER, key="user:{user_id}")
+            def get_user(user_id: int) -> dict: ...
+
+            get_user.invalidate(user_id=42)
+        """
+        return cached_sync(self, ttl, key, tags, unless, name)
 
     def stats(self, *, minutes: int | None = None, history: int = 0, sample: int = 10_000) -> Stats:
         """Hit rate and counts per key family from every process (this one's are flushed
@@ -414,19 +434,6 @@ class Cache(_CacheBase):
             burst=burst, fail_closed=fail_closed,
         )  # fmt: skip
 
-    def _decorate(self, func: Any, ttl: TTLLike, key: str | None, tags: Sequence[str]) -> Any:
-        if inspect.iscoroutinefunction(func):
-            return self.aio._decorate(func, ttl, key, tags)
-        make_key = key_builder(func, key)
-        get_or_fetch = self.get_or_fetch
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return get_or_fetch(make_key(*args, **kwargs), lambda: func(*args, **kwargs), ttl, tags)
-
-        _attach(wrapper, make_key, self.invalidate)
-        return _for_methods(wrapper, func)
-
 
 def _sync_client(aclient: Any) -> redis.Redis | None:
     """A sync client on the same server as the asyncio client *aclient* (for the stats
@@ -448,58 +455,6 @@ def _sync_client(aclient: Any) -> redis.Redis | None:
     except TypeError:
         return None
     return redis.Redis(connection_pool=sync_pool)
-
-
-def _attach(wrapper: Any, make_key: Callable[..., str], invalidate: Callable[..., Any]) -> None:
-    wrapper.key = make_key
-
-    def invalidate_call(*args: Any, **kwargs: Any) -> Any:
-        return invalidate(make_key(*args, **kwargs))
-
-    invalidate_call.__doc__ = "Invalidate the cached result for these arguments."
-    wrapper.invalidate = invalidate_call
-
-
-class _CachedMethod:
-    """A cached method: ``obj.method.invalidate(x)`` and ``.key(x)`` include ``obj``, as a
-    call of ``obj.method(x)`` does (a plain function attribute would not see ``obj``)."""
-
-    def __init__(self, wrapper: Any) -> None:
-        self._wrapper = wrapper
-        self.key = wrapper.key
-        self.invalidate = wrapper.invalidate
-        functools.update_wrapper(self, wrapper)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._wrapper(*args, **kwargs)
-
-    def __get__(self, obj: Any, objtype: Any = None) -> Any:
-        if obj is None:
-            return self
-        return _BoundCached(self._wrapper, obj)
-
-
-class _BoundCached:
-    __slots__ = ("__self__", "_wrapper")
-
-    def __init__(self, wrapper: Any, obj: Any) -> None:
-        self._wrapper = wrapper
-        self.__self__ = obj
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._wrapper(self.__self__, *args, **kwargs)
-
-    def key(self, *args: Any, **kwargs: Any) -> str:
-        return str(self._wrapper.key(self.__self__, *args, **kwargs))
-
-    def invalidate(self, *args: Any, **kwargs: Any) -> Any:
-        return self._wrapper.invalidate(self.__self__, *args, **kwargs)
-
-
-def _for_methods(wrapper: Any, func: Any) -> Any:
-    """Functions whose first parameter is ``self``/``cls`` get method-aware helpers."""
-    params = list(inspect.signature(func).parameters)
-    return _CachedMethod(wrapper) if params and params[0] in ("self", "cls") else wrapper
 
 
 class AsyncCache(_CacheBase):
@@ -558,6 +513,8 @@ class AsyncCache(_CacheBase):
         fetch: Callable[[], Awaitable[Any] | Any],
         ttl: TTLLike = None,
         tags: Sequence[str] = (),
+        *,
+        unless: Callable[[Any], object] | None = None,
     ) -> Any:
         """See :meth:`Cache.get_or_fetch`; *fetch* may be sync or async."""
         ctx = self._ctx
@@ -572,7 +529,7 @@ class AsyncCache(_CacheBase):
             value = plans.fresh_value(ctx, key, family, first, ctx.family_policy(family, ttl))
             if value is not MISSING:
                 return value
-        plan = plans.get_or_fetch(ctx, key, ttl, tuple(tags), checked=True)
+        plan = plans.get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless)
         return await self._driver.run(plan, fetch, first)
 
     async def write_through(
@@ -597,6 +554,14 @@ class AsyncCache(_CacheBase):
         """See :meth:`Cache.invalidate_pattern`."""
         return int(await self._driver.run(plans.invalidate_pattern(self._ctx, pattern)))
 
+    async def invalidate_prefix(self, *parts: object) -> int:
+        """See :meth:`Cache.invalidate_prefix`."""
+        exact = join_key(*parts)
+        plan = plans.invalidate_pattern(self._ctx, escape_glob(exact) + ":*")
+        return int(await self._driver.run(plans.invalidate(self._ctx, [exact]))) + int(
+            await self._driver.run(plan)
+        )
+
     async def invalidate_tag(self, tag: str) -> int:
         """See :meth:`Cache.invalidate_tag`."""
         return int(await self._driver.run(plans.invalidate_tag(self._ctx, tag)))
@@ -604,6 +569,18 @@ class AsyncCache(_CacheBase):
     async def bump(self, family: str | None = None) -> bool:
         """See :meth:`Cache.bump`."""
         return bool(await self._driver.run(plans.bump(self._ctx, family)))
+
+    def cached(
+        self,
+        ttl: TTLLike = None,
+        *,
+        key: KeyArg = None,
+        tags: Sequence[str] = (),
+        unless: Callable[[Any], object] | None = None,
+        name: str | None = None,
+    ) -> AsyncCacheDecorator:
+        """See :meth:`Cache.cached`; wraps ``async def`` functions."""
+        return cached_async(self, ttl, key, tags, unless, name)
 
     async def stats(
         self, *, minutes: int | None = None, history: int = 0, sample: int = 10_000
@@ -686,22 +663,3 @@ class AsyncCache(_CacheBase):
             self._ctx, self._driver, name, limit, per, algorithm,
             burst=burst, fail_closed=fail_closed,
         )  # fmt: skip
-
-    def _decorate(self, func: Any, ttl: TTLLike, key: str | None, tags: Sequence[str]) -> Any:
-        if not inspect.iscoroutinefunction(func):
-            raise ConfigurationError(
-                f"AsyncCache.cached() wraps coroutine functions; {func.__qualname__} is not "
-                "one. Use Cache.cached() for plain functions"
-            )
-        make_key = key_builder(func, key)
-
-        get_or_fetch = self.get_or_fetch
-
-        @functools.wraps(func)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return await get_or_fetch(
-                make_key(*args, **kwargs), lambda: func(*args, **kwargs), ttl, tags
-            )
-
-        _attach(wrapper, make_key, self.invalidate)
-        return _for_methods(wrapper, func)

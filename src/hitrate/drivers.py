@@ -27,7 +27,13 @@ from typing import Any
 import redis.exceptions as rexc
 
 from .breaker import Breaker
-from .errors import CacheUnavailableError, CircuitOpenError, MisconfiguredError, translate
+from .errors import (
+    CacheUnavailableError,
+    CircuitOpenError,
+    ConfigurationError,
+    MisconfiguredError,
+    translate,
+)
 from .health import refused, server_url
 from .keys import family_of
 from .ops import ALONE, CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
@@ -78,6 +84,19 @@ def _replay(reply: Any) -> Any:
     if isinstance(reply, CacheUnavailableError):
         raise reply
     return reply
+
+
+def _refuse_awaitable(result: Any) -> None:
+    """The sync driver was handed an async loader: close what it returned (no "never
+    awaited" warning) and say what to use instead."""
+    close = getattr(result, "close", None) or getattr(result, "cancel", None)
+    if close is not None:
+        close()
+    raise ConfigurationError(
+        f"the loader returned {type(result).__name__} {result!r}, which the sync Cache "
+        "cannot await: an async loader needs AsyncCache (or cache.aio) in async code; "
+        "pass a plain function to Cache"
+    )
 
 
 class _LeaderGone(Exception):
@@ -283,6 +302,8 @@ class SyncDriver(_Base):
                     called_at = time.monotonic()
                     try:
                         send = call()
+                        if inspect.isawaitable(send):
+                            _refuse_awaitable(send)
                     except BaseException as exc:
                         throw = exc
                 elif isinstance(op, Sleep):

@@ -38,38 +38,81 @@ percent encoding as user keys; where two parts share a tag (``{family:id}``,
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
-import decimal
-import enum
-import hashlib
-import inspect
+import difflib
 import re
-import string
-import uuid
-from collections.abc import Callable
-from typing import Any
-
-import orjson
+import threading
+import warnings
+from collections.abc import Iterable
 
 from .errors import ConfigurationError, InvalidKeyError
 
-__all__ = ["KeySpace", "escape_glob", "family_of", "key_builder"]
+__all__ = ["FamilyWatch", "KeySpace", "check_family_names", "escape_glob", "family_of", "key"]
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 MAX_KEY_LENGTH = 16 * 1024
 
 
-def escape_glob(text: str) -> str:
+_PART_SPECIAL = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
+
+
+def _text(value: object, what: str) -> str:
+    """An id as text: ``str`` as is, anything else by ``str()``; bytes and None refused
+    (``str(b"a")`` is ``"b'a'"`` and ``str(None)`` is ``"None"``: both hide a bug)."""
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, bytes | bytearray | memoryview):
+        raise InvalidKeyError(
+            f"{what} must be text or a number, got {type(value).__name__} {value!r}; "
+            "decode bytes first (value.decode())"
+        )
+    return str(value)
+
+
+def escape_glob(text: object) -> str:
     r"""Escape ``* ? [ ] \`` so *text* matches only itself inside a SCAN pattern.
 
     Use it for every untrusted piece of a pattern::
 
         cache.invalidate_pattern(f"user:{escape_glob(user_id)}:*")
 
-    An id of ``*`` then deletes only the keys of the user literally named ``*``.
+    An id of ``*`` then deletes only the keys of the user literally named ``*``. Ints and
+    other non-text ids are converted with ``str()`` (``escape_glob(42) == "42"``); bytes and
+    ``None`` raise :class:`~hitrate.InvalidKeyError` (decode bytes first). A ``:`` inside an
+    id is not escaped: for ids that may contain one, build keys with :func:`hitrate.key` and
+    delete with ``cache.invalidate_prefix(...)``, which are exact for every id.
     """
-    return _GLOB_SPECIAL.sub(r"\\\1", text)
+    return _GLOB_SPECIAL.sub(r"\\\1", _text(text, "escape_glob()'s argument"))
+
+
+def encode_part(text: str) -> str:
+    """One part of a key, with ``%``, ``:``, ``{`` and ``}`` percent-encoded, so that joining
+    parts with ``:`` can be split back apart: ``"a:b"`` -> ``"a%3Ab"``."""
+    if "%" in text or ":" in text or "{" in text or "}" in text:
+        return text.translate(_PART_SPECIAL)
+    return text
+
+
+def key(*parts: object) -> str:
+    """Build a cache key from parts, exact for every id::
+
+        hitrate.key("tenant", tenant_id, "item", n)     # "tenant:42:item:7"
+
+    Parts are joined with ``:``; a ``:``, ``{``, ``}`` or ``%`` inside a part is
+    percent-encoded (``"a:b"`` -> ``"a%3Ab"``), so ``key("t", "a:b")`` and
+    ``key("t", "a", "b")`` are different keys, and ``cache.invalidate_prefix("t", "a")``
+    deletes the keys of id ``a`` and never those of ``a:b`` or ``a*``. Ints, UUIDs and
+    other ids are converted with ``str()``; empty parts, ``None`` and bytes raise
+    :class:`~hitrate.InvalidKeyError`. The first part is the key's family (its policy).
+    """
+    if not parts:
+        raise InvalidKeyError("hitrate.key() needs at least one part, e.g. key('user', 42)")
+    out = []
+    for part in parts:
+        text = _text(part, "key parts")
+        if not text:
+            raise InvalidKeyError(f"key parts must not be empty: key{parts!r}")
+        out.append(encode_part(text))
+    return ":".join(out)
 
 
 def _encode(text: str) -> str:
@@ -114,12 +157,75 @@ def family_of(key: str) -> str:
     return head if sep else "default"
 
 
+_NOT_A_FAMILY = re.compile(r"[:*?\[\]\\{}\s]")
+
+
+def check_family_names(names: Iterable[object]) -> None:
+    """Refuse ``policies=`` names no key can ever have: a family is the text before a
+    key's first ``:``, so it is never empty and never holds a ``:``; glob characters and
+    braces mean a pattern was meant, which policies are not."""
+    for name in names:
+        if not isinstance(name, str) or not name or _NOT_A_FAMILY.search(name):
+            hint = ""
+            if isinstance(name, str) and ":" in name:
+                hint = f" (did you mean {name.split(':', 1)[0]!r}?)"
+            raise ConfigurationError(
+                f"policies={{{name!r}: ...}}: a policy is named after a key family, the text "
+                f"before a key's first ':' ('user' for 'user:42'), without ':', glob "
+                f"characters, braces or spaces{hint}"
+            )
+
+
+class FamilyWatch:
+    """Warns once when a key's family looks like a misspelt ``policies=`` name.
+
+    ``policies={"users": USER}`` with keys ``user:42`` would silently use the default
+    policy for every key; the first time a family without a policy is seen whose name is
+    close to a policy name no key has used yet (``user`` / ``users``, ``User`` / ``user``),
+    a ``UserWarning`` names both. Runs only the first time a key is seen (the key memo
+    of :class:`KeySpace`), so it costs nothing on the hot path.
+    """
+
+    __slots__ = ("_lock", "_names", "_seen", "_unused", "_warned")
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._names = frozenset(names)
+        self._unused = set(self._names)
+        self._seen: set[str] = set()
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def saw(self, family: str) -> None:
+        if family in self._seen or len(self._seen) >= 1024:
+            return
+        with self._lock:
+            self._seen.add(family)
+            if family in self._names:
+                self._unused.discard(family)
+                return
+            lowered = {n.lower().rstrip("s"): n for n in self._unused}
+            close = lowered.get(family.lower().rstrip("s"))
+            if close is None:
+                found = difflib.get_close_matches(family, sorted(self._unused), 1, 0.8)
+                close = found[0] if found else None
+            if close is None or close in self._warned:
+                return
+            self._warned.add(close)
+        warnings.warn(
+            f"hitrate: key family {family!r} has no policy, but policies= names {close!r}, "
+            f"which no key has used yet; a key's family is the text before its first ':'. "
+            f"Rename the policy to {family!r} (or the keys) so it applies",
+            UserWarning,
+            stacklevel=5,
+        )
+
+
 class KeySpace:
     """Builds every Redis key hitrate writes, under one prefix."""
 
-    __slots__ = ("_entry_cache", "_located", "prefix", "root")
+    __slots__ = ("_entry_cache", "_located", "prefix", "root", "watch")
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, watch: FamilyWatch | None = None) -> None:
         if not isinstance(prefix, str) or not prefix:
             raise ConfigurationError("prefix must be a non-empty string, e.g. prefix='app'")
         if any(c in prefix for c in "{}*?[]\\ \n\r\t"):
@@ -128,6 +234,7 @@ class KeySpace:
             )
         self.prefix = prefix
         self.root = prefix + ":"
+        self.watch = watch
         self._entry_cache: dict[str, str] = {}
         self._located: dict[str, tuple[str, str]] = {}
 
@@ -171,6 +278,8 @@ class KeySpace:
                 "decode bytes with errors='replace' or hash them"
             ) from None
         rkey = f"{self.root}{{{_encode(key)}}}"
+        if self.watch is not None:
+            self.watch.saw(family_of(key))
         if len(self._entry_cache) < 4096:
             self._entry_cache[key] = rkey
         return rkey
@@ -247,172 +356,3 @@ class KeySpace:
     def user_key(self, entry: str) -> str:
         """``app:{user:42}`` -> ``user:42``."""
         return decode_user_key(entry[len(self.root) + 1 : -1])
-
-
-def _canonical(value: Any) -> Any:
-    """A JSON-able form of *value* that keeps its type: ``{1: "a"}`` and ``{"1": "a"}``,
-    ``(1, 2)`` and ``[1, 2]``, a date and its ISO string all differ."""
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
-        return ["i", str(value)]
-    if isinstance(value, float):
-        return ["f", repr(value)]
-    if isinstance(value, bytes):
-        return ["b", value.hex()]
-    if isinstance(value, list | tuple):
-        return ["l" if isinstance(value, list) else "t", [_canonical(v) for v in value]]
-    if isinstance(value, dict):
-        items = [(orjson.dumps(_canonical(k)), _canonical(v)) for k, v in value.items()]
-        return ["d", [[k.decode(), v] for k, v in sorted(items, key=lambda kv: kv[0])]]
-    if isinstance(value, set | frozenset):
-        members = sorted(orjson.dumps(_canonical(v)) for v in value)
-        return ["s", [m.decode() for m in members]]
-    if isinstance(value, enum.Enum):
-        return ["e", type(value).__qualname__, _canonical(value.value)]
-    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
-        return [type(value).__name__, value.isoformat()]
-    if isinstance(value, uuid.UUID | decimal.Decimal):
-        return [type(value).__name__, str(value)]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return ["dc", type(value).__qualname__, _canonical(dataclasses.asdict(value))]
-    raise TypeError(f"type {type(value).__name__} has no stable form")
-
-
-def _stable_digest(payload: Any) -> str:
-    try:
-        data = orjson.dumps(_canonical(payload))
-    except TypeError as exc:
-        raise InvalidKeyError(
-            f"cannot build a cache key from these arguments ({exc}); pass "
-            "key='name:{arg}' to @cached to say how the key is made"
-        ) from None
-    return hashlib.blake2b(data, digest_size=12).hexdigest()
-
-
-def _arguments(sig: inspect.Signature) -> Callable[..., dict[str, Any]]:
-    """``(args, kwargs) -> {parameter: value}`` in parameter order, defaults applied.
-
-    Calls to functions without ``*args``/``**kwargs`` are served from precomputed names and
-    defaults, without ``Signature.bind`` (which costs microseconds on every cache hit);
-    anything unusual takes the general path, with its usual errors.
-    """
-    params = sig.parameters.values()
-    names = list(sig.parameters)
-    simple = all(
-        p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        for p in params
-    )
-    n_positional = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
-    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-    known = set(names)
-
-    def general(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        return dict(bound.arguments)
-
-    def arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        if not simple or len(args) > n_positional:
-            return general(args, kwargs)
-        given = dict(zip(names, args, strict=False))
-        if kwargs:
-            if not kwargs.keys() <= known or given.keys() & kwargs.keys():
-                return general(args, kwargs)
-            given.update(kwargs)
-        if len(given) == len(names) and not kwargs:
-            return given
-        values = {}
-        for name in names:
-            if name in given:
-                values[name] = given[name]
-            elif name in defaults:
-                values[name] = defaults[name]
-            else:
-                return general(args, kwargs)  # raises the usual TypeError
-        return values
-
-    return arguments
-
-
-def _positional_template(template: str, params: list[str]) -> str | None:
-    """``"user:{user_id}"`` -> ``"user:{0}"`` (by parameter position), or None when the
-    template uses anything but plain parameter names (attributes, indexes, unknown names)."""
-    out = []
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError:
-        return None
-    for literal, field, spec, conversion in parsed:
-        out.append(literal.replace("{", "{{").replace("}", "}}"))
-        if field is None:
-            continue
-        if field not in params:
-            return None
-        out.append("{" + str(params.index(field)))
-        if conversion:
-            out.append("!" + conversion)
-        if spec:
-            if "{" in spec:
-                return None
-            out.append(":" + spec)
-        out.append("}")
-    return "".join(out)
-
-
-def key_builder(func: Callable[..., Any], template: str | None) -> Callable[..., str]:
-    """Make ``(args, kwargs) -> key`` for :meth:`Cache.cached`.
-
-    With a *template* such as ``"user:{user_id}"`` the bound arguments fill it in (defaults
-    applied). Without one, the key is ``module.qualname:<blake2b of the arguments>``: stable
-    across processes and restarts, unlike Python's salted ``hash()``. A first parameter named
-    ``self`` or ``cls`` is left out of the hash.
-    """
-    sig = inspect.signature(func)
-    params = list(sig.parameters)
-    skip_first = bool(params) and params[0] in ("self", "cls")
-    name = f"{func.__module__}.{func.__qualname__}".replace("<locals>.", "")
-    arguments = _arguments(sig)
-    var_keyword = [
-        p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD
-    ]
-
-    if template is not None:
-        if not isinstance(template, str) or not template:
-            raise ConfigurationError("key= must be a format string such as 'user:{user_id}'")
-        try:
-            parsed = list(string.Formatter().parse(template))
-        except ValueError as exc:
-            raise ConfigurationError(f"key template {template!r} is malformed: {exc}") from None
-        fields = {re.split(r"[.\[]", f, maxsplit=1)[0] for _, f, _, _ in parsed if f is not None}
-        if "" in fields or any(f.isdigit() for f in fields):
-            raise ConfigurationError(
-                f"key template {template!r} must name parameters: 'user:{{user_id}}'"
-            )
-        missing = fields - set(params)
-        if missing and not var_keyword:
-            raise ConfigurationError(
-                f"key template {template!r} names {sorted(missing)}, which "
-                f"{func.__qualname__}() has no parameter for"
-            )
-
-        positional = _positional_template(template, params) if not var_keyword else None
-        n = len(params)
-
-        def from_template(*args: Any, **kwargs: Any) -> str:
-            if positional is not None and not kwargs and len(args) == n:
-                return positional.format(*args)  # the common call, without binding
-            values = arguments(args, kwargs)
-            for extra in var_keyword:
-                values.update(values.pop(extra, {}))
-            return template.format_map(values)
-
-        return from_template
-
-    def from_hash(*args: Any, **kwargs: Any) -> str:
-        items = list(arguments(args, kwargs).items())
-        if skip_first:
-            items = items[1:]
-        return f"{name}:{_stable_digest(items)}"
-
-    return from_hash

@@ -420,7 +420,7 @@ def _load_only(ctx: Context, family: str) -> Plan:
     return (yield from _load_unfilled(ctx, family))
 
 
-def _load_down(ctx: Context, rkey: str, family: str, wait: float) -> Plan:
+def _load_down(ctx: Context, rkey: str, family: str, wait: float, unless: Unless = None) -> Plan:
     """Redis is unavailable: load without caching, but one caller per key in this process
     at a time (the others share its value if its load began after they arrived)."""
     ctx.stats.incr(family, "fail_open")
@@ -428,7 +428,8 @@ def _load_down(ctx: Context, rkey: str, family: str, wait: float) -> Plan:
         joined = yield Coalesce(rkey, wait)
         if joined is LEAD:
             value = yield from _load_unfilled(ctx, family)
-            yield Publish(value, loaded=True)
+            if unless is None or not unless(value):
+                yield Publish(value, loaded=True)
             return value
         if joined is TIMEOUT:
             break
@@ -463,12 +464,22 @@ def fresh_value(ctx: Context, key: str, family: str, raw: bytes | None, policy: 
     return entry.value
 
 
+Unless = Callable[[Any], object] | None
+
+
 def get_or_fetch(
-    ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = (), *, checked: bool = False
+    ctx: Context,
+    key: str,
+    ttl: TTLLike,
+    tags: Sequence[str] = (),
+    *,
+    checked: bool = False,
+    unless: Unless = None,
 ) -> Plan:
     """Cache-aside with leases. ``checked``: the driver already ran :func:`fresh_value` on
     the GET reply it replays (the hit fast path), so the XFetch draw is not made twice
-    (unless the generation view had to be read again first)."""
+    (unless the generation view had to be read again first). ``unless(value)`` true: the
+    loaded value is returned but not cached (nor shared with waiting callers)."""
     rkey = ctx.keys.entry(key)
     family = family_of(key)
     policy = ctx.policy(key, ttl)
@@ -478,7 +489,7 @@ def get_or_fetch(
             yield from generations(ctx)
             checked = False
     except CacheUnavailableError:
-        return (yield from _load_down(ctx, rkey, family, policy.lease))
+        return (yield from _load_down(ctx, rkey, family, policy.lease, unless))
     if not checked:
         value = fresh_value(ctx, key, family, raw, policy)
         if value is not MISSING:
@@ -491,14 +502,14 @@ def get_or_fetch(
             and ctx.clock() < entry.expires_at + policy.stale
         ):
             # Still fresh but XFetch says refresh early, or inside the stale window.
-            return (yield from _refresh(ctx, key, rkey, family, policy, tags, raw, entry))
+            return (yield from _refresh(ctx, key, rkey, family, policy, tags, raw, entry, unless))
     ctx.stats.miss(family)
     joined = yield Coalesce(rkey, policy.lease)
     if joined is TIMEOUT:
         # Another caller here loaded for longer than the lease time: load without filling.
         return (yield from _load_unfilled(ctx, family))
     seen = raw[4:12] if raw is not None else b""  # an entry that is there but not fresh
-    return (yield from _fill(ctx, key, rkey, family, policy, tags, seen))
+    return (yield from _fill(ctx, key, rkey, family, policy, tags, seen, unless))
 
 
 def _refresh(
@@ -510,6 +521,7 @@ def _refresh(
     tags: Sequence[str],
     raw: bytes,
     old: Entry,
+    unless: Unless = None,
 ) -> Plan:
     """The entry is stale (or XFetch says refresh early). Every caller is served the old
     value at once; the one that gets the lease also starts a background load and fill, so
@@ -526,7 +538,7 @@ def _refresh(
         entry = yield from _decode(ctx, key, rkey, reply[1], family)
         return old.value if entry is None or not ctx.fresh(entry, family) else entry.value
     if reply[0] == 2:
-        fill = _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply)
+        fill = _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply, unless)
         if not (yield Spawn(fill, rkey)):
             # This process already refreshes the key, or its refresh queue is full.
             fill.close()
@@ -583,6 +595,7 @@ def _fill(
     policy: Policy,
     tags: Sequence[str],
     seen: bytes = b"",
+    unless: Unless = None,
 ) -> Plan:
     """Miss: take the lease and load, or wait (bounded) for the caller that holds it.
     *seen*: the expiry field of an entry Redis holds that is not fresh for us (logically
@@ -599,7 +612,11 @@ def _fill(
             return (yield from _load_only(ctx, family))
         status = reply[0]
         if status == 2:
-            return (yield from _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply))
+            return (
+                yield from _load_and_fill(
+                    ctx, key, rkey, family, policy, tags, token, reply, unless
+                )
+            )
         if status == 1:
             entry = yield from _decode(ctx, key, rkey, reply[1], family)
             if entry is not None:
@@ -648,6 +665,7 @@ def _load_and_fill(
     tags: Sequence[str],
     token: str,
     lease_reply: Sequence[Any],
+    unless: Unless = None,
 ) -> Plan:
     """Holding the lease: load, then fill only if nothing invalidated the key meanwhile.
     However the load ends (an error, a cancellation, KeyboardInterrupt), the lease is given
@@ -658,7 +676,8 @@ def _load_and_fill(
         load_time = ctx.monotonic() - t0
         ctx.stats.load(family, load_time)
         gen = ctx.gens.saw(family, lease_reply[5], lease_reply[6])
-        data, px = ctx.encode(key, value, policy, load_time, gen)
+        skip = unless is not None and bool(unless(value))
+        data, px = (b"", 0) if skip else ctx.encode(key, value, policy, load_time, gen)
     except BaseException as exc:
         if interrupted(exc):
             # A failed loader tells waiters in other processes why; an interrupted one
@@ -668,9 +687,9 @@ def _load_and_fill(
                 yield _release(ctx, rkey, token, text)
         raise
     try:
-        if not data:  # a None we don't cache: just give the lease back
+        if not data:  # a None we don't cache, or unless= said no: give the lease back
             released = yield _release(ctx, rkey, token)
-            if released:  # still ours: nothing revoked it while we loaded
+            if released and not skip:  # still ours: nothing revoked it while we loaded
                 yield Publish(value)
             return value
         tag_keys = [ctx.keys.tag(t) for t in tags]
