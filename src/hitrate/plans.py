@@ -84,7 +84,7 @@ class Context:
         return os.urandom(12).hex()
 
     def encode(
-        self, key: str, value: Any, policy: Policy, load_time: float = 0.0
+        self, key: str, value: Any, policy: Policy, load_time: float = 0.0, vtype: Any = None
     ) -> tuple[bytes, int]:
         """Entry bytes and Redis expiry in ms (0 = none); raises before anything is written.
 
@@ -94,7 +94,7 @@ class Context:
             return b"", 0
         ttl = policy.draw_ttl(self.rng, negative=value is None)
         expires_at = self.clock() + ttl if ttl is not None else 0.0
-        data = encode_entry(self.codec, key, value, expires_at, load_time)
+        data = encode_entry(self.codec, key, value, expires_at, load_time, vtype)
         if len(data) > self.max_value_size:
             raise ValueTooLargeError(
                 f"value for key {key!r} is {len(data)} bytes encoded, over max_value_size="
@@ -130,21 +130,24 @@ class Context:
         return sorted(keys), sorted(tags), sorted(patterns)
 
 
-def _decode(ctx: Context, key: str, rkey: str, raw: bytes, family: str) -> Plan:
-    """Decode an entry; bytes that are not one of ours are a miss, counted and deleted."""
+def _decode(ctx: Context, key: str, rkey: str, raw: bytes, family: str, vtype: Any = None) -> Plan:
+    """Decode an entry; bytes that are not one of ours are a miss, counted and deleted --
+    unless they are another codec's, format's or type's entry (another app version on this
+    prefix): those are left alone."""
     try:
-        return decode_entry(ctx.codec, key, raw)
-    except DecodeError:
+        return decode_entry(ctx.codec, key, raw, vtype)
+    except DecodeError as exc:
         ctx.stats.incr(family, "decode_errors")
-        with contextlib.suppress(CacheUnavailableError):
-            yield ("UNLINK", rkey)
+        if not exc.foreign:
+            with contextlib.suppress(CacheUnavailableError):
+                yield ("UNLINK", rkey)
         return None
 
 
 # -- reads ---------------------------------------------------------------------------------
 
 
-def get(ctx: Context, key: str, default: Any) -> Plan:
+def get(ctx: Context, key: str, default: Any, vtype: Any = None) -> Plan:
     rkey = ctx.keys.entry(key)
     family = family_of(key)
     try:
@@ -153,7 +156,7 @@ def get(ctx: Context, key: str, default: Any) -> Plan:
         ctx.stats.incr(family, "fail_open")
         return default
     if raw is not None:
-        entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family)
+        entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family, vtype)
         if entry is not None and (not entry.expires_at or ctx.clock() < entry.expires_at):
             ctx.stats.hit(family)
             return entry.value
@@ -161,7 +164,7 @@ def get(ctx: Context, key: str, default: Any) -> Plan:
     return default
 
 
-def get_many(ctx: Context, keys: Iterable[str]) -> Plan:
+def get_many(ctx: Context, keys: Iterable[str], vtype: Any = None) -> Plan:
     wanted = list(dict.fromkeys(keys))
     if not wanted:
         return {}
@@ -179,10 +182,11 @@ def get_many(ctx: Context, keys: Iterable[str]) -> Plan:
         family = family_of(key)
         if raw is not None:
             try:
-                entry = decode_entry(ctx.codec, key, raw)
-            except DecodeError:
+                entry = decode_entry(ctx.codec, key, raw, vtype)
+            except DecodeError as exc:
                 ctx.stats.incr(family, "decode_errors")
-                bad.append(rkey)
+                if not exc.foreign:  # another app version's entry: a miss, left alone
+                    bad.append(rkey)
             else:
                 if not entry.expires_at or now < entry.expires_at:
                     found[key] = entry.value
@@ -198,9 +202,9 @@ def get_many(ctx: Context, keys: Iterable[str]) -> Plan:
 # -- writes --------------------------------------------------------------------------------
 
 
-def set_(ctx: Context, key: str, value: Any, ttl: TTLLike) -> Plan:
+def set_(ctx: Context, key: str, value: Any, ttl: TTLLike, vtype: Any = None) -> Plan:
     quad = ctx.keys.quad(key)
-    data, px = ctx.encode(key, value, ctx.policy(key, ttl))
+    data, px = ctx.encode(key, value, ctx.policy(key, ttl), vtype=vtype)
     try:
         if data:
             yield Eval(scripts.SET, quad, (data, px, ctx.token()))
@@ -213,12 +217,12 @@ def set_(ctx: Context, key: str, value: Any, ttl: TTLLike) -> Plan:
     return True
 
 
-def set_many(ctx: Context, mapping: Mapping[str, Any], ttl: TTLLike) -> Plan:
+def set_many(ctx: Context, mapping: Mapping[str, Any], ttl: TTLLike, vtype: Any = None) -> Plan:
     # Encode everything first: one bad value means nothing is written.
     ops = []
     for key, value in mapping.items():
         quad = ctx.keys.quad(key)
-        data, px = ctx.encode(key, value, ctx.policy(key, ttl))
+        data, px = ctx.encode(key, value, ctx.policy(key, ttl), vtype=vtype)
         script = scripts.SET if data else scripts.INVALIDATE
         ops.append(Eval(script, quad, (data, px, ctx.token()) if data else (ctx.token(),)))
     if not ops:
@@ -357,7 +361,9 @@ def _load_only(ctx: Context, family: str) -> Plan:
     return value
 
 
-def fresh_value(ctx: Context, key: str, family: str, raw: bytes | None, policy: Policy) -> Any:
+def fresh_value(
+    ctx: Context, key: str, family: str, raw: bytes | None, policy: Policy, vtype: Any = None
+) -> Any:
     """What a GET reply serves at once: the cached value (a hit, counted), or
     :data:`MISSING` when ``get_or_fetch`` must do more: a miss, undecodable bytes, a stale
     entry, or an early refresh that XFetch says is due. No Redis; the plan below and the
@@ -365,7 +371,7 @@ def fresh_value(ctx: Context, key: str, family: str, raw: bytes | None, policy: 
     if raw is None:
         return MISSING
     try:
-        entry = decode_entry(ctx.codec, key, raw)
+        entry = decode_entry(ctx.codec, key, raw, vtype)
     except DecodeError:
         return MISSING
     expires_at = entry.expires_at
@@ -382,7 +388,13 @@ def fresh_value(ctx: Context, key: str, family: str, raw: bytes | None, policy: 
 
 
 def get_or_fetch(
-    ctx: Context, key: str, ttl: TTLLike, tags: Sequence[str] = (), *, checked: bool = False
+    ctx: Context,
+    key: str,
+    ttl: TTLLike,
+    tags: Sequence[str] = (),
+    *,
+    checked: bool = False,
+    vtype: Any = None,
 ) -> Plan:
     """Cache-aside with leases. ``checked``: the driver already ran :func:`fresh_value` on
     the GET reply it replays (the hit fast path), so the XFetch draw is not made twice."""
@@ -394,19 +406,19 @@ def get_or_fetch(
         return (yield from _load_only(ctx, family))
     policy = ctx.policy(key, ttl)
     if not checked:
-        value = fresh_value(ctx, key, family, raw, policy)
+        value = fresh_value(ctx, key, family, raw, policy, vtype)
         if value is not MISSING:
             return value
     if raw is not None:
-        entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family)
+        entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family, vtype)
         if entry is not None and ctx.clock() < entry.expires_at + policy.stale:
             # Still fresh but XFetch says refresh early, or inside the stale window.
-            return (yield from _refresh(ctx, key, rkey, family, policy, tags, raw, entry))
+            return (yield from _refresh(ctx, key, rkey, family, policy, tags, raw, entry, vtype))
     ctx.stats.miss(family)
     if (yield Coalesce(rkey, policy.lease)):
         # Another caller here loaded for longer than the lease time: load without filling.
         return (yield from _load_unfilled(ctx, family))
-    return (yield from _fill(ctx, key, rkey, family, policy, tags))
+    return (yield from _fill(ctx, key, rkey, family, policy, tags, vtype))
 
 
 def _refresh(
@@ -418,6 +430,7 @@ def _refresh(
     tags: Sequence[str],
     raw: bytes,
     old: Entry,
+    vtype: Any = None,
 ) -> Plan:
     """The entry is stale (or XFetch says refresh early). Every caller is served the old
     value at once; the one that gets the lease also starts a background load and fill, so
@@ -431,10 +444,10 @@ def _refresh(
     except CacheUnavailableError:
         return old.value
     if reply[0] == 1:  # refreshed meanwhile by another caller: serve the new value
-        entry = yield from _decode(ctx, key, rkey, reply[1], family)
+        entry = yield from _decode(ctx, key, rkey, reply[1], family, vtype)
         return old.value if entry is None else entry.value
     if reply[0] == 2:
-        yield Spawn(_load_and_fill(ctx, key, rkey, family, policy, tags, token, reply[3:]))
+        yield Spawn(_load_and_fill(ctx, key, rkey, family, policy, tags, token, reply[3:], vtype))
     return old.value
 
 
@@ -456,7 +469,13 @@ def _current(ctx: Context, entry: Entry) -> bool:
 
 
 def _fill(
-    ctx: Context, key: str, rkey: str, family: str, policy: Policy, tags: Sequence[str]
+    ctx: Context,
+    key: str,
+    rkey: str,
+    family: str,
+    policy: Policy,
+    tags: Sequence[str],
+    vtype: Any = None,
 ) -> Plan:
     """Miss: take the lease and load, or wait (bounded) for the caller that holds it."""
     lease_key = ctx.keys.lease(rkey)
@@ -473,10 +492,12 @@ def _fill(
         status = reply[0]
         if status == 2:
             return (
-                yield from _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply[3:])
+                yield from _load_and_fill(
+                    ctx, key, rkey, family, policy, tags, token, reply[3:], vtype
+                )
             )
         if status == 1:
-            entry = yield from _decode(ctx, key, rkey, reply[1], family)
+            entry = yield from _decode(ctx, key, rkey, reply[1], family, vtype)
             if entry is not None:
                 if _current(ctx, entry):
                     yield Publish(entry.value)
@@ -499,7 +520,7 @@ def _fill(
             except CacheUnavailableError:
                 return (yield from _load_only(ctx, family))
             if raw is not None:
-                entry = yield from _decode(ctx, key, rkey, raw, family)
+                entry = yield from _decode(ctx, key, rkey, raw, family, vtype)
                 if entry is not None and _current(ctx, entry):
                     yield Publish(entry.value)
                     return entry.value
@@ -522,6 +543,7 @@ def _load_and_fill(
     tags: Sequence[str],
     token: str,
     gens: Sequence[Any],
+    vtype: Any = None,
 ) -> Plan:
     lease_key = ctx.keys.lease(rkey)
     t0 = ctx.monotonic()
@@ -529,7 +551,7 @@ def _load_and_fill(
         value = yield CALL
         load_time = ctx.monotonic() - t0
         ctx.stats.load(family, load_time)
-        data, px = ctx.encode(key, value, policy, load_time)
+        data, px = ctx.encode(key, value, policy, load_time, vtype)
     except (Exception, asyncio.CancelledError) as exc:
         try:
             # A cancelled caller just gives the lease back: waiters load for themselves.
@@ -577,6 +599,7 @@ def write_through(
     value: Any,
     ttl: TTLLike,
     version: Callable[[Any], Any] | None = None,
+    vtype: Any = None,
 ) -> Plan:
     """Save to the source of truth (the driver's CALL), then cache what was saved, unless
     another write or an invalidation of this key overlapped ours: then delete the entry, so
@@ -591,7 +614,7 @@ def write_through(
     lease_key, writes_key = quad[1], quad[2]
     family = family_of(key)
     policy = ctx.policy(key, ttl)
-    ctx.encode(key, value, policy)  # refuse an unencodable value before saving anything
+    ctx.encode(key, value, policy, vtype=vtype)  # refuse an unencodable value before saving
     token = ctx.token()
     began = True
     try:
@@ -606,7 +629,7 @@ def write_through(
         saved = yield CALL
         if saved is not None:
             value = saved
-        data, px = ctx.encode(key, value, policy)
+        data, px = ctx.encode(key, value, policy, vtype=vtype)
         row_version = "" if version is None else _version_text(key, version(value))
     except Exception:
         # The save failed (or what it returned cannot be cached): forget the entry.
