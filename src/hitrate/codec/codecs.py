@@ -86,6 +86,7 @@ class JsonCodec:
 
     id = 1
     name = "json"
+    seal = unseal = None  # not a signing codec (found at once: no failed getattr per entry)
 
     def dumps(self, value: Any, key: str) -> bytes:
         if not json_exact(value):
@@ -145,6 +146,7 @@ class MsgpackCodec:
 
     id = 2
     name = "msgpack"
+    seal = unseal = None  # not a signing codec (found at once: no failed getattr per entry)
 
     def __init__(self) -> None:
         try:
