@@ -81,6 +81,7 @@ class _CacheBase:
         default_ttl: TTLLike = USER,
         codec: str | Codec = "json",
         pickle_secret: bytes | None = None,
+        secrets: Sequence[bytes] | None = None,
         max_value_size: int = 1024 * 1024,
         strict: bool = False,
         breaker: Breaker | None = None,
@@ -109,7 +110,7 @@ class _CacheBase:
         self.breaker = breaker or Breaker()
         self._ctx = Context(
             keys=KeySpace(prefix, FamilyWatch(policies) if policies else None),
-            codec=make_codec(codec, pickle_secret),
+            codec=make_codec(codec, pickle_secret, None if secrets is None else tuple(secrets)),
             default_policy=default,
             policies={name: to_policy(p, default) for name, p in (policies or {}).items()},
             max_value_size=max_value_size,
@@ -199,23 +200,29 @@ class Cache(_CacheBase):
         )
         return cls(redis.Redis.from_pool(pool), **options)
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """The cached value of *key*, or *default*. A cached ``None`` returns ``None``;
-        pass ``default=hitrate.MISSING`` to tell the two apart."""
-        return self._driver.run(plans.get(self._ctx, key, default))
+        pass ``default=hitrate.MISSING`` to tell the two apart. ``type=`` decodes into that
+        type (a dataclass, pydantic model, ``datetime``, ``list[Item]``, ...)."""
+        return self._driver.run(plans.get(self._ctx, key, default, type))
 
-    def set(self, key: str, value: Any, ttl: TTLLike = None) -> bool:
+    def set(self, key: str, value: Any, ttl: TTLLike = None, *, type: Any = None) -> bool:
         """Cache *value* under *key* (TTL from *ttl* or the family's policy). Returns False
-        when Redis was unreachable (fail-open; the key is invalidated when it returns)."""
-        return bool(self._driver.run(plans.set_(self._ctx, key, value, ttl)))
+        when Redis was unreachable (fail-open; the key is invalidated when it returns).
+        Raises :class:`~hitrate.SerializationError` for a value a hit would not return
+        equal and of the same type; ``type=`` stores it for typed decoding."""
+        return bool(self._driver.run(plans.set_(self._ctx, key, value, ttl, type)))
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """The cached values of *keys* that are present, in one round trip (MGET)."""
-        return cast(dict[str, Any], self._driver.run(plans.get_many(self._ctx, keys)))
+    def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
+        """The cached values of *keys* that are present, in one round trip (MGET);
+        ``type=`` decodes each into that type."""
+        return cast(dict[str, Any], self._driver.run(plans.get_many(self._ctx, keys, type)))
 
-    def set_many(self, mapping: Mapping[str, Any], ttl: TTLLike = None) -> bool:
+    def set_many(
+        self, mapping: Mapping[str, Any], ttl: TTLLike = None, *, type: Any = None
+    ) -> bool:
         """Cache several values in one round trip; nothing is written if one cannot be."""
-        return bool(self._driver.run(plans.set_many(self._ctx, mapping, ttl)))
+        return bool(self._driver.run(plans.set_many(self._ctx, mapping, ttl, type)))
 
     def get_or_fetch(
         self,
@@ -225,12 +232,16 @@ class Cache(_CacheBase):
         tags: Sequence[str] = (),
         *,
         unless: Callable[[Any], object] | None = None,
+        type: Any = None,
     ) -> Any:
         """Cache-aside: the cached value, or ``fetch()``'s, cached for the next caller.
 
         One caller per key loads at a time (across threads and processes); a fill is
-        refused if an invalidation or write ran while it loaded. ``unless(value)`` true:
-        the loaded value is returned but not cached.
+        refused if an invalidation or write ran while it loaded. ``type=`` (what *fetch*
+        returns: a dataclass, pydantic model, ``datetime``, ``list[Item]``, ...) makes hits
+        decode into that type; without it, a value JSON cannot give back exactly is refused
+        with :class:`~hitrate.SerializationError`. ``unless(value)`` true: the
+        loaded value is returned but not cached.
         """
         ctx = self._ctx
         rkey, family = ctx.keys.locate(key)
@@ -241,10 +252,13 @@ class Cache(_CacheBase):
                 raise
             first = exc
         else:
-            value = plans.fresh_value(ctx, key, family, first, ctx.family_policy(family, ttl))
+            policy = ctx.family_policy(family, ttl)
+            value = plans.fresh_value(ctx, key, family, first, policy, type)
             if value is not MISSING:
                 return value
-        plan = plans.get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless)
+        plan = plans.get_or_fetch(
+            ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=type
+        )
         return self._driver.run(plan, fetch, first)
 
     def write_through(
@@ -255,6 +269,7 @@ class Cache(_CacheBase):
         ttl: TTLLike = None,
         *,
         version: Callable[[Any], float] | None = None,
+        type: Any = None,
     ) -> Any:
         """``save(value)`` to the source of truth, then cache what was saved: *save*'s return
         value when it is not ``None`` (the stored row), else *value*. If another write or an
@@ -262,7 +277,7 @@ class Cache(_CacheBase):
         loads fresh. With ``version=lambda row: row["version"]`` the newer row wins.
         Returns what was cached."""
         return self._driver.run(
-            plans.write_through(self._ctx, key, value, ttl, version), lambda: save(value)
+            plans.write_through(self._ctx, key, value, ttl, version, type), lambda: save(value)
         )
 
     def invalidate(self, *keys: str) -> int:
@@ -491,21 +506,24 @@ class AsyncCache(_CacheBase):
         )
         return cls(aredis.Redis.from_pool(pool), **options)
 
-    async def get(self, key: str, default: Any = None) -> Any:
+    async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """See :meth:`Cache.get`."""
-        return await self._driver.run(plans.get(self._ctx, key, default))
+        return await self._driver.run(plans.get(self._ctx, key, default, type))
 
-    async def set(self, key: str, value: Any, ttl: TTLLike = None) -> bool:
+    async def set(self, key: str, value: Any, ttl: TTLLike = None, *, type: Any = None) -> bool:
         """See :meth:`Cache.set`."""
-        return bool(await self._driver.run(plans.set_(self._ctx, key, value, ttl)))
+        return bool(await self._driver.run(plans.set_(self._ctx, key, value, ttl, type)))
 
-    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+    async def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
         """See :meth:`Cache.get_many`."""
-        return cast(dict[str, Any], await self._driver.run(plans.get_many(self._ctx, keys)))
+        plan = plans.get_many(self._ctx, keys, type)
+        return cast(dict[str, Any], await self._driver.run(plan))
 
-    async def set_many(self, mapping: Mapping[str, Any], ttl: TTLLike = None) -> bool:
+    async def set_many(
+        self, mapping: Mapping[str, Any], ttl: TTLLike = None, *, type: Any = None
+    ) -> bool:
         """See :meth:`Cache.set_many`."""
-        return bool(await self._driver.run(plans.set_many(self._ctx, mapping, ttl)))
+        return bool(await self._driver.run(plans.set_many(self._ctx, mapping, ttl, type)))
 
     async def get_or_fetch(
         self,
@@ -515,6 +533,7 @@ class AsyncCache(_CacheBase):
         tags: Sequence[str] = (),
         *,
         unless: Callable[[Any], object] | None = None,
+        type: Any = None,
     ) -> Any:
         """See :meth:`Cache.get_or_fetch`; *fetch* may be sync or async."""
         ctx = self._ctx
@@ -526,10 +545,13 @@ class AsyncCache(_CacheBase):
                 raise
             first = exc
         else:
-            value = plans.fresh_value(ctx, key, family, first, ctx.family_policy(family, ttl))
+            policy = ctx.family_policy(family, ttl)
+            value = plans.fresh_value(ctx, key, family, first, policy, type)
             if value is not MISSING:
                 return value
-        plan = plans.get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless)
+        plan = plans.get_or_fetch(
+            ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=type
+        )
         return await self._driver.run(plan, fetch, first)
 
     async def write_through(
@@ -540,10 +562,11 @@ class AsyncCache(_CacheBase):
         ttl: TTLLike = None,
         *,
         version: Callable[[Any], float] | None = None,
+        type: Any = None,
     ) -> Any:
         """See :meth:`Cache.write_through`; *save* may be sync or async."""
         return await self._driver.run(
-            plans.write_through(self._ctx, key, value, ttl, version), lambda: save(value)
+            plans.write_through(self._ctx, key, value, ttl, version, type), lambda: save(value)
         )
 
     async def invalidate(self, *keys: str) -> int:

@@ -52,7 +52,6 @@ KeyArg = str | Callable[..., str] | None
 """``key=`` of ``@cached``: a template over the parameters, or a callable taking them."""
 
 
-
 class CachedFunction(Protocol[P, R_co]):
     """A function cached by :meth:`Cache.cached`: call it as the original function."""
 

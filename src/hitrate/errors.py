@@ -8,7 +8,7 @@
     │                                        also a structure name, object id or identity
     ├── InvalidArgumentError (ValueError)    a bad argument to a data-structure verb: a
     │                                        non-numeric score, a cost over the limit
-    ├── SerializationError (TypeError)       a value the codec cannot encode
+    ├── SerializationError (TypeError)       a value the codec cannot store exactly
     ├── ValueTooLargeError (ValueError)      an encoded value over ``max_value_size``
     ├── CacheUnavailableError (ConnectionError)
     │   │                                    Redis unreachable, timed out or refused a
@@ -70,7 +70,10 @@ class InvalidArgumentError(HitrateError, ValueError):
 
 
 class SerializationError(HitrateError, TypeError):
-    """The codec cannot encode this value (for example a ``Decimal`` with the JSON codec)."""
+    """The codec cannot store this value so that a hit returns it equal and of the same type
+    (for example a ``datetime`` with the JSON codec and no ``type=``), or the value is not of
+    the declared ``type=``. The message names the key, where in the value, and the fix.
+    Raised before anything is written."""
 
 
 class ValueTooLargeError(HitrateError, ValueError):

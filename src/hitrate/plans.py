@@ -94,7 +94,13 @@ class Context:
         return os.urandom(12).hex()
 
     def encode(
-        self, key: str, value: Any, policy: Policy, load_time: float = 0.0, gen: int | None = None
+        self,
+        key: str,
+        value: Any,
+        policy: Policy,
+        load_time: float = 0.0,
+        gen: int | None = None,
+        vtype: Any = None,
     ) -> tuple[bytes, int]:
         """Entry bytes and Redis expiry in ms (0 = none); raises before anything is written.
 
@@ -107,7 +113,7 @@ class Context:
         expires_at = self.clock() + ttl if ttl is not None else 0.0
         if gen is None:
             gen = self.gens.stamp(family_of(key))
-        data = encode_entry(self.codec, key, value, expires_at, load_time, gen)
+        data = encode_entry(self.codec, key, value, expires_at, load_time, vtype, gen)
         if len(data) > self.max_value_size:
             raise ValueTooLargeError(
                 f"value for key {key!r} is {len(data)} bytes encoded, over max_value_size="
@@ -130,14 +136,17 @@ class Context:
         )
 
 
-def _decode(ctx: Context, key: str, rkey: str, raw: bytes, family: str) -> Plan:
-    """Decode an entry; bytes that are not one of ours are a miss, counted and deleted."""
+def _decode(ctx: Context, key: str, rkey: str, raw: bytes, family: str, vtype: Any = None) -> Plan:
+    """Decode an entry; bytes that are not one of ours are a miss, counted and deleted --
+    unless they are another codec's, format's or type's entry (another app version on this
+    prefix): those are left alone."""
     try:
-        return decode_entry(ctx.codec, key, raw)
-    except DecodeError:
+        return decode_entry(ctx.codec, key, raw, vtype)
+    except DecodeError as exc:
         ctx.stats.incr(family, "decode_errors")
-        with contextlib.suppress(CacheUnavailableError):
-            yield ("UNLINK", rkey)
+        if not exc.foreign:
+            with contextlib.suppress(CacheUnavailableError):
+                yield ("UNLINK", rkey)
         return None
 
 
@@ -156,7 +165,7 @@ def _check_generations(ctx: Context) -> Plan:
 # -- reads ---------------------------------------------------------------------------------
 
 
-def get(ctx: Context, key: str, default: Any) -> Plan:
+def get(ctx: Context, key: str, default: Any, vtype: Any = None) -> Plan:
     rkey = ctx.keys.entry(key)
     family = family_of(key)
     try:
@@ -166,7 +175,7 @@ def get(ctx: Context, key: str, default: Any) -> Plan:
         ctx.stats.incr(family, "fail_open")
         return default
     if raw is not None:
-        entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family)
+        entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family, vtype)
         if entry is not None and ctx.fresh(entry, family):
             ctx.stats.hit(family)
             return entry.value
@@ -174,7 +183,7 @@ def get(ctx: Context, key: str, default: Any) -> Plan:
     return default
 
 
-def get_many(ctx: Context, keys: Iterable[str]) -> Plan:
+def get_many(ctx: Context, keys: Iterable[str], vtype: Any = None) -> Plan:
     """MGET in chunks of :data:`MGET_CHUNK` keys, all in one pipeline (one round trip)."""
     wanted = list(dict.fromkeys(keys))
     if not wanted:
@@ -198,10 +207,11 @@ def get_many(ctx: Context, keys: Iterable[str]) -> Plan:
         family = family_of(key)
         if raw is not None:
             try:
-                entry = decode_entry(ctx.codec, key, raw)
-            except DecodeError:
+                entry = decode_entry(ctx.codec, key, raw, vtype)
+            except DecodeError as exc:
                 ctx.stats.incr(family, "decode_errors")
-                bad.append(rkey)
+                if not exc.foreign:  # another app version's entry: a miss, left alone
+                    bad.append(rkey)
             else:
                 if ctx.fresh(entry, family):
                     found[key] = entry.value
@@ -217,9 +227,9 @@ def get_many(ctx: Context, keys: Iterable[str]) -> Plan:
 # -- writes --------------------------------------------------------------------------------
 
 
-def set_(ctx: Context, key: str, value: Any, ttl: TTLLike) -> Plan:
+def set_(ctx: Context, key: str, value: Any, ttl: TTLLike, vtype: Any = None) -> Plan:
     quad = ctx.keys.quad(key)
-    data, px = ctx.encode(key, value, ctx.policy(key, ttl))
+    data, px = ctx.encode(key, value, ctx.policy(key, ttl), vtype=vtype)
     try:
         if data:
             yield Eval(scripts.SET, quad, (data, px, ctx.token()))
@@ -232,13 +242,13 @@ def set_(ctx: Context, key: str, value: Any, ttl: TTLLike) -> Plan:
     return True
 
 
-def set_many(ctx: Context, mapping: Mapping[str, Any], ttl: TTLLike) -> Plan:
+def set_many(ctx: Context, mapping: Mapping[str, Any], ttl: TTLLike, vtype: Any = None) -> Plan:
     """One script call per key, pipelined :data:`BATCH_CHUNK` at a time."""
     # Encode everything first: one bad value means nothing is written.
     ops = []
     for key, value in mapping.items():
         quad = ctx.keys.quad(key)
-        data, px = ctx.encode(key, value, ctx.policy(key, ttl))
+        data, px = ctx.encode(key, value, ctx.policy(key, ttl), vtype=vtype)
         script = scripts.SET if data else scripts.INVALIDATE
         ops.append(Eval(script, quad, (data, px, ctx.token()) if data else (ctx.token(),)))
     keys = list(mapping)
@@ -436,7 +446,9 @@ def _load_down(ctx: Context, rkey: str, family: str, wait: float, unless: Unless
     return (yield from _load_unfilled(ctx, family))
 
 
-def fresh_value(ctx: Context, key: str, family: str, raw: bytes | None, policy: Policy) -> Any:
+def fresh_value(
+    ctx: Context, key: str, family: str, raw: bytes | None, policy: Policy, vtype: Any = None
+) -> Any:
     """What a GET reply serves at once: the cached value (a hit, counted), or
     :data:`MISSING` when ``get_or_fetch`` must do more: a miss, undecodable bytes, a stale
     entry, an entry of an older generation, an early refresh that XFetch says is due, or a
@@ -445,7 +457,7 @@ def fresh_value(ctx: Context, key: str, family: str, raw: bytes | None, policy: 
     if raw is None:
         return MISSING
     try:
-        entry = decode_entry(ctx.codec, key, raw)
+        entry = decode_entry(ctx.codec, key, raw, vtype)
     except DecodeError:
         return MISSING
     gens = ctx.gens
@@ -475,6 +487,7 @@ def get_or_fetch(
     *,
     checked: bool = False,
     unless: Unless = None,
+    vtype: Any = None,
 ) -> Plan:
     """Cache-aside with leases. ``checked``: the driver already ran :func:`fresh_value` on
     the GET reply it replays (the hit fast path), so the XFetch draw is not made twice
@@ -491,25 +504,27 @@ def get_or_fetch(
     except CacheUnavailableError:
         return (yield from _load_down(ctx, rkey, family, policy.lease, unless))
     if not checked:
-        value = fresh_value(ctx, key, family, raw, policy)
+        value = fresh_value(ctx, key, family, raw, policy, vtype)
         if value is not MISSING:
             return value
     if raw is not None:
-        entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family)
+        entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family, vtype)
         if (
             entry is not None
             and entry.gen == ctx.gens.stamp(family)
             and ctx.clock() < entry.expires_at + policy.stale
         ):
             # Still fresh but XFetch says refresh early, or inside the stale window.
-            return (yield from _refresh(ctx, key, rkey, family, policy, tags, raw, entry, unless))
+            return (
+                yield from _refresh(ctx, key, rkey, family, policy, tags, raw, entry, unless, vtype)
+            )
     ctx.stats.miss(family)
     joined = yield Coalesce(rkey, policy.lease)
     if joined is TIMEOUT:
         # Another caller here loaded for longer than the lease time: load without filling.
         return (yield from _load_unfilled(ctx, family))
     seen = raw[4:12] if raw is not None else b""  # an entry that is there but not fresh
-    return (yield from _fill(ctx, key, rkey, family, policy, tags, seen, unless))
+    return (yield from _fill(ctx, key, rkey, family, policy, tags, seen, unless, vtype))
 
 
 def _refresh(
@@ -522,6 +537,7 @@ def _refresh(
     raw: bytes,
     old: Entry,
     unless: Unless = None,
+    vtype: Any = None,
 ) -> Plan:
     """The entry is stale (or XFetch says refresh early). Every caller is served the old
     value at once; the one that gets the lease also starts a background load and fill, so
@@ -535,10 +551,10 @@ def _refresh(
     except CacheUnavailableError:
         return old.value
     if reply[0] == 1:  # refreshed meanwhile by another caller: serve the new value
-        entry = yield from _decode(ctx, key, rkey, reply[1], family)
+        entry = yield from _decode(ctx, key, rkey, reply[1], family, vtype)
         return old.value if entry is None or not ctx.fresh(entry, family) else entry.value
     if reply[0] == 2:
-        fill = _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply, unless)
+        fill = _load_and_fill(ctx, key, rkey, family, policy, tags, token, reply, unless, vtype)
         if not (yield Spawn(fill, rkey)):
             # This process already refreshes the key, or its refresh queue is full.
             fill.close()
@@ -596,6 +612,7 @@ def _fill(
     tags: Sequence[str],
     seen: bytes = b"",
     unless: Unless = None,
+    vtype: Any = None,
 ) -> Plan:
     """Miss: take the lease and load, or wait (bounded) for the caller that holds it.
     *seen*: the expiry field of an entry Redis holds that is not fresh for us (logically
@@ -614,11 +631,11 @@ def _fill(
         if status == 2:
             return (
                 yield from _load_and_fill(
-                    ctx, key, rkey, family, policy, tags, token, reply, unless
+                    ctx, key, rkey, family, policy, tags, token, reply, unless, vtype
                 )
             )
         if status == 1:
-            entry = yield from _decode(ctx, key, rkey, reply[1], family)
+            entry = yield from _decode(ctx, key, rkey, reply[1], family, vtype)
             if entry is not None:
                 if ctx.fresh(entry, family):
                     yield Publish(entry.value)
@@ -642,7 +659,7 @@ def _fill(
             except CacheUnavailableError:
                 return (yield from _load_only(ctx, family))
             if raw is not None:
-                entry = yield from _decode(ctx, key, rkey, raw, family)
+                entry = yield from _decode(ctx, key, rkey, raw, family, vtype)
                 if entry is not None and ctx.fresh(entry, family):
                     yield Publish(entry.value)
                     return entry.value
@@ -666,6 +683,7 @@ def _load_and_fill(
     token: str,
     lease_reply: Sequence[Any],
     unless: Unless = None,
+    vtype: Any = None,
 ) -> Plan:
     """Holding the lease: load, then fill only if nothing invalidated the key meanwhile.
     However the load ends (an error, a cancellation, KeyboardInterrupt), the lease is given
@@ -677,7 +695,7 @@ def _load_and_fill(
         ctx.stats.load(family, load_time)
         gen = ctx.gens.saw(family, lease_reply[5], lease_reply[6])
         skip = unless is not None and bool(unless(value))
-        data, px = (b"", 0) if skip else ctx.encode(key, value, policy, load_time, gen)
+        data, px = (b"", 0) if skip else ctx.encode(key, value, policy, load_time, gen, vtype)
     except BaseException as exc:
         if interrupted(exc):
             # A failed loader tells waiters in other processes why; an interrupted one
@@ -735,6 +753,7 @@ def write_through(
     value: Any,
     ttl: TTLLike,
     version: Callable[[Any], Any] | None = None,
+    vtype: Any = None,
 ) -> Plan:
     """Save to the source of truth (the driver's CALL), then cache what was saved, unless
     another write or an invalidation of this key overlapped ours: then delete the entry, so
@@ -755,7 +774,7 @@ def write_through(
     lease_key, writes_key = quad[1], quad[2]
     family = family_of(key)
     policy = ctx.policy(key, ttl)
-    ctx.encode(key, value, policy)  # refuse an unencodable value before saving anything
+    ctx.encode(key, value, policy, vtype=vtype)  # refuse an unencodable value before saving
     token = ctx.token()
     began = True
     abandon = Eval(scripts.WRITE_END, quad, (token, "1", b"", 0, ctx.token(), ""))
@@ -778,7 +797,7 @@ def write_through(
         saved = yield CALL
         if saved is not None:
             value = saved
-        data, px = ctx.encode(key, value, policy)
+        data, px = ctx.encode(key, value, policy, vtype=vtype)
         row_version = "" if version is None else _version_text(key, version(value))
     except BaseException as exc:
         # The save failed, was interrupted (it may have committed), or what it returned

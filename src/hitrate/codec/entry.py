@@ -1,0 +1,130 @@
+"""The entry format: one Redis string per cached value, a 20-byte header then the payload.
+
+Header (little-endian, ``struct`` format ``<BBBxdfI``)::
+
+    offset  size  field
+    0       1     format version (2)
+    1       1     codec id (1 json, 2 msgpack, 4 signed pickle; 3 was the old pickle)
+    2       1     flags (bit 0: the cached value is None; bit 1: typed, the payload is
+                  decoded with the ``type=`` it was written with)
+    3       1     reserved (0)
+    4       8     logical expiry, Unix seconds as float64; 0 = none
+    12      4     duration of the load that produced it, seconds as float32
+    16      4     namespace generation stamp it was written under (``Cache.bump``)
+
+Redis keeps the key a little longer than the logical expiry when a policy has a stale
+window, so one caller can refresh while others are served the old value. The pickle
+codec's payload starts with an HMAC over the key, this header and the body.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, NamedTuple
+
+import msgspec
+
+from ..errors import ConfigurationError
+from .codecs import Codec, DecodeError
+from .typed import type_spec
+
+__all__ = ["FLAG_NONE", "FLAG_TYPED", "FORMAT_VERSION", "HEADER", "Entry", "decode_entry",
+           "encode_entry"]  # fmt: skip
+
+FORMAT_VERSION = 2
+HEADER = struct.Struct("<BBBxdfI")
+FLAG_NONE = 1
+FLAG_TYPED = 2
+_KNOWN_FLAGS = FLAG_NONE | FLAG_TYPED
+
+
+class Entry(NamedTuple):
+    """A decoded cache entry."""
+
+    value: Any
+    expires_at: float  # logical expiry, Unix seconds; 0.0 = never
+    load_time: float  # seconds the load that produced it took
+    gen: int = 0  # namespace generation stamp it was written under
+
+
+def encode_entry(
+    codec: Codec,
+    key: str,
+    value: Any,
+    expires_at: float,
+    load_time: float,
+    type: Any = None,
+    gen: int = 0,
+) -> bytes:
+    """Header + payload, or :class:`~hitrate.SerializationError` (before anything is
+    written) for a value a hit would not give back equal and of the same type.
+
+    ``type`` (a class or annotation such as ``list[User]``): encode for typed decoding and
+    refuse a value that is not of that type. ``None`` is stored as a flag.
+    """
+    flags = 0
+    seal = getattr(codec, "seal", None)  # a signing codec signs header and body together
+    if value is None:
+        flags, body = FLAG_NONE, b""
+    else:
+        spec = type_spec(type)
+        if spec is None:
+            body = (codec.dumps_raw if seal else codec.dumps)(value, key)  # type: ignore[attr-defined]
+        else:
+            dumps_typed = getattr(codec, "dumps_typed", None)
+            if dumps_typed is None:
+                raise ConfigurationError(f"codec {codec.name!r} does not support type=")
+            body, typed = dumps_typed(value, key, spec)
+            if typed:
+                flags = FLAG_TYPED
+    header = HEADER.pack(FORMAT_VERSION, codec.id, flags, expires_at, load_time, gen)
+    if seal is not None:
+        return header + seal(header, body, key)  # type: ignore[no-any-return]
+    return header + body
+
+
+def decode_entry(codec: Codec, key: str, raw: bytes, type: Any = None) -> Entry:
+    """Parse an entry; raises :class:`DecodeError` for anything that is not one of ours
+    (``foreign=True`` when it is a well-formed entry of another codec, format or type)."""
+    try:
+        version, codec_id, flags, expires_at, load_time, gen = HEADER.unpack_from(raw)
+    except struct.error:
+        raise DecodeError(f"{key!r} holds {len(raw)} bytes, too short for an entry") from None
+    if version != FORMAT_VERSION or codec_id != codec.id or flags & ~_KNOWN_FLAGS:
+        raise DecodeError(
+            f"{key!r} holds format {version} codec {codec_id} flags {flags}, expected "
+            f"{FORMAT_VERSION}/{codec.id}: another version of the app, left alone",
+            foreign=True,
+        )
+    payload = raw[HEADER.size :]
+    unseal = getattr(codec, "unseal", None)
+    if unseal is not None:
+        payload = unseal(raw[: HEADER.size], payload, key)
+    if flags & FLAG_NONE:
+        return Entry(None, expires_at, load_time, gen)
+    loads = codec.loads_raw if unseal else codec.loads  # type: ignore[attr-defined]
+    try:
+        if type is None:
+            if flags & FLAG_TYPED:
+                raise DecodeError(
+                    f"{key!r} was cached with type=: read it with the same type= (or from "
+                    "the same cached function)",
+                    foreign=True,
+                )
+            value = loads(payload, key)
+        else:
+            spec = type_spec(type)
+            if spec is None:
+                value = loads(payload, key)
+            else:
+                loads_typed = getattr(codec, "loads_typed", None)
+                if loads_typed is None:
+                    raise ConfigurationError(f"codec {codec.name!r} does not support type=")
+                value = loads_typed(payload, key, spec, bool(flags & FLAG_TYPED))
+    except (DecodeError, ConfigurationError):
+        raise
+    except msgspec.ValidationError as exc:  # well-formed, but not of the type asked for
+        raise DecodeError(f"{key!r}: {exc}", foreign=True) from None
+    except Exception as exc:
+        raise DecodeError(f"{key!r}: {exc}") from None
+    return Entry(value, expires_at, load_time, gen)
