@@ -47,20 +47,48 @@ def filled(url: str, prefix: str) -> str:
     return prefix
 
 
-def test_stats_table_and_json(url: str, filled: str) -> None:
-    out = hitrate("stats", "--url", url, "--prefix", filled)
+@pytest.fixture
+def busy(url: str, prefix: str) -> str:
+    """user: 25 misses, 75 hits (75 %); config: 5 misses, 95 hits (95 %); 85 % in all."""
+    with Cache.from_url(url, prefix=prefix) as cache:
+        for key in ("user:1", "user:2"):
+            cache.get_or_fetch(key, lambda: {"name": "Ada"})
+        for i in range(23):
+            cache.get(f"user:absent:{i}")
+        for i in range(75):
+            cache.get(f"user:{i % 2 + 1}")
+        cache.get_or_fetch("config:site", lambda: {"theme": "x" * 5000})
+        for i in range(4):
+            cache.get(f"config:absent:{i}")
+        for _ in range(95):
+            cache.get("config:site")
+    return prefix
+
+
+def test_stats_table_and_json(url: str, busy: str) -> None:
+    out = hitrate("stats", "--url", url, "--prefix", busy)
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert "hit rate" in text and "89.29 %" in text and "target" in text
+    assert "hit rate" in text and "85.00 %" in text and "target" in text
     for expected in ("user", "75.00 %", "working", "config", "95.00 %", "memory"):
         assert expected in text
-    out = hitrate("stats", "--url", url, "--prefix", filled, "--json")
+    out = hitrate("stats", "--url", url, "--prefix", busy, "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert (doc["hit_rate"], doc["hits"], doc["misses"]) == (89.29, 25, 3)
+    assert (doc["hit_rate"], doc["hits"], doc["misses"]) == (85.0, 170, 30)
     rows = {row["family"]: row for row in doc["families"]}
     assert rows["user"]["verdict"] == "working" and rows["config"]["verdict"] == "target"
     assert rows["config"]["keys"] == 1
+
+
+def test_few_reads_get_no_verdict(url: str, filled: str) -> None:
+    out = hitrate("stats", "--url", url, "--prefix", filled, "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert (doc["hits"], doc["misses"], doc["verdict"]) == (25, 3, "too few reads")
+    assert {row["verdict_level"] for row in doc["families"]} == {"too_few"}
+    out = hitrate("stats", "--url", url, "--prefix", filled)
+    assert "89.29 %" in out.stdout and "too few reads" in out.stdout
 
 
 def test_url_from_the_environment(url: str, filled: str) -> None:
