@@ -190,17 +190,17 @@ def invalidate(
     """Invalidate the cache keys matching PATTERN, by SCAN + UNLINK (never KEYS), after
     asking for confirmation (--yes skips it; --dry-run only counts and lists). Fills in
     flight for those keys are refused."""
-    if not dry_run and not yes:
-        if not sys.stdin.isatty():
-            raise _Refused(
-                "invalidate asks for confirmation and stdin is not a terminal: "
-                "add --yes to invalidate, or --dry-run to count the matches first"
-            )
-        where = f"under prefix {prefix!r} on {_masked(resolve_url(url))}"
-        if not typer.confirm(f"Invalidate every entry matching {pattern!r} {where}?"):
-            typer.echo("nothing deleted")
-            return
-    with _cache(url, prefix) as cache:
+    if not dry_run and not yes and not sys.stdin.isatty():
+        raise _Refused(
+            "invalidate asks for confirmation and stdin is not a terminal: "
+            "add --yes to invalidate, or --dry-run to count the matches first"
+        )
+    with _cache(url, prefix) as cache:  # a bad URL or prefix is said before asking
+        if not dry_run and not yes:
+            where = f"under prefix {prefix!r} on {_masked(resolve_url(url))}"
+            if not typer.confirm(f"Invalidate every entry matching {pattern!r} {where}?"):
+                typer.echo("nothing deleted")
+                return
         if dry_run:
             found = matching_entries(cache.client, cache._ctx.keys, pattern)
             noun = "entry" if len(found) == 1 else "entries"
