@@ -1,12 +1,35 @@
-# The two commands: `make demo` and `make test`. Each creates .venv when missing.
+# The two commands: `make demo` and `make test`. Each creates .venv when missing, and makes
+# it again when it was made by another Python than $(PYTHON) (PYTHON=python3.12 make test).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_ARGS ?=
 
-.PHONY: demo test lint typecheck unit bench clean
+# "ok cpython-3.11.7" or "old cpython-3.10.12": which Python it is, and whether it will do.
+PROBE := import sys; v = sys.version_info; print("ok" if v >= (3, 11) else "old", "%s-%d.%d.%d" % (sys.implementation.name, *v[:3]))
+FOUND := $(shell $(PYTHON) -c '$(PROBE)' 2>/dev/null)
+WANT := $(lastword $(FOUND))
 
-$(PY):
+ifneq ($(MAKECMDGOALS),clean)
+ifeq ($(FOUND),)
+$(error hitrate needs Python 3.11 or newer, and '$(PYTHON)' does not run: install one, then e.g. make PYTHON=python3.12 test)
+endif
+ifeq ($(firstword $(FOUND)),old)
+$(error hitrate needs Python 3.11 or newer, and '$(PYTHON)' is $(WANT): e.g. make PYTHON=python3.12 test)
+endif
+endif
+
+# The Python that made .venv ("broken" when its interpreter no longer runs); STALE is set
+# when that is not $(PYTHON), and then .venv is made again.
+MADE_BY := $(if $(wildcard $(VENV)),$(or $(lastword $(shell $(PY) -c '$(PROBE)' 2>/dev/null)),broken))
+STALE := $(filter-out $(WANT),$(MADE_BY))
+
+.PHONY: demo test lint typecheck unit bench clean FORCE
+
+$(PY): $(if $(STALE),FORCE)
+	$(if $(STALE),@echo "$(VENV) was made by $(STALE) (not $(WANT)): making it again" >&2)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) pyproject.toml
@@ -15,7 +38,7 @@ $(STAMP): $(PY) pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/hitrate demo
+	$(VENV)/bin/hitrate demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -47,20 +47,48 @@ def filled(url: str, prefix: str) -> str:
     return prefix
 
 
-def test_stats_table_and_json(url: str, filled: str) -> None:
-    out = hitrate("stats", "--url", url, "--prefix", filled)
+@pytest.fixture
+def busy(url: str, prefix: str) -> str:
+    """user: 25 misses, 75 hits (75 %); config: 5 misses, 95 hits (95 %); 85 % in all."""
+    with Cache.from_url(url, prefix=prefix) as cache:
+        for key in ("user:1", "user:2"):
+            cache.get_or_fetch(key, lambda: {"name": "Ada"})
+        for i in range(23):
+            cache.get(f"user:absent:{i}")
+        for i in range(75):
+            cache.get(f"user:{i % 2 + 1}")
+        cache.get_or_fetch("config:site", lambda: {"theme": "x" * 5000})
+        for i in range(4):
+            cache.get(f"config:absent:{i}")
+        for _ in range(95):
+            cache.get("config:site")
+    return prefix
+
+
+def test_stats_table_and_json(url: str, busy: str) -> None:
+    out = hitrate("stats", "--url", url, "--prefix", busy)
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert "hit rate" in text and "89.29 %" in text and "target" in text
+    assert "hit rate" in text and "85.00 %" in text and "target" in text
     for expected in ("user", "75.00 %", "working", "config", "95.00 %", "memory"):
         assert expected in text
-    out = hitrate("stats", "--url", url, "--prefix", filled, "--json")
+    out = hitrate("stats", "--url", url, "--prefix", busy, "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert (doc["hit_rate"], doc["hits"], doc["misses"]) == (89.29, 25, 3)
+    assert (doc["hit_rate"], doc["hits"], doc["misses"]) == (85.0, 170, 30)
     rows = {row["family"]: row for row in doc["families"]}
     assert rows["user"]["verdict"] == "working" and rows["config"]["verdict"] == "target"
     assert rows["config"]["keys"] == 1
+
+
+def test_few_reads_get_no_verdict(url: str, filled: str) -> None:
+    out = hitrate("stats", "--url", url, "--prefix", filled, "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert (doc["hits"], doc["misses"], doc["verdict"]) == (25, 3, "too few reads")
+    assert {row["verdict_level"] for row in doc["families"]} == {"too_few"}
+    out = hitrate("stats", "--url", url, "--prefix", filled)
+    assert "89.29 %" in out.stdout and "too few reads" in out.stdout
 
 
 def test_url_from_the_environment(url: str, filled: str) -> None:
@@ -74,7 +102,9 @@ def test_url_from_the_environment(url: str, filled: str) -> None:
     assert out.returncode == 0, out.stderr
 
 
-@pytest.mark.parametrize("command", ["stats", "keys --family user", "bigkeys", "invalidate x:*"])
+@pytest.mark.parametrize(
+    "command", ["stats", "keys --family user", "bigkeys", "invalidate x:* --yes"]
+)
 def test_unreachable_server_is_one_line_and_exit_1(command: str) -> None:
     out = hitrate(*command.split(), "--url", "redis://:secret@127.0.0.1:1/0")
     assert out.returncode == 1
@@ -100,15 +130,79 @@ def test_invalidate_counts_first_and_escapes_nothing(url: str, prefix: str) -> N
         assert "3 entries match 'user:*'" in out.stdout and "nothing deleted" in out.stdout
         assert cache.get("user:1:cart") == 1  # dry run
         # a backslash makes * literal: only the user literally named "*"
-        out = hitrate("invalidate", r"user:\*:*", "--url", url, "--prefix", prefix)
+        out = hitrate("invalidate", r"user:\*:*", "--url", url, "--prefix", prefix, "--yes")
         assert out.returncode == 0, out.stderr
-        assert "1 entry match" in out.stdout and "invalidated 1 entry" in out.stdout
+        assert "invalidated 1 entry" in out.stdout
         assert cache.get("user:*:cart") is None and cache.get("user:1:cart") == 1
-        out = hitrate("invalidate", "user:*", "--url", url, "--prefix", prefix)
+        out = hitrate("invalidate", "user:*", "--url", url, "--prefix", prefix, "-y")
         assert "invalidated 2 entries" in out.stdout
         assert cache.get("user:2:cart") is None and cache.get("config:site") == 1
     help_text = hitrate("invalidate", "--help").stdout
     assert "escape_glob" in help_text and "backslash" in help_text
+
+
+def test_invalidate_without_yes_and_without_a_terminal_refuses(url: str, prefix: str) -> None:
+    with Cache.from_url(url, prefix=prefix) as cache:
+        cache.set("user:1", 1)
+        out = hitrate("invalidate", "user:*", "--url", url, "--prefix", prefix)  # stdin: /dev/null
+        assert out.returncode == 2
+        assert out.stderr.strip() == (
+            "hitrate: invalidate asks for confirmation and stdin is not a terminal: "
+            "add --yes to invalidate, or --dry-run to count the matches first"
+        )
+        assert cache.get("user:1") == 1
+
+
+def on_a_terminal(args: list[str], answer: str) -> Any:
+    """Run ``python -m hitrate ARGS`` with a terminal as stdin, typing *answer* into it."""
+    master, slave = os.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("HITRATE_REDIS_URL", "REDIS_URL")}
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hitrate", *args],
+            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        os.close(slave)
+        os.write(master, answer.encode())
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        os.close(master)
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+def test_invalidate_asks_for_confirmation_on_a_terminal(url: str, prefix: str) -> None:
+    with Cache.from_url(url, prefix=prefix) as cache:
+        cache.set("user:1", 1)
+        args = ["invalidate", "user:*", "--url", url, "--prefix", prefix]
+        out = on_a_terminal(args, "n\n")
+        assert out.returncode == 0, out.stderr
+        assert f"Invalidate every entry matching 'user:*' under prefix {prefix!r}" in out.stdout
+        assert "nothing deleted" in out.stdout and cache.get("user:1") == 1
+        out = on_a_terminal(args, "y\n")
+        assert out.returncode == 0, out.stderr
+        assert "invalidated 1 entry" in out.stdout and cache.get("user:1") is None
+
+
+def _scans(url: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
+def test_invalidate_scans_once(url: str, prefix: str) -> None:
+    with Cache.from_url(url, prefix=prefix) as cache:
+        cache.set_many({f"user:{i}": i for i in range(50)})
+        before = _scans(url)
+        assert cache.invalidate_pattern("user:*") == 50
+        one_pass = _scans(url) - before  # SCAN calls of one invalidate_pattern
+        cache.set_many({f"user:{i}": i for i in range(50)})
+        before = _scans(url)
+        out = hitrate("invalidate", "user:*", "--url", url, "--prefix", prefix, "--yes")
+        assert out.returncode == 0, out.stderr
+        assert "invalidated 50 entries" in out.stdout
+        assert _scans(url) - before == one_pass  # not once to count and once to delete
 
 
 def test_keys_and_bigkeys(url: str, filled: str) -> None:
@@ -128,6 +222,62 @@ def test_keys_and_bigkeys(url: str, filled: str) -> None:
     assert len(rows) == 2 and rows[0]["memory_bytes"] >= rows[1]["memory_bytes"]
     out = hitrate("bigkeys", "--url", url, "--prefix", filled)
     assert out.returncode == 0 and "config:site" in out.stdout
+
+
+def test_key_names_print_as_they_are(url: str, prefix: str) -> None:
+    names = ["user:[/]y", "user:[bold]x", "user:ok:1", "user:[link=x]z"]
+    with Cache.from_url(url, prefix=prefix) as cache:
+        for name in names:
+            cache.set(name, "v" * 10)
+    for command in (["keys", "--family", "user"], ["bigkeys"]):
+        out = hitrate(*command, "--url", url, "--prefix", prefix)
+        assert out.returncode == 0, out.stderr  # no MarkupError
+        for name in names:
+            assert name in out.stdout  # user:ok:1 is not an emoji, [bold] is not markup
+    with Cache.from_url(url, prefix=prefix) as cache:  # families from the counters
+        cache.get_or_fetch("[/]x:1", lambda: 1)
+        cache.get_or_fetch("[red]fam:1", lambda: 1)
+    out = hitrate("stats", "--url", url, "--prefix", prefix)
+    assert out.returncode == 0, out.stderr
+    assert "[/]x" in out.stdout and "[red]fam" in out.stdout
+
+
+def test_help_keeps_defaults_and_bracketed_text() -> None:
+    out = hitrate("stats", "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert "[default: $HITRATE_REDIS_URL, $REDIS_URL, redis://localhost:6379/0]" in text
+    assert "default: hitrate" in text and "default: 10000" in text
+    text = " ".join(hitrate("invalidate", "--help").stdout.split())
+    assert "[abc] one of a set" in text and "literal * ? [ ] or" in text
+
+
+def test_version() -> None:
+    from hitrate import __version__
+
+    out = hitrate("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"hitrate {__version__}"
+
+
+@pytest.mark.parametrize(
+    "command", ["stats", "watch", "invalidate", "keys", "bigkeys", "dashboard", "demo"]
+)
+def test_one_url_flag_everywhere(command: str) -> None:
+    out = hitrate(command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "-u, --url" in out.stdout and "--redis" not in out.stdout
+
+
+def test_demo_keeps_redis_as_a_hidden_alias(tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'shop.db'}"
+    for flag in ("--url", "--redis"):
+        out = hitrate(
+            "demo", flag, "redis://127.0.0.1:1/0", "--database", database,
+            "--no-dashboard", "--duration", "2", timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 1, out.stderr  # understood (not 2), then Redis is unreachable
+        assert "127.0.0.1:1" in out.stderr
 
 
 def test_watch_refreshes_then_stops(url: str, filled: str) -> None:

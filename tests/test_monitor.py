@@ -21,7 +21,7 @@ import hitrate
 from hitrate import AsyncCache, Cache
 from hitrate.errors import CacheUnavailableError
 from hitrate.flush import flush_plan, minute_key, totals_key
-from hitrate.monitor import FamilyStats, Stats, Verdict, verdict_for
+from hitrate.monitor import MIN_READS, FamilyStats, Stats, Verdict, verdict_for
 from hitrate.ops import Batch
 from hitrate.server import EmbeddedServer
 from hitrate.stats import LOAD_BUCKETS, Counters, quantile
@@ -69,11 +69,25 @@ def test_verdict_texts_and_no_traffic() -> None:
     assert verdict_for(0.0, reads=0) is Verdict.NO_DATA
     assert str(Verdict.USELESS) == "useless — fix the keys or TTLs"
     assert str(Verdict.STALENESS) == "check for staleness"
-    # rows: 1 hit of 2 is exactly 50 %, "working"; 199 of 200 is 99.5 %, staleness
-    assert FamilyStats("a", hits=1, misses=1).verdict is Verdict.WORKING
+    # rows: 50 hits of 100 is exactly 50 %, "working"; 199 of 200 is 99.5 %, staleness
+    assert FamilyStats("a", hits=50, misses=50).verdict is Verdict.WORKING
     row = FamilyStats("b", hits=199, misses=1)
     assert (row.hit_rate, row.verdict) == (99.5, Verdict.STALENESS)
     assert FamilyStats("c", hits=2, misses=1).hit_rate == 66.67  # 2 decimals
+
+
+def test_verdicts_need_a_minimum_sample() -> None:
+    assert str(Verdict.TOO_FEW) == "too few reads" and Verdict.TOO_FEW.level == "too_few"
+    assert FamilyStats("a", hits=3, misses=1).verdict is Verdict.TOO_FEW  # 75 % of 4 reads
+    assert FamilyStats("a", hits=0, misses=99).verdict is Verdict.TOO_FEW
+    assert FamilyStats("a", hits=0, misses=100).verdict is Verdict.USELESS
+    assert FamilyStats("a", hits=75, misses=25).verdict is Verdict.WORKING
+    assert verdict_for(75.0, reads=MIN_READS - 1) is Verdict.TOO_FEW
+    stats = Stats(
+        prefix="app", hits=3, misses=1, memory_used="1M", memory_used_bytes=1, keys=1,
+        evicted_keys=0, expired_keys=0, keyspace_hits=0, keyspace_misses=0,
+    )  # fmt: skip
+    assert stats.verdict is Verdict.TOO_FEW and stats.as_dict()["verdict"] == "too few reads"
 
 
 def test_quantile_from_buckets() -> None:
@@ -126,9 +140,9 @@ def test_flush_plan_keeps_batches_when_redis_fails() -> None:
 
 def test_stats_as_dict_is_json() -> None:
     stats = Stats(
-        prefix="app", hits=3, misses=1, memory_used="1M", memory_used_bytes=1 << 20, keys=4,
+        prefix="app", hits=75, misses=25, memory_used="1M", memory_used_bytes=1 << 20, keys=4,
         evicted_keys=0, expired_keys=0, keyspace_hits=9, keyspace_misses=1,
-        families=(FamilyStats("user", hits=3, misses=1),),
+        families=(FamilyStats("user", hits=75, misses=25),),
     )  # fmt: skip
     doc = json.loads(json.dumps(stats.as_dict()))
     assert doc["hit_rate"] == 75.0 and doc["verdict"] == "working"
@@ -151,11 +165,10 @@ def test_stats_per_family(cache: Cache, url: str, prefix: str) -> None:
         cache.get("config:site")
     stats = cache.stats()
     assert (stats.hits, stats.misses, stats.hit_rate) == (28, 4, 87.5)
-    assert stats.verdict is Verdict.TARGET
+    assert stats.verdict is Verdict.TOO_FEW  # 32 reads
     user, config = stats.family("user"), stats.family("config")
     assert (user.hits, user.misses, user.loads, user.fills) == (9, 3, 3, 3)
-    assert (user.hit_rate, user.verdict) == (75.0, Verdict.WORKING)
-    assert (config.hit_rate, config.verdict) == (95.0, Verdict.TARGET)
+    assert (user.hit_rate, config.hit_rate) == (75.0, 95.0)
     assert user.load_p50 is not None and 0.001 < user.load_p50 <= 0.025
     assert user.load_p99 is not None and user.load_p99 >= user.load_p50
     assert stats.sample is not None and stats.sample.complete  # a small database: exact

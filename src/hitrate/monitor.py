@@ -11,7 +11,13 @@ hitrate's counters (flushed by :mod:`hitrate.flush`) say which family of keys is
 
 Verdicts, for each family and overall: below 50 % "useless — fix the keys or TTLs",
 50-80 % "working", 80-95 % "target", above 95 % "check for staleness" (bounds included in
-the better band: 50.00 is working, 80.00 and 95.00 are target).
+the better band: 50.00 is working, 80.00 and 95.00 are target). Under :data:`MIN_READS`
+reads the rate says little (3 hits of 4 is not a working cache yet): the verdict is then
+"too few reads".
+
+Reading stats adds no keyspace miss to the server figures it shows: INFO is read before
+anything else, and the stats hashes are looked up with MEMORY USAGE (which Redis and
+Valkey count neither as a hit nor as a miss) so only those that exist are read.
 
 The reading is a plan (:func:`stats_plan`) like every other verb, so :class:`~hitrate.Cache`
 and :class:`~hitrate.AsyncCache` share it. Key counts and memory per family are estimated
@@ -37,6 +43,7 @@ __all__ = [
     "FamilyStats",
     "History",
     "KeySample",
+    "MIN_READS",
     "Stats",
     "Verdict",
     "parse_counts",
@@ -46,12 +53,14 @@ __all__ = [
 
 _BUCKET_INDEX = {name: i for i, name in enumerate(BUCKET_NAMES)}
 MEMORY_SAMPLES = 50  # MEMORY USAGE calls per family
+MIN_READS = 100  #: fewer reads than this get :attr:`Verdict.TOO_FEW`, not a judgement
 
 
 class Verdict(StrEnum):
     """What a hit rate says about a cache (the value is the advice shown to people)."""
 
     NO_DATA = "no traffic yet"
+    TOO_FEW = "too few reads"
     USELESS = "useless — fix the keys or TTLs"
     WORKING = "working"
     TARGET = "target"
@@ -63,14 +72,20 @@ class Verdict(StrEnum):
         return self.name.lower()
 
 
-def verdict_for(hit_rate: float, reads: int = 1) -> Verdict:
-    """The verdict for *hit_rate* (percent); :attr:`Verdict.NO_DATA` when nothing was read.
+def verdict_for(hit_rate: float, reads: int | None = None) -> Verdict:
+    """The verdict for *hit_rate* (percent) over *reads* reads: :attr:`Verdict.NO_DATA`
+    when nothing was read, :attr:`Verdict.TOO_FEW` under :data:`MIN_READS` reads (None:
+    judge the rate alone).
 
     >>> [verdict_for(rate).level for rate in (49.99, 50.0, 80.0, 95.0, 95.01)]
     ['useless', 'working', 'target', 'target', 'staleness']
+    >>> [verdict_for(75.0, reads).level for reads in (0, 4, 99, 100)]
+    ['no_data', 'too_few', 'too_few', 'working']
     """
-    if reads <= 0:
+    if reads is not None and reads <= 0:
         return Verdict.NO_DATA
+    if reads is not None and reads < MIN_READS:
+        return Verdict.TOO_FEW
     if hit_rate < 50.0:
         return Verdict.USELESS
     if hit_rate < 80.0:
@@ -369,10 +384,17 @@ def stats_plan(
     this_minute = int(now // 60)
     span = max(history, minutes or 0)
     window = [this_minute - i for i in range(span - 1, -1, -1)]
+    # INFO comes first, and MEMORY USAGE (neither a keyspace hit nor a miss) says which
+    # stats hashes exist: a minute without traffic has no hash, and an HGETALL of it
+    # would add a keyspace miss to the very figures this reading shows.
+    hashes = [totals_key(keys.prefix)] + [minute_key(keys.prefix, m) for m in window]
     reads: list[tuple[Any, ...]] = [("INFO", "memory"), ("INFO", "stats"), ("DBSIZE",)]
-    reads.append(("HGETALL", totals_key(keys.prefix)))
-    reads += [("HGETALL", minute_key(keys.prefix, m)) for m in window]
-    info_memory, info_stats, dbsize, totals, *buckets = yield Batch(reads)
+    reads += [("MEMORY", "USAGE", name) for name in hashes]
+    info_memory, info_stats, dbsize, *sizes = yield Batch(reads)
+    present = [name for name, size in zip(hashes, sizes, strict=True) if size is not None]
+    replies = (yield Batch([("HGETALL", name) for name in present])) if present else []
+    found = dict(zip(present, replies, strict=True))
+    totals, *buckets = [found.get(name, {}) for name in hashes]
     per_minute = [parse_counts(b) for b in buckets]
     if minutes is None:
         counts = parse_counts(totals)

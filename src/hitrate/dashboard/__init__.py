@@ -7,6 +7,13 @@ A small ASGI app (Starlette): one page that refreshes itself, ``/api/stats`` (JS
     app = create_app("redis://localhost:6379/0", prefix="app")   # run with any ASGI server
 """
 
-from .app import create_app
+from .._extras import missing_extra
+
+try:
+    from .app import create_app
+except ImportError as exc:
+    if exc.name is None or not exc.name.startswith("starlette"):
+        raise
+    raise missing_extra("hitrate.dashboard", "starlette and uvicorn", "dashboard", exc) from exc
 
 __all__ = ["create_app"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
 import socket
@@ -16,16 +15,15 @@ from typing import Annotated, Any
 
 import redis
 import typer
-from rich.console import Console, Group
 from rich.live import Live
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
 
-from .cache import Cache, resolve_url
-from .errors import ConfigurationError, HitrateError
-from .keyscan import KeyInfo, big_keys, family_keys, matching_entries
-from .monitor import Stats
+from .. import __version__
+from .._extras import install_hint
+from ..cache import Cache, resolve_url
+from ..errors import ConfigurationError, HitrateError
+from ..keyscan import big_keys, family_keys, matching_entries
+from ..monitor import Stats
+from ._render import console, key_table, render_stats
 
 PATTERN_HELP = """Glob over cache keys (not Redis keys), confined to the prefix: * any run of
 characters, ? one character, [abc] one of a set. Nothing is escaped for you: to match a
@@ -33,22 +31,38 @@ literal * ? [ ] or \\, put a backslash before it (quote the pattern for your she
 'user:\\*:*' for the keys of the user literally named '*'. In Python, escape untrusted
 parts with hitrate.escape_glob()."""
 
-COLOURS = {
-    "no_data": "dim",
-    "useless": "bold red",
-    "working": "yellow",
-    "target": "bold green",
-    "staleness": "magenta",
-}
-
 app = typer.Typer(
     name="hitrate",
     help="Hit rate per key family, keys and invalidation for a hitrate cache on Redis.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help text is shown as written: rich markup would eat "[default: ...]" and "[abc]".
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hitrate {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Hit rate per key family, keys and invalidation for a hitrate cache on Redis."""
+
 
 UrlOption = Annotated[
     str | None,
@@ -69,6 +83,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 class _Failure(Exception):
     """A one-line error for the user (exit status 1)."""
+
+
+class _Refused(Exception):
+    """A one-line refusal for want of a flag (exit status 2, like bad usage)."""
 
 
 def _masked(url: str) -> str:
@@ -106,90 +124,6 @@ def _explain(exc: BaseException, url: str) -> str:
     return f"Redis at {_masked(url)}: {str(exc).rstrip('.')}"
 
 
-def _console() -> Console:
-    # Piped output (logs, CI, `| less`) gets room for the whole table instead of rich's
-    # default of 80 columns, which squeezes the per-family table unreadably.
-    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    return Console(soft_wrap=False, width=160 if wide else None)
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
-
-
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "K", "M", "G"):
-        if size < 1024 or unit == "G":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.2f}{unit}"
-        size /= 1024
-    return f"{n}B"  # pragma: no cover
-
-
-def _rate(value: float, level: str) -> Text:
-    return Text(f"{value:.2f} %", style=COLOURS.get(level, ""))
-
-
-def render_stats(stats: Stats, rates: tuple[float, float] | None = None) -> Group:
-    """The ``hitrate stats`` screen: overall line, server line, a row per family."""
-    verdict = stats.verdict
-    head = Text.assemble(
-        ("hit rate ", "bold"),
-        _rate(stats.hit_rate, verdict.level),
-        ("  " + str(verdict), COLOURS[verdict.level]),
-        f"   hits {stats.hits:,}  misses {stats.misses:,}",
-    )
-    if rates is not None:
-        head.append(f"   ({rates[0]:,.1f} hits/s, {rates[1]:,.1f} misses/s)")
-    window = f"last {stats.minutes} min" if stats.minutes else "all processes, since first flush"
-    server = Text(
-        f"server: memory {stats.memory_used} ({stats.memory_used_bytes:,} B)  keys {stats.keys:,}"
-        f"  evicted {stats.evicted_keys:,}  expired {stats.expired_keys:,}  keyspace hit rate "
-        f"{stats.server_hit_rate:.2f} % ({stats.keyspace_hits:,} hits, "
-        f"{stats.keyspace_misses:,} misses, every client)",
-        style="dim",
-    )
-    table = Table(title=None, expand=False, show_edge=False, pad_edge=False)
-    for name, justify in (
-        ("family", "left"), ("hit rate", "right"), ("verdict", "left"), ("hits", "right"),
-        ("misses", "right"), ("stale", "right"), ("loads", "right"), ("load p50", "right"),
-        ("load p99", "right"), ("errors", "right"), ("keys~", "right"), ("memory~", "right"),
-    ):  # fmt: skip
-        table.add_column(name, justify=justify, no_wrap=name != "verdict")  # type: ignore[arg-type]
-    for row in stats.families:
-        level = row.verdict.level
-        table.add_row(
-            row.family,
-            _rate(row.hit_rate, level),
-            Text(str(row.verdict), style=COLOURS[level]),
-            f"{row.hits:,}",
-            f"{row.misses:,}",
-            f"{row.stale_hits:,}",
-            f"{row.loads:,}",
-            _ms(row.load_p50),
-            _ms(row.load_p99),
-            f"{row.errors + row.fail_open:,}",
-            "-" if row.keys is None else f"{row.keys:,}",
-            _bytes(row.memory_bytes),
-        )
-    parts: list[Any] = [
-        Panel(head, title=f"hitrate · prefix {stats.prefix!r} · {window}", expand=False),
-        server,
-    ]
-    parts.append(table if stats.families else Text("no families counted yet", style="dim"))
-    if stats.sample is not None and not stats.sample.complete:
-        parts.append(
-            Text(
-                f"~ keys and memory estimated from {stats.sample.examined:,} of "
-                f"{stats.keys:,} keys (raise --sample for more)",
-                style="dim",
-            )
-        )
-    return Group(*parts)
-
-
 @app.command()
 def stats(
     url: UrlOption = None,
@@ -208,7 +142,7 @@ def stats(
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
     else:
-        _console().print(render_stats(result))
+        console().print(render_stats(result))
 
 
 @app.command()
@@ -221,12 +155,12 @@ def watch(
     sample: Annotated[int, typer.Option(min=0, help="Keys SCAN may examine.")] = 2000,
 ) -> None:
     """The stats screen, refreshed live until Ctrl-C, with hits and misses per second."""
-    console = _console()
+    screen = console()
     with _cache(url, prefix) as cache:
         previous: Stats | None = None
         done = 0
         try:
-            with Live(console=console, auto_refresh=False, transient=False) as live:
+            with Live(console=screen, auto_refresh=False, transient=False) as live:
                 while True:
                     current = cache.stats(minutes=minutes, sample=sample)
                     rates = None
@@ -247,43 +181,45 @@ def watch(
 
 @app.command()
 def invalidate(
-    pattern: Annotated[str, typer.Argument(help=PATTERN_HELP, show_default=False)],
+    pattern: Annotated[
+        str, typer.Argument(help=PATTERN_HELP, show_default=False, metavar="PATTERN")
+    ],
     url: UrlOption = None,
     prefix: PrefixOption = "hitrate",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", "-n", help="Count and list matches; delete nothing.")
     ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (scripts, CI).")
+    ] = False,
 ) -> None:
-    """Invalidate the cache keys matching PATTERN, by SCAN + UNLINK (never KEYS), counting
-    them first. Fills in flight for those keys are refused."""
-    with _cache(url, prefix) as cache:
-        found = matching_entries(cache.client, cache._ctx.keys, pattern)
-        noun = "entry" if len(found) == 1 else "entries"
-        typer.echo(f"{len(found)} {noun} match {pattern!r} under prefix {prefix!r}")
+    """Invalidate the cache keys matching PATTERN, by SCAN + UNLINK (never KEYS), after
+    asking for confirmation (--yes skips it; --dry-run only counts and lists). Fills in
+    flight for those keys are refused."""
+    if not dry_run and not yes and not sys.stdin.isatty():
+        raise _Refused(
+            "invalidate asks for confirmation and stdin is not a terminal: "
+            "add --yes to invalidate, or --dry-run to count the matches first"
+        )
+    with _cache(url, prefix) as cache:  # a bad URL or prefix is said before asking
+        if not dry_run and not yes:
+            where = f"under prefix {prefix!r} on {_masked(resolve_url(url))}"
+            if not typer.confirm(f"Invalidate every entry matching {pattern!r} {where}?"):
+                typer.echo("nothing deleted")
+                return
         if dry_run:
+            found = matching_entries(cache.client, cache._ctx.keys, pattern)
+            noun = "entry" if len(found) == 1 else "entries"
+            typer.echo(f"{len(found)} {noun} match {pattern!r} under prefix {prefix!r}")
             for key in found[:20]:
                 typer.echo(f"  {key}")
             if len(found) > 20:
                 typer.echo(f"  ... and {len(found) - 20} more")
             typer.echo("dry run: nothing deleted")
             return
-        deleted = cache.invalidate_pattern(pattern)
-        typer.echo(f"invalidated {deleted} {'entry' if deleted == 1 else 'entries'}")
-
-
-def _key_table(rows: list[KeyInfo], with_type: bool = False) -> Table:
-    table = Table(show_edge=False, pad_edge=False)
-    table.add_column("key", overflow="fold")
-    table.add_column("family")
-    if with_type:
-        table.add_column("type")
-    table.add_column("memory", justify="right")
-    table.add_column("ttl", justify="right")
-    for row in rows:
-        cells = [row.key, row.family] + ([row.type] if with_type else [])
-        ttl = "none" if row.ttl is None else f"{row.ttl:,.1f} s"
-        table.add_row(*cells, _bytes(row.memory_bytes), ttl)
-    return table
+        deleted = cache.invalidate_pattern(pattern)  # one SCAN: it counts what it deletes
+    noun = "entry" if deleted == 1 else "entries"
+    typer.echo(f"invalidated {deleted} {noun} matching {pattern!r} under prefix {prefix!r}")
 
 
 @app.command()
@@ -302,7 +238,7 @@ def keys(
     elif not rows:
         typer.echo(f"no entries in family {family!r} under prefix {prefix!r}")
     else:
-        _console().print(_key_table(rows))
+        console().print(key_table(rows))
 
 
 @app.command()
@@ -321,7 +257,7 @@ def bigkeys(
     elif not rows:
         typer.echo(f"no keys under prefix {prefix!r}")
     else:
-        _console().print(_key_table(rows, with_type=True))
+        console().print(key_table(rows, with_type=True))
 
 
 def _until_stopped() -> None:
@@ -346,7 +282,7 @@ def server(
 ) -> None:
     """Start a private Redis/Valkey server on a free loopback port and print its URL;
     it runs until Ctrl-C and keeps nothing on disk."""
-    from .server import EmbeddedServer
+    from ..server import EmbeddedServer
 
     try:
         srv = EmbeddedServer.start(flavour)
@@ -379,10 +315,10 @@ def dashboard(
     try:
         import uvicorn
 
-        from .dashboard import create_app
+        from ..dashboard import create_app
     except ImportError:
         raise _Failure(
-            "the dashboard needs starlette and uvicorn: pip install 'hitrate[dashboard]'"
+            f"the dashboard needs starlette and uvicorn: {install_hint('dashboard')}"
         ) from None
     target = resolve_url(url)
     with _cache(target, prefix) as cache:
@@ -410,14 +346,18 @@ def dashboard(
 @app.command()
 def demo(
     duration: Annotated[float, typer.Option(min=2, help="Seconds to run, both phases.")] = 60.0,
-    redis_url: Annotated[
+    url: Annotated[
         str | None,
         typer.Option(
-            "--redis",
+            "--url",
+            "-u",
             envvar=["HITRATE_REDIS_URL", "REDIS_URL"],
             show_envvar=False,
             help="Redis URL [default: $HITRATE_REDIS_URL, $REDIS_URL, else a private server]",
         ),
+    ] = None,
+    redis_alias: Annotated[
+        str | None, typer.Option("--redis", hidden=True, help="Old name of --url.")
     ] = None,
     database: Annotated[
         str | None,
@@ -438,18 +378,20 @@ def demo(
     traffic, with a live view and the dashboard, then a report: hit rate per family, queries
     avoided, latency with vs without the cache, stampedes, stale reads, rate-limit precision."""
     try:
-        from .demo import run_demo
+        from ..demo import run_demo
     except ImportError as exc:
         raise _Failure(
-            f"the demo needs SQLAlchemy ({exc.name} is missing): pip install 'hitrate[demo]'"
+            f"the demo needs {exc.name or 'SQLAlchemy'}: {install_hint('demo')}"
         ) from None
+    if redis_alias is not None:  # given on the command line, so it beats the environment
+        url = redis_alias
     try:
         run_demo(
-            duration=duration, redis_url=redis_url, database=database, port=port,
+            duration=duration, redis_url=url, database=database, port=port,
             dashboard=not no_dashboard, seed=seed, as_json=as_json, scale=scale,
             prefix=prefix, table_prefix=table_prefix, db_latency_ms=db_latency, rate=rate,
             second_process=second_process,
-            console=_console(),
+            console=console(data=False),
         )  # fmt: skip
     except (HitrateError, redis.RedisError, OSError, RuntimeError) as exc:
         raise _Failure(f"demo: {exc}") from None
@@ -468,6 +410,9 @@ def run(argv: list[str]) -> int:
     except _Failure as exc:
         print(f"hitrate: {exc}", file=sys.stderr)
         return 1
+    except _Refused as exc:
+        print(f"hitrate: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # pragma: no cover - Ctrl-C outside a loop
         return 130
     return 0
