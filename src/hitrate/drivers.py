@@ -18,6 +18,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -273,7 +274,7 @@ class SyncDriver(_Base):
         the caller already sent (the hit fast path), so it is not sent twice."""
         flight: _Flight | None = None
         flight_key = ""
-        sent_at = called_at = 0.0
+        sent_at = 0.0
         send: Any = None
         throw: BaseException | None = None
         try:
@@ -299,7 +300,6 @@ class SyncDriver(_Base):
                         throw = exc
                 elif op is CALL:
                     assert call is not None
-                    called_at = time.monotonic()
                     try:
                         send = call()
                         if inspect.isawaitable(send):
@@ -337,7 +337,9 @@ class SyncDriver(_Base):
                 elif isinstance(op, Publish):
                     if flight is not None and not flight.done.is_set():
                         flight.value, flight.published = op.value, True
-                        flight.sent_at = called_at if op.loaded else sent_at
+                        # A load while Redis is down is shared with every caller waiting
+                        # for it (as singleflight does): there is no cache to keep exact.
+                        flight.sent_at = math.inf if op.loaded else sent_at
                         self._land(flight_key, flight)
                 else:  # pragma: no cover - a plan bug
                     raise TypeError(f"plan yielded {op!r}")
@@ -355,6 +357,15 @@ class SyncDriver(_Base):
             if self._flights.get(key) is flight:
                 del self._flights[key]
         flight.done.set()
+
+
+def _fresh_pool(pool: Any) -> Any:
+    """A pool like *pool* for a new event loop: the old one's connections and its
+    ``asyncio.Condition`` (a blocking pool's) belong to a loop that is gone."""
+    options: dict[str, Any] = {"max_connections": pool.max_connections}
+    if hasattr(pool, "timeout"):
+        options["timeout"] = pool.timeout
+    return type(pool)(connection_class=pool.connection_class, **options, **pool.connection_kwargs)
 
 
 class AsyncDriver(_Base):
@@ -381,7 +392,7 @@ class AsyncDriver(_Base):
             self._refreshing.clear()
             pool = getattr(self.client, "connection_pool", None)
             if pool is not None:
-                pool.reset()
+                self.client.connection_pool = _fresh_pool(pool)
         self._loop = loop
 
     async def _run_logged(self, op: Spawn, call: Callable[[], Any] | None) -> None:
@@ -477,7 +488,7 @@ class AsyncDriver(_Base):
         self._follow_loop()
         flight: asyncio.Future[Any] | None = None
         flight_key = ""
-        sent_at = called_at = 0.0
+        sent_at = 0.0
         send: Any = None
         throw: BaseException | None = None
         try:
@@ -505,7 +516,6 @@ class AsyncDriver(_Base):
                         throw = exc
                 elif op is CALL:
                     assert call is not None
-                    called_at = time.monotonic()
                     try:
                         send = call()
                         if inspect.isawaitable(send):
@@ -542,7 +552,7 @@ class AsyncDriver(_Base):
                     send = ALONE
                 elif isinstance(op, Publish):
                     if flight is not None and not flight.done():
-                        flight.set_result((op.value, called_at if op.loaded else sent_at))
+                        flight.set_result((op.value, math.inf if op.loaded else sent_at))
                         if self._flights.get(flight_key) is flight:
                             del self._flights[flight_key]
                 else:  # pragma: no cover - a plan bug

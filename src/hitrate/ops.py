@@ -19,8 +19,8 @@
   sends :data:`LEAD`: the plan goes on as the leader. If the other caller takes longer
   than ``wait`` seconds, it sends :data:`TIMEOUT`: stop waiting.
 * :class:`Publish` -> the value this plan returns is good for the callers coalesced on it
-  that arrived before the Redis command that vouched for it was sent (or, with
-  ``loaded=True``, before the loader was called: Redis could vouch for nothing)
+  that arrived before the Redis command that vouched for it was sent (with
+  ``loaded=True``, Redis is down and vouches for nothing: every waiter shares the load)
 
 When Redis fails, the driver throws :class:`~hitrate.errors.CacheUnavailableError` into the
 plan at the ``yield`` that failed (or raises it to the caller in strict mode).
