@@ -220,9 +220,12 @@ def test_stale_window_serves_old_value_while_one_refreshes(url: str, prefix: str
     cache = Cache.from_url(url, prefix=prefix, timeout=2.0)
     policy = Policy(0.3, stale=5)
     loads = []
+    served = threading.Event()  # the refresh finishes only once every caller was served
 
     def load() -> int:
         loads.append(1)
+        if len(loads) > 1:
+            served.wait(10)
         time.sleep(LOAD_SECONDS)
         return len(loads)
 
@@ -240,7 +243,8 @@ def test_stale_window_serves_old_value_while_one_refreshes(url: str, prefix: str
         t.start()
     for t in threads:
         t.join()
-    assert seen == [1] * 32  # everyone got the old value at once
+    served.set()
+    assert seen == [1] * 32  # everyone got the old value at once, none waited for the load
     cache.close()  # waits for the background refresh
     assert len(loads) == 2  # exactly one refresh
     cache2 = Cache.from_url(url, prefix=prefix)
