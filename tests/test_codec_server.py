@@ -159,3 +159,40 @@ async def test_async_cache_takes_secrets(url: str, prefix: str) -> None:
         value: Any = {"when": NOW, "n": decimal.Decimal("1.0")}
         await c.set("any:1", value)
         assert await c.get("any:1") == value
+
+
+@dataclasses.dataclass(frozen=True)
+class Visit:
+    user: int
+    at: dt.datetime
+
+
+def test_cached_functions_decode_hits_as_their_return_annotation(cache: Cache) -> None:
+    loads: list[int] = []
+
+    @cache.cached(key="visit:{n}")
+    def visit(n: int) -> Visit:
+        loads.append(n)
+        return Visit(n, dt.datetime(2026, 1, n, 12, 0))
+
+    first, hit = visit(3), visit(3)
+    assert loads == [3]  # the second call was a hit
+    assert hit == first and type(hit) is Visit and type(hit.at) is dt.datetime
+
+    @cache.cached(key="when:{n}", type=tuple[int, str])  # an explicit type= wins
+    def when(n: int) -> Any:
+        return (n, "x")
+
+    assert when(1) == when(1) == (1, "x") and type(when(1)) is tuple
+
+
+async def test_cached_coroutines_decode_hits_as_their_return_annotation(
+    acache: AsyncCache,
+) -> None:
+    @acache.cached(key="at:{n}")
+    async def at(n: int) -> dt.date:
+        return dt.date(2026, 2, n)
+
+    assert await at(4) == dt.date(2026, 2, 4)
+    hit = await at(4)
+    assert type(hit) is dt.date and hit == dt.date(2026, 2, 4)

@@ -321,6 +321,7 @@ class Cache(_CacheBase):
         tags: Sequence[str] = (),
         unless: Callable[[Any], object] | None = None,
         name: str | None = None,
+        type: Any = None,
     ) -> CacheDecorator:
         """Cache a function's results (cache-aside with leases); ``async def`` too.
 
@@ -330,6 +331,8 @@ class Cache(_CacheBase):
         ``module.function:<stable hash of the arguments>`` (closures and lambdas: also of
         their code and captured values); ``name=`` replaces ``module.function``.
         ``unless=lambda result: ...`` returns a result without caching it when true.
+        Hits are decoded as the function's return annotation (``-> User``, ``-> datetime``)
+        or ``type=``, so they come back of the type the function returns.
         The wrapper keeps the function's signature and types, and gets
         ``.invalidate(*args, **kwargs)`` and ``.key(*args, **kwargs)``::
 
@@ -338,7 +341,7 @@ class Cache(_CacheBase):
 
             get_user.invalidate(user_id=42)
         """
-        return cached_sync(self, ttl, key, tags, unless, name)
+        return cached_sync(self, ttl, key, tags, unless, name, type)
 
     def stats(self, *, minutes: int | None = None, history: int = 0, sample: int = 10_000) -> Stats:
         """Hit rate and counts per key family from every process (this one's are flushed
@@ -601,9 +604,10 @@ class AsyncCache(_CacheBase):
         tags: Sequence[str] = (),
         unless: Callable[[Any], object] | None = None,
         name: str | None = None,
+        type: Any = None,
     ) -> AsyncCacheDecorator:
         """See :meth:`Cache.cached`; wraps ``async def`` functions."""
-        return cached_async(self, ttl, key, tags, unless, name)
+        return cached_async(self, ttl, key, tags, unless, name, type)
 
     async def stats(
         self, *, minutes: int | None = None, history: int = 0, sample: int = 10_000

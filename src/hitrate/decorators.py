@@ -28,6 +28,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from .arghash import key_builder
+from .codec import codec_type_from_annotation
 from .errors import ConfigurationError
 from .policy import Policy, TTLLike
 
@@ -136,6 +137,7 @@ def cached_sync(
     tags: Sequence[str],
     unless: Callable[[Any], object] | None,
     name: str | None,
+    value_type: Any = None,
 ) -> CacheDecorator:
     """``Cache.cached``: plain functions run through ``cache``, ``async def`` through
     ``cache.aio``."""
@@ -144,8 +146,8 @@ def cached_sync(
 
     def decorate(func: Callable[..., Any]) -> Any:
         if inspect.iscoroutinefunction(func):
-            return _wrap_async(cache.aio, func, ttl, key, tags, unless, name)
-        return _wrap_sync(cache, func, ttl, key, tags, unless, name)
+            return _wrap_async(cache.aio, func, ttl, key, tags, unless, name, value_type)
+        return _wrap_sync(cache, func, ttl, key, tags, unless, name, value_type)
 
     return decorate
 
@@ -157,6 +159,7 @@ def cached_async(
     tags: Sequence[str],
     unless: Callable[[Any], object] | None,
     name: str | None,
+    value_type: Any = None,
 ) -> AsyncCacheDecorator:
     """``AsyncCache.cached``: coroutine functions only."""
     _check(ttl, unless)
@@ -168,9 +171,30 @@ def cached_async(
                 f"AsyncCache.cached() wraps coroutine functions; {func.__qualname__} is not "
                 "one. Use Cache.cached() for plain functions"
             )
-        return _wrap_async(cache, func, ttl, key, tags, unless, name)
+        return _wrap_async(cache, func, ttl, key, tags, unless, name, value_type)
 
     return decorate
+
+
+_UNSET: Any = object()
+
+
+class _ValueType:
+    """The ``type=`` a cached function's values are decoded with: the one given to
+    ``cached(type=...)``, else the function's return annotation, resolved at the first call
+    (so names imported under ``TYPE_CHECKING`` or defined later can resolve) and kept."""
+
+    __slots__ = ("func", "value")
+
+    def __init__(self, func: Callable[..., Any], explicit: Any) -> None:
+        self.func = func
+        self.value = explicit if explicit is not None else _UNSET
+
+    def __call__(self) -> Any:
+        value = self.value
+        if value is _UNSET:
+            value = self.value = codec_type_from_annotation(self.func)
+        return value
 
 
 def _wrap_sync(
@@ -181,14 +205,21 @@ def _wrap_sync(
     tags: tuple[str, ...],
     unless: Callable[[Any], object] | None,
     name: str | None,
+    value_type: Any = None,
 ) -> Any:
     make_key = key_builder(func, key, name)
     get_or_fetch = cache.get_or_fetch
+    decode_as = _ValueType(func, value_type)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return get_or_fetch(
-            make_key(*args, **kwargs), lambda: func(*args, **kwargs), ttl, tags, unless=unless
+            make_key(*args, **kwargs),
+            lambda: func(*args, **kwargs),
+            ttl,
+            tags,
+            unless=unless,
+            type=decode_as(),
         )
 
     _attach(wrapper, make_key, cache.invalidate)
@@ -203,14 +234,21 @@ def _wrap_async(
     tags: tuple[str, ...],
     unless: Callable[[Any], object] | None,
     name: str | None,
+    value_type: Any = None,
 ) -> Any:
     make_key = key_builder(func, key, name)
     get_or_fetch = cache.get_or_fetch
+    decode_as = _ValueType(func, value_type)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         return await get_or_fetch(
-            make_key(*args, **kwargs), lambda: func(*args, **kwargs), ttl, tags, unless=unless
+            make_key(*args, **kwargs),
+            lambda: func(*args, **kwargs),
+            ttl,
+            tags,
+            unless=unless,
+            type=decode_as(),
         )
 
     _attach(wrapper, make_key, cache.invalidate)
