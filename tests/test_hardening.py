@@ -326,3 +326,44 @@ def test_bump_refuses_a_fill_in_flight(url: str, prefix: str) -> None:
     t.join()
     assert cache.get("user:1") is None
     cache.close()
+
+
+def test_families_are_bounded(url: str, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    from hitrate.stats import MAX_FAMILIES, OTHER
+
+    cache = Cache.from_url(url, prefix=prefix)
+    for i in range(MAX_FAMILIES + 50):  # one family per id: a key scheme gone wrong
+        cache.get(f"{i}:profile")
+    names = set(cache.counters.snapshot())
+    assert len(names) == MAX_FAMILIES + 1 and OTHER in names
+    assert cache.counters.snapshot()[OTHER].misses == 50
+    assert "key families" in caplog.text
+    cache.close()
+
+
+def test_waits_and_refused_fills_reach_stats(url: str, prefix: str) -> None:
+    cache = Cache.from_url(url, prefix=prefix)
+    started, go = threading.Event(), threading.Event()
+
+    def slow() -> int:
+        started.set()
+        go.wait(5)
+        return 1
+
+    loader = threading.Thread(target=cache.get_or_fetch, args=("user:1", slow))
+    loader.start()
+    assert started.wait(5)
+    other = Cache.from_url(url, prefix=prefix)  # waits across processes, by the lease
+    waiter = threading.Thread(target=other.get_or_fetch, args=("user:1", lambda: 2))
+    waiter.start()
+    time.sleep(0.1)
+    cache.invalidate("user:1")  # the loader's fill is refused
+    go.set()
+    loader.join()
+    waiter.join()
+    other.close()
+    row = cache.stats().family("user")
+    assert row.fills_refused >= 1
+    assert row.waits >= 1
+    assert row.as_dict()["fills_refused"] == row.fills_refused
+    cache.close()

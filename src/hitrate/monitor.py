@@ -111,6 +111,8 @@ class FamilyStats:
     negative_hits: int = 0
     loads: int = 0
     fills: int = 0
+    fills_refused: int = 0  #: fills refused: an invalidation or write ran while it loaded
+    waits: int = 0  #: callers that waited for another caller's load instead of loading
     invalidations: int = 0
     errors: int = 0
     fail_open: int = 0
@@ -144,6 +146,8 @@ class FamilyStats:
             "negative_hits": self.negative_hits,
             "loads": self.loads,
             "fills": self.fills,
+            "fills_refused": self.fills_refused,
+            "waits": self.waits,
             "invalidations": self.invalidations,
             "errors": self.errors,
             "fail_open": self.fail_open,
@@ -440,6 +444,8 @@ def _family_row(name: str, c: FamilyCounts, key_sample: KeySample | None) -> Fam
         negative_hits=c.negative_hits,
         loads=c.loads,
         fills=c.fills,
+        fills_refused=c.fills_refused,
+        waits=c.waits,
         invalidations=c.invalidations,
         errors=c.errors,
         fail_open=c.fail_open,

@@ -27,6 +27,8 @@ __all__ = ["COUNTERS", "LOAD_BUCKETS", "Counters", "FamilyCounts", "NullCounters
 log = logging.getLogger("hitrate")
 
 MAX_UNSENT = 1000  # batches kept while Redis is unreachable (~80 min at one per 5 s)
+MAX_FAMILIES = 256  # families counted by name; the rest are counted together as OTHER
+OTHER = "~other"  # (key schemes that put an id before the first ":" make one family per id)
 
 #: Upper bounds (seconds, inclusive) of the load-time buckets; one more bucket holds the rest.
 LOAD_BUCKETS: tuple[float, ...] = (
@@ -151,8 +153,29 @@ class Counters:
         #: ``(family, seconds)`` callbacks for each load (Prometheus' histogram); loads are
         #: misses, so the hit path never runs them
         self.observers: list[Callable[[str, float], None]] = []
+        self._known: set[str] = set()  # families counted by name (read without the lock)
+
+    def _admit(self, family: str) -> str:
+        """*family*, or :data:`OTHER` once :data:`MAX_FAMILIES` are counted by name."""
+        with self._lock:
+            if family in self._known:
+                return family
+            if len(self._known) >= MAX_FAMILIES:
+                if OTHER not in self._known:
+                    self._known.add(OTHER)
+                    log.warning(
+                        "hitrate: more than %d key families; the rest are counted as %r (put "
+                        "a fixed name before the first ':' of a key: 'user:42', not '42:user')",
+                        MAX_FAMILIES,
+                        OTHER,
+                    )
+                return OTHER
+            self._known.add(family)
+            return family
 
     def incr(self, family: str, name: str, n: int = 1) -> None:
+        if family not in self._known:
+            family = self._admit(family)
         with self._lock:
             counts = self._families[family]
             setattr(counts, name, getattr(counts, name) + n)
@@ -165,6 +188,8 @@ class Counters:
         return shard
 
     def hit(self, family: str) -> None:
+        if family not in self._known:
+            family = self._admit(family)
         try:
             hits = self._local.shard.hits
         except AttributeError:
@@ -172,6 +197,8 @@ class Counters:
         hits[family] = hits.get(family, 0) + 1
 
     def miss(self, family: str) -> None:
+        if family not in self._known:
+            family = self._admit(family)
         try:
             misses = self._local.shard.misses
         except AttributeError:
@@ -200,6 +227,8 @@ class Counters:
             self._families[name].misses += n
 
     def load(self, family: str, seconds: float) -> None:
+        if family not in self._known:
+            family = self._admit(family)
         with self._lock:
             counts = self._families[family]
             counts.loads += 1
