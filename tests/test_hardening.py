@@ -367,3 +367,23 @@ def test_waits_and_refused_fills_reach_stats(url: str, prefix: str) -> None:
     assert row.waits >= 1
     assert row.as_dict()["fills_refused"] == row.fills_refused
     cache.close()
+
+
+# -- 8. the object cache shares the lease plan --------------------------------------------
+async def test_cancelled_object_load_gives_its_lease_back(url: str, prefix: str) -> None:
+    cache = AsyncCache.from_url(url, prefix=prefix)
+    users = cache.objects("user")
+
+    async def slow() -> dict[str, int]:
+        await asyncio.sleep(5)
+        return {"a": 1}
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(users.get_or_fetch(7, slow), 0.2)
+    raw = raw_client(url)
+    assert raw.exists(users.redis_key(7) + ":lease") == 0  # nobody waits out the lease
+    raw.close()
+    t0 = time.monotonic()
+    assert await users.get_or_fetch(7, lambda: {"a": 2}) == {"a": 2}
+    assert time.monotonic() - t0 < 1.0
+    await cache.close()

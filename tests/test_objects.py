@@ -260,8 +260,46 @@ async def test_get_or_fetch_loader_error_propagates_and_frees_the_lease(
 
     with pytest.raises(KeyError, match="db down"):
         await users.get_or_fetch(1, boom)
-    assert keys_under(raw, c.prefix) == []
+    # No lease left behind; the error text stays briefly, for waiters in other processes.
+    err = users.redis_key(1) + ":err"
+    assert keys_under(raw, c.prefix) == [err]
+    assert 0 < raw.pttl(err) <= 2000
+    assert b"db down" in raw.get(err)
     assert await users.get_or_fetch(1, lambda: {"a": 1}) == {"a": 1}
+
+
+def test_get_or_fetch_waiters_in_other_processes_see_the_loader_error(
+    url: str, prefix: str
+) -> None:
+    """Object fills use the entries' lease plan: a waiter elsewhere is shown the error
+    instead of waiting out the lease and loading again."""
+    first, second = Cache.from_url(url, prefix=prefix), Cache.from_url(url, prefix=prefix)
+    started, fail = threading.Event(), threading.Event()
+    calls: list[int] = []
+    errors: list[BaseException] = []
+
+    def boom() -> None:
+        started.set()
+        fail.wait(5)
+        raise KeyError("db down")
+
+    def hold() -> None:
+        try:
+            first.objects("user").get_or_fetch(1, boom)
+        except KeyError as exc:
+            errors.append(exc)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert started.wait(5)
+    threading.Timer(0.1, fail.set).start()
+    with pytest.raises(hitrate.LoaderError, match="db down"):
+        second.objects("user").get_or_fetch(1, lambda: calls.append(1) or {"a": 1})
+    holder.join()
+    assert len(errors) == 1
+    assert calls == []  # the waiter did not load again
+    first.close()
+    second.close()
 
 
 @pytest.mark.parametrize("write", ["invalidate", "update", "put"])

@@ -39,7 +39,7 @@ import decimal
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from .. import scripts
 from ..codec import DecodeError
@@ -49,8 +49,9 @@ from ..errors import (
     SerializationError,
     ValueTooLargeError,
 )
-from ..ops import CALL, Batch, Coalesce, Eval, Publish, Sleep
-from ..plans import Context
+from ..ops import TIMEOUT, Batch, Coalesce, Eval
+from ..plans import MISSING, Context, lease_and_fill
+from ..plans.leases import load_down, load_unfilled
 from ..policy import TTLLike
 from ._base import Awaited, PlanOf, Structure, Synced, calling, expiry_ms, text, verb
 
@@ -206,12 +207,6 @@ class _Objects(Structure):
         for rkey in rkeys:
             self._ctx.owed.unlink([rkey, rkey + ":lease"], self.family)
 
-    def _load_only(self) -> PlanOf[dict[str, Any] | None]:
-        t0 = self._ctx.monotonic()
-        value = yield CALL
-        self._ctx.stats.load(self.family, self._ctx.monotonic() - t0)
-        return None if value is None else to_fields(value)
-
     # -- verbs -----------------------------------------------------------------------------
     @verb
     def put(self, id: str | int, obj: Any) -> PlanOf[bool]:
@@ -344,78 +339,70 @@ class _Objects(Structure):
         """Cache-aside for objects: object *id*, or ``fetch()``'s result (a dict, dataclass
         or pydantic model; a sync or async function) cached for the next caller and returned
         as the dict a later ``get`` gives. A ``None`` or empty result is returned as is and
-        not cached. One caller per object loads at a time, across threads and processes."""
-        rkey, lease = self._keys(id)
+        not cached. One caller per object loads at a time, across threads and processes,
+        with the lease plan of cache entries (:mod:`hitrate.plans.leases`): bounded waits,
+        the lease given back however the load ends, a loader's error shown to waiters."""
+        rkey, _ = self._keys(id)
         ctx, family, policy = self._ctx, self.family, self._policy
+        store = _ObjectStore(self, id, rkey)
         try:
             raw = yield ("HGETALL", rkey)
         except CacheUnavailableError:
-            ctx.stats.incr(family, "fail_open")
-            return (yield from self._load_only())
+            return cast(Fields, (yield from load_down(ctx, store, policy.lease)))
         found = yield from self._read(id, rkey, raw)
         if found is not None:
             ctx.stats.hit(family)
             return found
         ctx.stats.miss(family)
-        yield Coalesce(rkey)
-        token = ctx.token()
-        lease_ms = math.ceil(policy.lease * 1000)
-        deadline: float | None = None
-        delay = 0.002
-        while True:
-            try:
-                reply = yield Eval(scripts.OBJ_LEASE, [rkey, lease], (token, lease_ms))
-            except CacheUnavailableError:
-                ctx.stats.incr(family, "fail_open")
-                return (yield from self._load_only())
-            if reply[0] == 1:  # filled meanwhile by the caller that held the lease
-                found = yield from self._read(id, rkey, reply[1])
-                if found is not None:
-                    yield Publish(found)
-                    return found
-                continue
-            if reply[0] == 2:
-                return (yield from self._load_and_fill(id, rkey, lease, token))
-            if deadline is None:
-                ctx.stats.incr(family, "waits")
-                deadline = ctx.monotonic() + policy.lease
-            if ctx.monotonic() >= deadline:
-                return (yield from self._load_only())  # the holder is slow: don't fill
-            yield Sleep(delay)
-            delay = min(delay * 2, 0.05)
+        if (yield Coalesce(rkey, policy.lease)) is TIMEOUT:
+            return cast(Fields, (yield from load_unfilled(ctx, store)))
+        return cast(Fields, (yield from lease_and_fill(ctx, store, policy)))
 
-    def _load_and_fill(
-        self, id: str | int, rkey: str, lease: str, token: str
-    ) -> PlanOf[dict[str, Any] | None]:
-        ctx, family = self._ctx, self.family
-        release = Eval(scripts.OBJ_FILL, [rkey, lease], (token, 0))
-        t0 = ctx.monotonic()
-        try:
-            value = yield CALL
-            ctx.stats.load(family, ctx.monotonic() - t0)
-            fields = None if value is None else to_fields(value)
-            flat = self._encode(id, fields) if fields else []
-        except Exception:
-            with contextlib.suppress(CacheUnavailableError):
-                yield release
-            raise
-        try:
-            if not flat:  # nothing to cache ("not found", or no fields)
-                yield release
-                return fields
-            filled = yield Eval(
-                scripts.OBJ_FILL, [rkey, lease], (token, expiry_ms(ctx, self._policy), *flat)
-            )
-        except CacheUnavailableError:
-            ctx.stats.incr(family, "fail_open")
-            return self._decode(id, flat)
-        result = self._decode(id, flat)  # exactly what a later get() returns
-        if filled:
-            ctx.stats.incr(family, "fills")
-            yield Publish(result)
-        else:
-            ctx.stats.incr(family, "fills_refused")
-        return result
+
+Fields = dict[str, Any] | None
+
+
+class _ObjectStore:
+    """A cached object (a hash) for the lease plan: ``obj_lease.lua`` / ``obj_fill.lua``."""
+
+    __slots__ = ("family", "id", "label", "objects", "rkey")
+
+    def __init__(self, objects: _Objects, id: str | int, rkey: str) -> None:
+        self.objects, self.id, self.rkey = objects, id, rkey
+        self.family = objects.family
+        self.label = f"{objects.family}:{id}"
+
+    def lease(self, token: str, seen: bytes) -> Eval:
+        lease_ms = math.ceil(self.objects._policy.lease * 1000)
+        return Eval(scripts.OBJ_LEASE, [self.rkey, self.rkey + ":lease"], (token, lease_ms))
+
+    def leased(self, reply: Any) -> None:
+        pass
+
+    def poll(self) -> Any:
+        return Batch(
+            [("HGETALL", self.rkey), ("GET", self.rkey + ":lease"), ("GET", self.rkey + ":err")]
+        )
+
+    def read(self, raw: Any) -> PlanOf[tuple[Any, bytes]]:
+        found = yield from self.objects._read(self.id, self.rkey, raw)
+        return (MISSING if found is None else found), b""
+
+    def fill(self, token: str, value: Any, load_time: float, reply: Any) -> tuple[Eval | None, Any]:
+        objects = self.objects
+        fields = None if value is None else to_fields(value)
+        if not fields:  # nothing to cache ("not found", or no fields)
+            return None, fields
+        flat = objects._encode(self.id, fields)
+        op = Eval(
+            scripts.OBJ_FILL,
+            [self.rkey, self.rkey + ":lease"],
+            (token, expiry_ms(objects._ctx, objects._policy), *flat),
+        )
+        return op, objects._decode(self.id, flat)  # exactly what a later get() returns
+
+    def served(self, value: Any) -> Any:
+        return None if value is None else to_fields(value)
 
 
 def _unlink_each(rkeys: list[str]) -> Batch:

@@ -1,0 +1,155 @@
+"""What every plan decides with: :class:`Context` (one per cache), :data:`MISSING`, the
+entry decoding shared by reads and fills, and the generation view (see
+:mod:`hitrate.generations`)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ..codec import Codec, DecodeError, Entry, decode_entry, encode_entry
+from ..errors import CacheUnavailableError, ValueTooLargeError
+from ..generations import Generations
+from ..keys import KeySpace, family_of
+from ..ops import Plan
+from ..owed import OwedQueue
+from ..policy import Policy, TTLLike, to_policy
+from ..stats import Counters
+
+__all__ = ["BATCH_CHUNK", "MGET_CHUNK", "MISSING", "SCRIPT_CHUNK", "Context", "interrupted"]
+
+#: Sizes of the chunks that multi-key verbs are cut into (one command or script call
+#: each, pipelined), so no single command blocks the server for long.
+MGET_CHUNK = 500
+SCRIPT_CHUNK = 100  # entries per invalidate.lua call
+BATCH_CHUNK = 500  # commands per pipeline
+
+
+class _Missing:
+    """The type of :data:`MISSING`: "no value", never confused with a cached ``None``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Final = _Missing()
+
+ERROR_TEXT_MS = 2000  # how long a loader's failure is shown to waiters in other processes
+TAG_PRUNE = 2  # tag-set members checked (and dropped if their entry is gone) per tagged fill
+DOWN_ROUNDS = 3  # in-process single-flight rounds while Redis is unreachable
+
+
+def interrupted(exc: BaseException) -> bool:
+    """An exception a plan must clean up after (give leases back, close write windows)
+    before passing it on: anything but the generator being closed."""
+    return not isinstance(exc, GeneratorExit)
+
+
+@dataclass
+class Context:
+    """Everything a plan needs to decide, shared by one cache's calls."""
+
+    keys: KeySpace
+    codec: Codec
+    default_policy: Policy
+    policies: Mapping[str, Policy]
+    max_value_size: int = 1024 * 1024
+    write_window: float = 30.0
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    stats: Counters = field(default_factory=Counters)
+    owed: OwedQueue = field(default_factory=OwedQueue)
+    gens: Generations = field(default_factory=Generations)
+
+    def policy(self, key: str, ttl: TTLLike) -> Policy:
+        return self.family_policy(family_of(key), ttl)
+
+    def family_policy(self, family: str, ttl: TTLLike) -> Policy:
+        base = self.policies.get(family, self.default_policy)
+        if ttl is None or ttl is base:
+            return base
+        return ttl if isinstance(ttl, Policy) else to_policy(ttl, base)
+
+    @staticmethod
+    def token() -> str:
+        return os.urandom(12).hex()
+
+    def encode(
+        self,
+        key: str,
+        value: Any,
+        policy: Policy,
+        load_time: float = 0.0,
+        gen: int | None = None,
+        vtype: Any = None,
+    ) -> tuple[bytes, int]:
+        """Entry bytes and Redis expiry in ms (0 = none); raises before anything is written.
+
+        ``b""`` means "store nothing": a ``None`` under a policy with ``negative_ttl=0``.
+        *gen* is the namespace stamp (default: this process's view of the key's family).
+        """
+        if value is None and not policy.negative_ttl:
+            return b"", 0
+        ttl = policy.draw_ttl(self.rng, negative=value is None)
+        expires_at = self.clock() + ttl if ttl is not None else 0.0
+        if gen is None:
+            gen = self.gens.stamp(family_of(key))
+        data = encode_entry(self.codec, key, value, expires_at, load_time, vtype, gen)
+        if len(data) > self.max_value_size:
+            raise ValueTooLargeError(
+                f"value for key {key!r} is {len(data)} bytes encoded, over max_value_size="
+                f"{self.max_value_size}; nothing was written. Cache a smaller projection of "
+                "it, or raise max_value_size"
+            )
+        if ttl is None:
+            return data, 0
+        return data, math.ceil((ttl + (policy.stale if value is not None else 0)) * 1000)
+
+    def remember_failed_write(self, key: str) -> None:
+        """A write or invalidation could not reach Redis: owe it (delivered before the
+        next command once Redis is back; see :mod:`hitrate.owed`)."""
+        self.owed.entry(self.keys.entry(key), family_of(key))
+
+    def fresh(self, entry: Entry, family: str) -> bool:
+        """Not logically expired, and written under the family's current generation."""
+        return (not entry.expires_at or self.clock() < entry.expires_at) and (
+            entry.gen == self.gens.stamp(family)
+        )
+
+
+def _decode(ctx: Context, key: str, rkey: str, raw: bytes, family: str, vtype: Any = None) -> Plan:
+    """Decode an entry; bytes that are not one of ours are a miss, counted and deleted --
+    unless they are another codec's, format's or type's entry (another app version on this
+    prefix): those are left alone."""
+    try:
+        return decode_entry(ctx.codec, key, raw, vtype)
+    except DecodeError as exc:
+        ctx.stats.incr(family, "decode_errors")
+        if not exc.foreign:
+            with contextlib.suppress(CacheUnavailableError):
+                yield ("UNLINK", rkey)
+        return None
+
+
+def generations(ctx: Context) -> Plan:
+    """Read the prefix's generations hash again (see :mod:`hitrate.generations`)."""
+    reply = yield ("HGETALL", ctx.keys.generations())
+    ctx.gens.replace(reply)
+
+
+def _check_generations(ctx: Context) -> Plan:
+    """Refresh the generation view when it is due; Redis failing here fails the read."""
+    if ctx.gens.due():
+        yield from generations(ctx)

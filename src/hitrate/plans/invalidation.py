@@ -1,0 +1,158 @@
+"""Invalidation: by key, by pattern (SCAN, never KEYS; exact against fills in flight), by
+tag, whole families by generation bump, and the owed queue's delivery."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .. import scripts
+from ..errors import CacheUnavailableError
+from ..generations import ALL, family_of_pattern, new_token
+from ..keys import family_of
+from ..ops import Batch, Eval, Plan
+from .context import BATCH_CHUNK, SCRIPT_CHUNK, Context
+
+__all__ = ["bump", "invalidate", "invalidate_pattern", "invalidate_tag", "owed"]
+
+
+def _invalidate_entries(
+    ctx: Context, entries: Sequence[str], batch: int = SCRIPT_CHUNK, tag_key: str = ""
+) -> Plan:
+    """Invalidate entries given by their Redis keys, ``batch`` per script call, pipelined
+    :data:`BATCH_CHUNK` calls at a time; with *tag_key*, each is also taken out of that tag
+    set in the same script."""
+    ops = []
+    for i in range(0, len(entries), batch):
+        flat: list[str] = [tag_key] if tag_key else []
+        for rkey in entries[i : i + batch]:
+            flat += ctx.keys.quad_of(rkey)
+        args = (ctx.token(), "tag") if tag_key else (ctx.token(),)
+        ops.append(Eval(scripts.INVALIDATE, flat, args))
+    if len(ops) == 1:
+        return int((yield ops[0]))
+    total = 0
+    for i in range(0, len(ops), BATCH_CHUNK):
+        replies = yield Batch(ops[i : i + BATCH_CHUNK])
+        total += sum(int(r) for r in replies)
+    return total
+
+
+def invalidate(ctx: Context, keys: Sequence[str]) -> Plan:
+    if not keys:
+        return 0
+    entries = list(dict.fromkeys(ctx.keys.entry(key) for key in keys))
+    try:
+        deleted: int = yield from _invalidate_entries(ctx, entries)
+    except CacheUnavailableError:
+        for key in keys:
+            ctx.stats.incr(family_of(key), "fail_open")
+            ctx.remember_failed_write(key)
+        return 0
+    for key in keys:
+        ctx.stats.incr(family_of(key), "invalidations")
+    return deleted
+
+
+def bump(ctx: Context, family: str | None) -> Plan:
+    """Make every entry of *family* (``None``: of the whole prefix) unreachable in O(1):
+    new namespace and fill-epoch tokens (see :mod:`hitrate.generations`)."""
+    name = ALL if family is None else family
+    token = new_token()
+    try:
+        yield ("HSET", ctx.keys.generations(), "ns:" + name, token, "ep:" + name, new_token())
+    except CacheUnavailableError:
+        ctx.stats.incr(name, "fail_open")
+        ctx.owed.bump(name)
+        return False
+    ctx.gens.bumped(name, token)
+    ctx.stats.incr(name, "invalidations")
+    return True
+
+
+def owed(ctx: Context, chunk_size: int = 500) -> Plan:
+    """Deliver the invalidations owed since Redis was unreachable, a chunk at a time; each
+    chunk leaves the queue only once Redis confirmed it (see :mod:`hitrate.owed`). A
+    failure is raised: the driver then fails the call that triggered delivery open."""
+    queue = ctx.owed
+    while True:
+        chunk = queue.peek(chunk_size)
+        if not chunk:
+            return
+        if chunk.bumps:
+            fields: list[str] = []
+            for name in chunk.bumps:
+                fields += ["ns:" + name, new_token(), "ep:" + name, new_token()]
+            yield ("HSET", ctx.keys.generations(), *fields)
+            for name in chunk.bumps:
+                ctx.gens.bumped(name, fields[fields.index("ns:" + name) + 1])
+        elif chunk.entries:
+            yield from _invalidate_entries(ctx, chunk.entries)
+        elif chunk.unlink:
+            yield Batch([("UNLINK", k) for k in chunk.unlink])
+        elif chunk.tags:
+            yield from _invalidate_tag(ctx, chunk.tags[0])
+        elif chunk.scan is not None:
+            family, cursor = chunk.scan
+            cursor, found = yield ("SCAN", cursor, "MATCH", ctx.keys.objects(family), "COUNT", 1000)
+            if found:
+                yield ("UNLINK", *found)
+            queue.scanned(family, int(cursor))
+            continue
+        queue.done(chunk)
+
+
+def invalidate_pattern(ctx: Context, pattern: str, count: int = 1000) -> Plan:
+    """SCAN (never KEYS) for entries under the prefix matching *pattern*, then invalidate
+    them in pipelined batches as they are found. First the fill epoch of the pattern's
+    family (or of the prefix, when the pattern spans families) changes, so a fill whose
+    load began before this call is refused even where SCAN has already passed.
+    Fail-open: returns what was deleted so far, and the rest is owed (as a generation bump
+    of the family, delivered before the next command); strict mode raises."""
+    match = ctx.keys.pattern(pattern)
+    family = family_of_pattern(pattern)
+    cursor: Any = 0
+    seen: set[str] = set()
+    deleted = 0
+    try:
+        yield ("HSET", ctx.keys.generations(), "ep:" + family, new_token())
+        while True:
+            cursor, found = yield ("SCAN", cursor, "MATCH", match, "COUNT", count)
+            entries = []
+            for raw in found:
+                entry = ctx.keys.entry_of(raw.decode() if isinstance(raw, bytes) else raw)
+                if entry is not None and entry not in seen:
+                    seen.add(entry)
+                    entries.append(entry)
+            deleted += yield from _invalidate_entries(ctx, entries)
+            if int(cursor) == 0:
+                break
+    except CacheUnavailableError:
+        ctx.stats.incr(family_of(pattern), "fail_open")
+        ctx.owed.bump(family)
+    ctx.stats.incr(family_of(pattern), "invalidations", len(seen))
+    return deleted
+
+
+def _invalidate_tag(ctx: Context, tag: str) -> Plan:
+    tag_key = ctx.keys.tag(tag)
+    gen_key = ctx.keys.tag_gen(tag_key)
+    gen_ms = 24 * 3600 * 1000
+    _, members = yield Batch([("SET", gen_key, ctx.token(), "PX", gen_ms), ("SMEMBERS", tag_key)])
+    entries = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+    deleted = yield from _invalidate_entries(ctx, entries, tag_key=tag_key)
+    return deleted, len(entries)
+
+
+def invalidate_tag(ctx: Context, tag: str) -> Plan:
+    """Bump the tag's generation (fills whose lease predates this are refused), then
+    invalidate every entry the tag names and remove it from the tag set."""
+    ctx.keys.tag(tag)  # a bad tag is an error now, not an owed invalidation
+    try:
+        deleted, count = yield from _invalidate_tag(ctx, tag)
+    except CacheUnavailableError:
+        ctx.stats.incr("tag", "fail_open")
+        ctx.owed.tag(tag)
+        return 0
+    ctx.stats.incr("tag", "invalidations", count)
+    return deleted

@@ -1,0 +1,438 @@
+"""Cache-aside with leases: one plan for every kind of cached value.
+
+A miss takes a short lease (``SET NX PX`` in Lua) before it loads; its fill is written only
+if the lease is still its own, so a value loaded before an invalidation or a write is never
+cached. Callers that find the lease held wait (bounded by the lease time) for the fill,
+polling with backoff, and see the holder's loader error if it failed. However a load ends -
+a value, an error, a cancellation - the lease is given back.
+
+That protocol is written once, in :func:`lease_and_fill` and :func:`load_and_fill`. What
+differs between a cache entry (one string, ``lease.lua`` / ``fill.lua``) and a cached object
+(a hash, ``obj_lease.lua`` / ``obj_fill.lua``) is only where the value lives and how it is
+read and written: a :class:`Store`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from .. import scripts
+from ..codec import DecodeError, Entry, decode_entry
+from ..errors import CacheUnavailableError, LoaderError
+from ..keys import family_of
+from ..ops import CALL, LEAD, TIMEOUT, Coalesce, Eval, Plan, Publish, Sleep, Spawn
+from ..policy import Policy, TTLLike
+from .context import (
+    DOWN_ROUNDS,
+    ERROR_TEXT_MS,
+    MISSING,
+    TAG_PRUNE,
+    Context,
+    _decode,
+    generations,
+    interrupted,
+)
+
+__all__ = ["EntryStore", "Store", "fresh_value", "get_or_fetch", "lease_and_fill", "load_down"]
+
+Unless = Callable[[Any], object] | None
+
+
+class Store(Protocol):
+    """Where one cached value lives, for the lease plan."""
+
+    @property
+    def family(self) -> str: ...
+
+    @property
+    def rkey(self) -> str:
+        """The Redis key holding the value (its lease and error keys hang off it)."""
+
+    @property
+    def label(self) -> str:
+        """How errors name it: the user's key (``user:42``)."""
+
+    def lease(self, token: str, seen: bytes) -> Eval:
+        """Read the value, or take the lease: reply ``[status, value, holder, ...]`` with
+        status 1 (value there), 2 (lease granted), 3 (held by *holder*), 4 (a write in
+        flight). *seen*: a value not fresh for us, to take the lease despite."""
+
+    def leased(self, reply: Sequence[Any]) -> None:
+        """Note what a lease reply says beyond its status (generations)."""
+
+    def poll(self) -> Any:
+        """One round trip whose reply is ``(value, lease holder, error text)``."""
+
+    def read(self, raw: Any) -> Plan:
+        """``(value, seen)``: the value if there and fresh, else :data:`MISSING` and what
+        to pass as *seen* to :meth:`lease` (``b""`` for nothing)."""
+
+    def fill(
+        self, token: str, value: Any, load_time: float, reply: Sequence[Any]
+    ) -> tuple[Eval | None, Any]:
+        """The fill script for a loaded *value* (``None``: nothing to store, give the lease
+        back) and what the caller gets: raises before anything is written when the value
+        cannot be stored."""
+
+    def served(self, value: Any) -> Any:
+        """What a caller gets for a value loaded without filling."""
+
+
+def release(rkey: str, token: str, text: str = "") -> Eval:
+    """release.lua: give the lease on *rkey* back (if still ours), with the loader's error
+    text for waiters in other processes (``""``: none)."""
+    return Eval(
+        scripts.RELEASE,
+        [rkey + ":lease", rkey + ":err"],
+        (token, text, ERROR_TEXT_MS if text else 0),
+    )
+
+
+def take_lease(store: Store, token: str, seen: bytes) -> Plan:
+    """The store's lease script. Interrupted (cancelled, KeyboardInterrupt) while the
+    script may have granted the lease, it gives the lease back before passing it on."""
+    try:
+        reply = yield store.lease(token, seen)
+    except CacheUnavailableError:
+        raise
+    except BaseException as exc:
+        if interrupted(exc):
+            with contextlib.suppress(CacheUnavailableError):
+                yield release(store.rkey, token)
+        raise
+    store.leased(reply)
+    return reply
+
+
+def load_unfilled(ctx: Context, store: Store) -> Plan:
+    """Load, don't fill (waited past the lease time, or Redis failed mid-way)."""
+    t0 = ctx.monotonic()
+    value = yield CALL
+    ctx.stats.load(store.family, ctx.monotonic() - t0)
+    return store.served(value)
+
+
+def load_only(ctx: Context, store: Store) -> Plan:
+    """Redis is unavailable: serve the loader's value, cache nothing."""
+    ctx.stats.incr(store.family, "fail_open")
+    return (yield from load_unfilled(ctx, store))
+
+
+def load_down(ctx: Context, store: Store, wait: float, unless: Unless = None) -> Plan:
+    """Redis is unavailable: load without caching, one caller per key in this process at a
+    time; the others share its value."""
+    ctx.stats.incr(store.family, "fail_open")
+    for _ in range(DOWN_ROUNDS):
+        joined = yield Coalesce(store.rkey, wait)
+        if joined is LEAD:
+            value = yield from load_unfilled(ctx, store)
+            if unless is None or not unless(value):
+                yield Publish(value, loaded=True)
+            return value
+        if joined is TIMEOUT:
+            break
+    return (yield from load_unfilled(ctx, store))
+
+
+def lease_and_fill(
+    ctx: Context, store: Store, policy: Policy, seen: bytes = b"", unless: Unless = None
+) -> Plan:
+    """Miss: take the lease and load, or wait (bounded) for the caller that holds it."""
+    family = store.family
+    token = ctx.token()
+    deadline: float | None = None
+    delay = 0.002
+    while True:
+        try:
+            reply = yield from take_lease(store, token, seen)
+        except CacheUnavailableError:
+            return (yield from load_only(ctx, store))
+        status = reply[0]
+        if status == 2:
+            return (yield from load_and_fill(ctx, store, policy, token, reply, unless))
+        if status == 1:
+            value, seen = yield from store.read(reply[1])
+            if value is not MISSING:
+                yield Publish(value)
+                return value
+            continue
+        # Another caller is loading (3), or a write-through of the key is in flight (4):
+        # wait for its fill, polling with backoff.
+        holder = reply[2]
+        if deadline is None:
+            ctx.stats.incr(family, "waits")
+            deadline = ctx.monotonic() + policy.lease
+        while True:
+            if ctx.monotonic() >= deadline:
+                # Past the budget: load ourselves, but don't fill (the holder may still).
+                return (yield from load_unfilled(ctx, store))
+            yield Sleep(min(delay, max(0.0, deadline - ctx.monotonic())))
+            delay = min(delay * 2, 0.05)
+            try:
+                raw, now_holder, err = yield store.poll()
+            except CacheUnavailableError:
+                return (yield from load_only(ctx, store))
+            if raw:
+                value, _ = yield from store.read(raw)
+                if value is not MISSING:
+                    yield Publish(value)
+                    return value
+            if err is not None and holder and err.startswith(holder + b"\n"):
+                message = err[len(holder) + 1 :].decode(errors="replace")
+                raise LoaderError(
+                    f"the loader for {store.label!r} failed in the caller that held its "
+                    f"lease: {message}"
+                )
+            if now_holder is None:
+                break  # released or revoked without a fill: try for the lease ourselves
+            holder = now_holder
+
+
+def load_and_fill(
+    ctx: Context,
+    store: Store,
+    policy: Policy,
+    token: str,
+    reply: Sequence[Any],
+    unless: Unless = None,
+) -> Plan:
+    """Holding the lease: load, then fill only if nothing invalidated the key meanwhile.
+    However the load ends (an error, a cancellation, KeyboardInterrupt), the lease is given
+    back before the exception goes on, so waiters need not wait out the lease time."""
+    family, rkey = store.family, store.rkey
+    t0 = ctx.monotonic()
+    try:
+        value = yield CALL
+        load_time = ctx.monotonic() - t0
+        ctx.stats.load(family, load_time)
+        skip = unless is not None and bool(unless(value))
+        if skip:
+            op, result = None, store.served(value)
+        else:
+            op, result = store.fill(token, value, load_time, reply)
+    except BaseException as exc:
+        if interrupted(exc):
+            # A failed loader tells waiters in other processes why; an interrupted one
+            # just gives the lease back: waiters load for themselves.
+            text = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else ""
+            with contextlib.suppress(CacheUnavailableError):
+                yield release(rkey, token, text)
+        raise
+    try:
+        if op is None:  # nothing to store, or unless= said no: give the lease back
+            released = yield release(rkey, token)
+            if released and not skip:  # still ours: nothing revoked it while we loaded
+                yield Publish(result)
+            return result
+        filled = yield op
+    except CacheUnavailableError:
+        ctx.stats.incr(family, "fail_open")
+        return result
+    except BaseException as exc:
+        if interrupted(exc):  # the fill may not have run: the lease goes back if still ours
+            with contextlib.suppress(CacheUnavailableError):
+                yield release(rkey, token)
+        raise
+    if filled:
+        # Filled under a lease nothing revoked: no write completed since our load began.
+        ctx.stats.incr(family, "fills")
+        yield Publish(result)
+    else:
+        ctx.stats.incr(family, "fills_refused")
+    return result
+
+
+# -- cache entries ---------------------------------------------------------------------------
+
+
+class EntryStore:
+    """A cache entry: one Redis string (``lease.lua``, ``fill.lua``), with tags, fill
+    epochs and namespace generations."""
+
+    __slots__ = ("ctx", "family", "key", "policy", "rkey", "tags", "vtype")
+
+    @property
+    def label(self) -> str:
+        return self.key
+
+    def __init__(
+        self,
+        ctx: Context,
+        key: str,
+        rkey: str,
+        family: str,
+        policy: Policy,
+        tags: Sequence[str],
+        vtype: Any = None,
+    ) -> None:
+        self.ctx, self.key, self.rkey, self.family = ctx, key, rkey, family
+        self.policy, self.tags, self.vtype = policy, tags, vtype
+
+    def lease(self, token: str, seen: bytes) -> Eval:
+        keys = self.ctx.keys
+        gens = [keys.tag_gen(keys.tag(t)) for t in self.tags]
+        return Eval(
+            scripts.LEASE,
+            [self.rkey, keys.lease(self.rkey), keys.writes(self.rkey), keys.generations(), *gens],
+            (token, math.ceil(self.policy.lease * 1000), seen, self.family),
+        )
+
+    def leased(self, reply: Sequence[Any]) -> None:
+        self.ctx.gens.saw(self.family, reply[5], reply[6])
+
+    def poll(self) -> Any:
+        return ("MGET", self.rkey, self.rkey + ":lease", self.rkey + ":err")
+
+    def read(self, raw: Any) -> Plan:
+        ctx = self.ctx
+        entry = yield from _decode(ctx, self.key, self.rkey, raw, self.family, self.vtype)
+        if entry is None:
+            return MISSING, b""
+        if ctx.fresh(entry, self.family):
+            return entry.value, b""
+        return MISSING, raw[4:12]  # there but not fresh for us: take the lease despite it
+
+    def fill(
+        self, token: str, value: Any, load_time: float, reply: Sequence[Any]
+    ) -> tuple[Eval | None, Any]:
+        ctx, keys = self.ctx, self.ctx.keys
+        gen = ctx.gens.saw(self.family, reply[5], reply[6])
+        data, px = ctx.encode(self.key, value, self.policy, load_time, gen, self.vtype)
+        if not data:  # a None this policy does not cache
+            return None, value
+        tag_keys = [keys.tag(t) for t in self.tags]
+        gen_keys = [keys.tag_gen(t) for t in tag_keys]
+        op = Eval(
+            scripts.FILL,
+            [self.rkey, keys.lease(self.rkey), keys.generations(), *tag_keys, *gen_keys],
+            (
+                token,
+                data,
+                px,
+                len(self.tags),
+                self.family,
+                reply[3],
+                reply[4],
+                *reply[7:],
+                TAG_PRUNE,
+            ),
+        )
+        return op, value
+
+    def served(self, value: Any) -> Any:
+        return value
+
+
+def _xfetch(
+    now: float, expires_at: float, load_time: float, beta: float, rng: random.Random
+) -> bool:
+    """XFetch (Vattani et al., VLDB 2015): refresh early with a probability that rises as
+    expiry nears, scaled by how long the last load took."""
+    return now - load_time * beta * math.log(1.0 - rng.random()) >= expires_at
+
+
+def fresh_value(
+    ctx: Context, key: str, family: str, raw: bytes | None, policy: Policy, vtype: Any = None
+) -> Any:
+    """What a GET reply serves at once: the cached value (a hit, counted), or
+    :data:`MISSING` when ``get_or_fetch`` must do more: a miss, undecodable bytes, a stale
+    entry, an entry of an older generation, an early refresh that XFetch says is due, or a
+    generation view due to be read again. No Redis; the plan below and the drivers' hit
+    fast path (``Cache.get_or_fetch``) both decide with it."""
+    if raw is None:
+        return MISSING
+    try:
+        entry = decode_entry(ctx.codec, key, raw, vtype)
+    except DecodeError:
+        return MISSING
+    gens = ctx.gens
+    if entry.gen != gens.stamp(family) or gens.due():
+        return MISSING
+    expires_at = entry.expires_at
+    if expires_at:
+        now = ctx.clock()
+        if now >= expires_at or (
+            policy.early and _xfetch(now, expires_at, entry.load_time, policy.early, ctx.rng)
+        ):
+            return MISSING
+    ctx.stats.hit(family)
+    if entry.value is None:
+        ctx.stats.incr(family, "negative_hits")
+    return entry.value
+
+
+def get_or_fetch(
+    ctx: Context,
+    key: str,
+    ttl: TTLLike,
+    tags: Sequence[str] = (),
+    *,
+    checked: bool = False,
+    unless: Unless = None,
+    vtype: Any = None,
+) -> Plan:
+    """Cache-aside with leases. ``checked``: the driver already ran :func:`fresh_value` on
+    the GET reply it replays (the hit fast path), so the XFetch draw is not made twice
+    (unless the generation view had to be read again first). ``unless(value)`` true: the
+    loaded value is returned but not cached (nor shared with waiting callers)."""
+    rkey = ctx.keys.entry(key)
+    family = family_of(key)
+    policy = ctx.policy(key, ttl)
+    store = EntryStore(ctx, key, rkey, family, policy, tags, vtype)
+    try:
+        raw = yield ("GET", rkey)
+        if ctx.gens.due():
+            yield from generations(ctx)
+            checked = False
+    except CacheUnavailableError:
+        return (yield from load_down(ctx, store, policy.lease, unless))
+    if not checked:
+        value = fresh_value(ctx, key, family, raw, policy, vtype)
+        if value is not MISSING:
+            return value
+    if raw is not None:
+        entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family, vtype)
+        if (
+            entry is not None
+            and entry.gen == ctx.gens.stamp(family)
+            and ctx.clock() < entry.expires_at + policy.stale
+        ):
+            # Still fresh but XFetch says refresh early, or inside the stale window.
+            return (yield from _refresh(ctx, store, raw, entry, unless))
+    ctx.stats.miss(family)
+    joined = yield Coalesce(rkey, policy.lease)
+    if joined is TIMEOUT:
+        # Another caller here loaded for longer than the lease time: load without filling.
+        return (yield from load_unfilled(ctx, store))
+    seen = raw[4:12] if raw is not None else b""  # an entry that is there but not fresh
+    return (yield from lease_and_fill(ctx, store, policy, seen, unless))
+
+
+def _refresh(ctx: Context, store: EntryStore, raw: bytes, old: Entry, unless: Unless) -> Plan:
+    """The entry is stale (or XFetch says refresh early). Every caller is served the old
+    value at once; the one that gets the lease also starts a background load and fill, so
+    no caller waits for the loader (a worker thread in sync code, a task in asyncio)."""
+    family = store.family
+    ctx.stats.hit(family)
+    if old.expires_at <= ctx.clock():
+        ctx.stats.incr(family, "stale_hits")
+    token = ctx.token()
+    try:
+        reply = yield from take_lease(store, token, raw[4:12])
+    except CacheUnavailableError:
+        return old.value
+    if reply[0] == 1:  # refreshed meanwhile by another caller: serve the new value
+        value, _ = yield from store.read(reply[1])
+        return old.value if value is MISSING else value
+    if reply[0] == 2:
+        fill = load_and_fill(ctx, store, store.policy, token, reply, unless)
+        if not (yield Spawn(fill, store.rkey)):
+            # This process already refreshes the key, or its refresh queue is full.
+            fill.close()
+            with contextlib.suppress(CacheUnavailableError):
+                yield release(store.rkey, token)
+    return old.value

@@ -1,0 +1,75 @@
+"""Reads: ``get`` and ``get_many`` (one round trip each; the generation view is read
+again first when it is due)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+from ..codec import DecodeError, Entry, decode_entry
+from ..errors import CacheUnavailableError
+from ..keys import family_of
+from ..ops import Batch, Plan
+from .context import MGET_CHUNK, Context, _check_generations, _decode
+
+__all__ = ["get", "get_many"]
+
+
+def get(ctx: Context, key: str, default: Any, vtype: Any = None) -> Plan:
+    rkey = ctx.keys.entry(key)
+    family = family_of(key)
+    try:
+        yield from _check_generations(ctx)
+        raw = yield ("GET", rkey)
+    except CacheUnavailableError:
+        ctx.stats.incr(family, "fail_open")
+        return default
+    if raw is not None:
+        entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family, vtype)
+        if entry is not None and ctx.fresh(entry, family):
+            ctx.stats.hit(family)
+            return entry.value
+    ctx.stats.miss(family)
+    return default
+
+
+def get_many(ctx: Context, keys: Iterable[str], vtype: Any = None) -> Plan:
+    """MGET in chunks of :data:`MGET_CHUNK` keys, all in one pipeline (one round trip)."""
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
+        return {}
+    rkeys = [ctx.keys.entry(k) for k in wanted]
+    try:
+        yield from _check_generations(ctx)
+        chunks = [rkeys[i : i + MGET_CHUNK] for i in range(0, len(rkeys), MGET_CHUNK)]
+        if len(chunks) == 1:
+            raws = yield ("MGET", *chunks[0])
+        else:
+            replies = yield Batch([("MGET", *chunk) for chunk in chunks])
+            raws = [raw for reply in replies for raw in reply]
+    except CacheUnavailableError:
+        for k in wanted:
+            ctx.stats.incr(family_of(k), "fail_open")
+        return {}
+    found: dict[str, Any] = {}
+    bad: list[str] = []
+    for key, rkey, raw in zip(wanted, rkeys, raws, strict=True):
+        family = family_of(key)
+        if raw is not None:
+            try:
+                entry = decode_entry(ctx.codec, key, raw, vtype)
+            except DecodeError as exc:
+                ctx.stats.incr(family, "decode_errors")
+                if not exc.foreign:  # another app version's entry: a miss, left alone
+                    bad.append(rkey)
+            else:
+                if ctx.fresh(entry, family):
+                    found[key] = entry.value
+                    ctx.stats.hit(family)
+                    continue
+        ctx.stats.miss(family)
+    if bad:
+        with contextlib.suppress(CacheUnavailableError):
+            yield ("UNLINK", *bad)
+    return found
