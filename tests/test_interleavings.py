@@ -9,8 +9,10 @@ the naive cache-aside, stepped the same way, fails the same check.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,7 +21,9 @@ import redis
 
 from hitrate import Cache, plans
 from hitrate.codec import decode_entry
-from hitrate.ops import CALL, Batch, Coalesce, Eval, Publish, Sleep, Spawn
+from hitrate.ops import CALL, LEAD, Batch, Coalesce, Eval, Publish, Sleep, Spawn
+from hitrate.policy import Policy
+from hitrate.testing import FakeClock
 
 KEY = "row:1"
 
@@ -37,24 +41,49 @@ class DB:
 
 
 class Actor:
-    """Steps one plan: each ``step()`` performs one Redis command or user call."""
+    """Steps one plan: each ``step()`` performs one Redis command or user call. A plan it
+    spawns (a background refresh) runs on after it, in the same actor's steps; with
+    ``cancel_at=k``, a cancellation is thrown in at the k-th step instead of performing it."""
 
-    def __init__(self, name: str, cache: Cache, plan: Any, call: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        cache: Cache,
+        plan: Any,
+        call: Callable[[], Any],
+        cancel_at: int | None = None,
+    ) -> None:
         self.name, self.cache, self.plan, self.call = name, cache, plan, call
         self.done = False
+        self.cancelled = False
         self.result: Any = None
         self.first_step_at: int | None = None
         self.last_step_at: int | None = None
+        self.steps = 0
+        self.cancel_at = cancel_at
+        self.spawned: list[Any] = []
         self.op = self._advance(None)
 
-    def _advance(self, reply: Any) -> Any:
+    def _advance(self, reply: Any, throw: BaseException | None = None) -> Any:
         try:
-            op = self.plan.send(reply)
+            op = self.plan.throw(throw) if throw is not None else self.plan.send(reply)
             while isinstance(op, Coalesce | Publish | Sleep | Spawn):
-                op = self.plan.send(None)  # single-process, no waiting: nothing to do
+                sent: Any = None  # single-process, no waiting: nothing to do
+                if isinstance(op, Coalesce):
+                    sent = LEAD
+                elif isinstance(op, Spawn):
+                    self.spawned.append(op.plan)
+                    sent = True
+                op = self.plan.send(sent)
             return op
         except StopIteration as stop:
+            if self.spawned:  # the background refresh runs on
+                self.plan = self.spawned.pop(0)
+                return self._advance(None)
             self.done, self.result = True, stop.value
+            return None
+        except asyncio.CancelledError:
+            self.done = self.cancelled = True
             return None
 
     def step(self, clock: int) -> None:
@@ -62,7 +91,12 @@ class Actor:
             return
         if self.first_step_at is None:
             self.first_step_at = clock
+        self.steps += 1
         op = self.op
+        if self.steps == self.cancel_at:
+            self.op = self._advance(None, asyncio.CancelledError())
+            self.last_step_at = clock
+            return
         if op is CALL:
             reply = self.call()
         elif isinstance(op, tuple | Eval | Batch):
@@ -212,3 +246,118 @@ def test_fill_during_tag_invalidation_stays_tagged(cache: Cache) -> None:
             n += 1
         cache.invalidate_tag("users")
         assert cache.get_or_fetch("user:1", lambda: "v3", ttl=60, tags=["users"]) == "v3", step
+
+
+# -- pattern invalidation, cancellation and the refresh path -------------------------------
+
+
+def _pattern_writer(cache: Cache, db: DB, naive: bool) -> Actor:
+    """Save, then invalidate_pattern("row:*") one SCAN step at a time (COUNT 1, between
+    decoy keys, so SCAN takes many calls). ``naive`` drops the fill-epoch change: the
+    pattern invalidation as it was before fills were checked against it."""
+
+    def plan() -> Any:
+        yield CALL
+        inner = plans.invalidate_pattern(cache._ctx, "row:*", count=1)
+        reply: Any = None
+        while True:
+            try:
+                op = inner.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            if naive and isinstance(op, tuple) and op[0] == "HSET":
+                reply = 1
+                continue
+            reply = yield op
+
+    return Actor("writer", cache, plan(), db.write)
+
+
+def _pattern_trials(cache: Cache, naive: bool, trials: int = 250) -> int:
+    rng = random.Random(7)
+    raw = redis.Redis.from_url(cache_url(cache))
+    for i in range(30):  # decoys outside the pattern: SCAN walks past them a call at a time
+        cache.set(f"other:decoy{i}", 1)
+    stale = 0
+    for trial in range(trials):
+        key = f"row:{trial}"  # where SCAN meets the entry and its lease varies by key
+        db = DB()
+        reader = Actor("reader", cache, plans.get_or_fetch(cache._ctx, key, None), db.read)
+        writer = _pattern_writer(cache, db, naive)
+        # The reader reads, takes the lease and loads the row before the writer's save
+        # (its first step); its fill lands at a random point of the writer's steps.
+        while reader.op is not CALL:
+            reader.step(0)
+        reader.step(0)  # loaded the old row
+        order = [1] * 40
+        order.insert(rng.randrange(1, 40), 0)
+        run_schedule(lambda reader=reader, writer=writer: [reader, writer], tuple(order))
+        held = raw.get(cache.redis_key(key))
+        if held is not None and decode_entry(cache._ctx.codec, key, held).value != db.read():
+            stale += 1
+        cache.invalidate(key)
+    raw.close()
+    return stale
+
+
+def test_fill_during_pattern_invalidation_is_refused(cache: Cache) -> None:
+    """A value loaded before invalidate_pattern began never survives it, wherever its fill
+    lands among the SCAN calls; the same schedules without the fill epoch do leave it."""
+    assert _pattern_trials(cache, naive=False) == 0
+    assert _pattern_trials(cache, naive=True) > 0
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_cancelled_reader_at_every_step_against_a_writer(cache: Cache, writer: str) -> None:
+    """A reader cancelled at any of its steps, interleaved every way with a writer: no
+    lease is left behind and the cache holds nothing or the current row."""
+    raw = redis.Redis.from_url(cache_url(cache))
+    lease_key = cache.redis_key(KEY) + ":lease"
+    for cancel_at in range(1, READER_STEPS + 1):
+        for order in schedules(READER_STEPS, WRITERS[writer]):
+            cache.invalidate(KEY)
+            db = DB()
+            reader = Actor(
+                "reader",
+                cache,
+                plans.get_or_fetch(cache._ctx, KEY, None),
+                db.read,
+                cancel_at=cancel_at,
+            )
+
+            def make(reader: Actor = reader, db: DB = db) -> list[Actor]:
+                return [reader, make_writer(writer, cache, db)]
+
+            r, _ = run_schedule(make, order)
+            held = cached_version(cache)
+            assert held in (None, db.version), f"{cancel_at} {order}: holds {held}"
+            if r.cancelled:
+                assert raw.exists(lease_key) == 0, f"{cancel_at} {order}: lease left behind"
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_background_refresh_against_a_writer_every_interleaving(
+    url: str, prefix: str, writer: str
+) -> None:
+    """The stale-while-revalidate path: a caller served the stale row starts a refresh
+    (lease, load, fill in the background) while a writer saves; the refresh never caches
+    a row older than the write."""
+    clock = FakeClock()
+    cache = Cache.from_url(url, prefix=prefix, clock=clock)
+    policy = Policy(10, stale=600)
+    steps = 4  # GET, lease (refresh), load, fill
+    for order in schedules(steps, WRITERS[writer]):
+        cache.invalidate(KEY)
+        db = DB()
+        cache.set(KEY, db.read(), ttl=policy)
+        clock.advance(20)  # stale: the next read serves it and refreshes
+        reader = Actor("reader", cache, plans.get_or_fetch(cache._ctx, KEY, policy), db.read)
+
+        def make(reader: Actor = reader, db: DB = db) -> list[Actor]:
+            return [reader, make_writer(writer, cache, db)]
+
+        run_schedule(make, order)
+        held = cached_version(cache)
+        assert held in (None, db.version), f"{order}: cache holds {held}, db {db.version}"
+        clock.advance(-20)
+    cache.close()
