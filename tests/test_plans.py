@@ -762,6 +762,9 @@ def _isort_style(name: str) -> tuple[int, str]:
 def test_exported_members() -> None:
     assert hitrate.__all__ == sorted(hitrate.__all__, key=_isort_style)
     assert hitrate.__all__ == EXPORTS
+    assert dir(hitrate) == sorted(hitrate.__all__)
+    for name in hitrate.__all__:  # imported on first use
+        assert getattr(hitrate, name) is not None
     public = {
         name
         for name, value in vars(hitrate).items()

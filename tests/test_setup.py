@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from hitrate import AsyncCache, Cache, ConfigurationError, Policy
-from hitrate.cache import resolve_url
+from hitrate.connect import resolve_url
 from hitrate.server import EmbeddedServer, find_servers
 from hitrate.testing import FakeClock
 
@@ -86,3 +86,35 @@ def test_uncached_none_gives_the_lease_back(url: str, prefix: str) -> None:
     assert raw.exists(cache.redis_key("user:1") + ":lease") == 0
     assert cache.counters.snapshot()["user"].errors == 0
     cache.close()
+
+
+def test_the_pytest_plugin_imports_nothing_heavy() -> None:
+    """pytest loads hitrate.testing in every test run of a project with hitrate installed:
+    until a fixture is used, it must not import redis-py, the codecs or the cache."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hitrate.testing\n"
+        "heavy = [m for m in ('redis', 'orjson', 'msgspec', 'hitrate.cache') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_close_closes_only_the_clients_the_cache_made(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    mine = Cache(client, prefix="mine")
+    mine.get("user:1")
+    mine.close()
+    # the caller's client was not closed: its connection is still open
+    assert [c._sock is not None for c in client.connection_pool._available_connections] == [True]
+    client.close()
+
+    made = Cache.from_url(url, prefix="made")
+    made.get("user:1")
+    made.aio
+    pool = made.client.connection_pool
+    made.close()
+    assert all(c._sock is None for c in pool._connections)  # ours: closed

@@ -4,22 +4,25 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, cast
-
-import redis
-import redis.asyncio as aredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from typing import Any, Unpack, cast
 
 from . import health, plans
 from .breaker import Breaker
 from .codec import Codec, make_codec
+from .connect import (
+    MAX_CONNECTIONS,
+    CacheOptions,
+    async_client,
+    async_twin,
+    sync_client,
+    sync_twin,
+)
 from .decorators import AsyncCacheDecorator, CacheDecorator, KeyArg, cached_async, cached_sync
 from .drivers import AsyncDriver, SyncDriver
 from .errors import CacheUnavailableError, ConfigurationError
@@ -47,27 +50,6 @@ from .structures import (
 
 __all__ = ["AsyncCache", "Cache"]
 
-DEFAULT_URL = "redis://localhost:6379/0"
-#: Connections per pool made by ``from_url``: a thread or task past this waits (up to
-#: ``pool_timeout``) for one to be free instead of opening more.
-MAX_CONNECTIONS = 64
-
-
-def resolve_url(url: str | None) -> str:
-    """``url``, else ``HITRATE_REDIS_URL``, else ``REDIS_URL``, else localhost."""
-    return url or os.environ.get("HITRATE_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_URL
-
-
-def _client_options(timeout: float, connect_timeout: float) -> dict[str, Any]:
-    # Short timeouts and no retries: a cache that waits seconds for Redis is worse than none.
-    return {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": connect_timeout,
-        "retry": Retry(NoBackoff(), 0),
-        "retry_on_timeout": False,
-        "health_check_interval": 0,
-    }
-
 
 class _CacheBase:
     """Configuration shared by :class:`Cache` and :class:`AsyncCache`."""
@@ -92,6 +74,20 @@ class _CacheBase:
         flush_interval: float = 5.0,
         generation_check: float = 1.0,
     ) -> None:
+        """Wrap a redis-py *client* (``redis.Redis`` for :class:`Cache`,
+        ``redis.asyncio.Redis`` for :class:`AsyncCache`); it is not closed by :meth:`close`
+        (a client made by ``from_url`` is).
+
+        ``prefix``: the namespace of every key this cache writes. ``policies``: TTL policy
+        per key family (``{"user": USER}``); ``default_ttl`` for the others. ``codec``:
+        ``"json"`` (default), ``"msgpack"`` or ``"pickle"`` (signed with ``secrets=[new,
+        old]`` or ``pickle_secret``). ``max_value_size``: larger encoded values are refused.
+        ``strict``: raise instead of failing open. ``breaker``: the circuit breaker.
+        ``rng``, ``clock``: randomness (jitter, XFetch) and wall clock, for tests.
+        ``write_window``: the longest expected ``write_through`` save, seconds. ``count``:
+        keep per-family counters; ``flush_interval``: seconds between flushes of them to
+        Redis (0: only on demand). ``generation_check``: how often, in seconds, this process
+        reads the namespace generations again (see :meth:`Cache.bump`)."""
         kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
         if kwargs.get("decode_responses"):
             raise ConfigurationError(
@@ -120,6 +116,12 @@ class _CacheBase:
             stats=Counters() if count else NullCounters(),
             gens=Generations(generation_check),
         )
+        self._owns_client = False
+        self._setup()
+
+    def _setup(self) -> None:
+        """Make the driver and the stats timer (each class its own)."""
+        raise NotImplementedError
 
     @property
     def prefix(self) -> str:
@@ -169,9 +171,8 @@ class Cache(_CacheBase):
     >>> cache.get_or_fetch("user:42", lambda: load_user(42))             # doctest: +SKIP
     """
 
-    def __init__(self, client: Any, **options: Any) -> None:
-        super().__init__(client, **options)
-        self._driver = SyncDriver(client, self._ctx, strict=self.strict, breaker=self.breaker)
+    def _setup(self) -> None:
+        self._driver = SyncDriver(self.client, self._ctx, strict=self.strict, breaker=self.breaker)
         self._twin: AsyncCache | None = None
         self._flusher = self._start_flusher(self._driver.run)
 
@@ -184,21 +185,18 @@ class Cache(_CacheBase):
         connect_timeout: float = 0.25,
         max_connections: int = MAX_CONNECTIONS,
         pool_timeout: float = 1.0,
-        **options: Any,
+        **options: Unpack[CacheOptions],
     ) -> Cache:
         """Connect to *url* (default: ``HITRATE_REDIS_URL``, ``REDIS_URL``, localhost) with
-        short timeouts and no retry storms; *options* go to :class:`Cache`.
+        short timeouts and no retry storms; *options* are :class:`Cache`'s.
 
         The pool holds at most *max_connections*; a thread that finds them all busy waits
         up to *pool_timeout* seconds for one, then that call fails open (not counted as an
-        outage by the circuit breaker)."""
-        pool = redis.BlockingConnectionPool.from_url(
-            resolve_url(url),
-            max_connections=max_connections,
-            timeout=pool_timeout,
-            **_client_options(timeout, connect_timeout),
-        )
-        return cls(redis.Redis.from_pool(pool), **options)
+        outage by the circuit breaker). :meth:`close` closes the client made here."""
+        client = sync_client(url, timeout, connect_timeout, max_connections, pool_timeout)
+        cache = cls(client, **options)
+        cache._owns_client = True
+        return cache
 
     def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """The cached value of *key*, or *default*. A cached ``None`` returns ``None``;
@@ -393,11 +391,16 @@ class Cache(_CacheBase):
             plan.close()
 
     def close(self) -> None:
-        """Wait for background refreshes, flush the counters, close the connection pool."""
+        """Wait for background refreshes, flush the counters, and close the clients this
+        cache made (``from_url``'s, and :attr:`aio`'s); a client passed in is the caller's
+        to close."""
         self._driver.close()
         if self._flusher is not None:
             self._flusher.close()
-        self.client.close()
+        if self._twin is not None:
+            self._twin._close_client_sync()
+        if self._owns_client:
+            self.client.close()
 
     def __enter__(self) -> Cache:
         return self
@@ -409,12 +412,12 @@ class Cache(_CacheBase):
     def aio(self) -> AsyncCache:
         """An :class:`AsyncCache` on the same server, prefix, policies and counters."""
         if self._twin is None:
-            pool = self.client.connection_pool
-            aclient = aredis.Redis(connection_pool=aredis.ConnectionPool(**pool.connection_kwargs))
+            aclient = async_twin(self.client)
             twin = AsyncCache.__new__(AsyncCache)
             twin.client, twin.strict, twin.breaker, twin._ctx = (
                 aclient, self.strict, self.breaker, self._ctx,
             )  # fmt: skip
+            twin._owns_client, twin._flusher = True, None
             twin._driver = AsyncDriver(aclient, self._ctx, strict=self.strict, breaker=self.breaker)
             self._twin = twin
         return self._twin
@@ -453,36 +456,14 @@ class Cache(_CacheBase):
         )  # fmt: skip
 
 
-def _sync_client(aclient: Any) -> redis.Redis | None:
-    """A sync client on the same server as the asyncio client *aclient* (for the stats
-    timer), or None when its connection settings cannot be carried over."""
-    pool = getattr(aclient, "connection_pool", None)
-    classes: dict[str, Any] = {
-        "Connection": redis.Connection,
-        "SSLConnection": redis.SSLConnection,
-        "UnixDomainSocketConnection": redis.UnixDomainSocketConnection,
-    }
-    sync_class = classes.get(getattr(pool, "connection_class", type).__name__)
-    if pool is None or sync_class is None:
-        return None
-    kwargs = dict(pool.connection_kwargs)
-    kwargs["retry"] = Retry(NoBackoff(), 0)
-    try:
-        sync_pool = redis.ConnectionPool(connection_class=sync_class, max_connections=2, **kwargs)
-        sync_class(**kwargs)  # unknown settings fail now, not at exit
-    except TypeError:
-        return None
-    return redis.Redis(connection_pool=sync_pool)
-
-
 class AsyncCache(_CacheBase):
     """The asyncio twin of :class:`Cache`: the same verbs, awaited."""
 
-    def __init__(self, client: Any, **options: Any) -> None:
-        super().__init__(client, **options)
+    def _setup(self) -> None:
+        client = self.client
         self._driver = AsyncDriver(client, self._ctx, strict=self.strict, breaker=self.breaker)
         # The timer flushes with a small sync client on the same server (see hitrate.flush).
-        sync = _sync_client(client) if self._flush_interval else None
+        sync = sync_twin(client) if self._flush_interval else None
         run = None
         if sync is not None:
             run = SyncDriver(sync, self._ctx, strict=False, breaker=self.breaker).run
@@ -497,17 +478,14 @@ class AsyncCache(_CacheBase):
         connect_timeout: float = 0.25,
         max_connections: int = MAX_CONNECTIONS,
         pool_timeout: float = 1.0,
-        **options: Any,
+        **options: Unpack[CacheOptions],
     ) -> AsyncCache:
         """Like :meth:`Cache.from_url`, with a ``redis.asyncio`` client: a task that finds
         every pooled connection busy waits up to *pool_timeout* for one."""
-        pool = aredis.BlockingConnectionPool.from_url(
-            resolve_url(url),
-            max_connections=max_connections,
-            timeout=pool_timeout,
-            **_client_options(timeout, connect_timeout),
-        )
-        return cls(aredis.Redis.from_pool(pool), **options)
+        client = async_client(url, timeout, connect_timeout, max_connections, pool_timeout)
+        cache = cls(client, **options)
+        cache._owns_client = True
+        return cache
 
     async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """See :meth:`Cache.get`."""
@@ -646,13 +624,31 @@ class AsyncCache(_CacheBase):
             plan.close()
 
     async def close(self) -> None:
-        """Wait for background refreshes, flush the counters, close the connection pool."""
+        """Wait for background refreshes, flush the counters, and close the client if this
+        cache made it (``from_url``); a client passed in is the caller's to close."""
         await self._driver.close()
         flusher: Flusher | None = getattr(self, "_flusher", None)
         if flusher is not None:  # its final flush, in a worker thread: the loop goes on
             await asyncio.to_thread(flusher.close)
         await self.flush_stats()  # whatever that could not write (usually nothing)
-        await self.client.aclose()
+        if self._owns_client:
+            await self.client.aclose()
+
+    def _close_client_sync(self) -> None:
+        """Close this cache's own client from sync code (``Cache.close`` closing ``aio``):
+        its connections belong to event loops that may be gone, so they are dropped."""
+        if not self._owns_client:
+            return
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop here: close the pool's sockets on a short-lived one
+            with contextlib.suppress(Exception):
+                asyncio.run(pool.disconnect())
+        else:  # called from inside a loop (sync close in async code): don't block it
+            pool.reset()
 
     async def __aenter__(self) -> AsyncCache:
         return self

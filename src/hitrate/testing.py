@@ -19,14 +19,26 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import redis
 
-from .cache import AsyncCache, Cache
-from .server import EmbeddedServer, find_servers
+if TYPE_CHECKING:
+    from .cache import AsyncCache, Cache
+    from .server import EmbeddedServer, find_servers
+
+# Nothing else is imported until a fixture or helper is used: pytest loads this plugin in
+# every test run of a project that has hitrate installed.
 
 __all__ = ["EmbeddedServer", "FakeClock", "delete_prefix", "find_servers", "unique_prefix"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("EmbeddedServer", "find_servers"):
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module 'hitrate.testing' has no attribute {name!r}")
 
 
 class FakeClock:
@@ -48,6 +60,8 @@ def unique_prefix(name: str = "test") -> str:
 
 def delete_prefix(url: str, prefix: str) -> int:
     """Delete every key under ``prefix:`` by SCAN + UNLINK; returns how many."""
+    import redis
+
     client = redis.Redis.from_url(url)
     deleted = 0
     try:
@@ -62,6 +76,8 @@ def delete_prefix(url: str, prefix: str) -> int:
 @pytest.fixture(scope="session")
 def hitrate_server() -> Iterator[EmbeddedServer]:
     """A private Redis/Valkey server for the whole test session."""
+    from .server import EmbeddedServer, find_servers
+
     flavour = os.environ.get("HITRATE_TEST_SERVER") or None
     if not find_servers():
         pytest.skip("no redis-server on PATH and hitrate[server] (valkey) not installed")
@@ -73,6 +89,8 @@ def hitrate_server() -> Iterator[EmbeddedServer]:
 @pytest.fixture
 def hitrate_cache(hitrate_server: EmbeddedServer) -> Iterator[Cache]:
     """A :class:`Cache` with a prefix of its own on ``hitrate_server``."""
+    from .cache import Cache
+
     prefix = unique_prefix()
     cache = Cache.from_url(hitrate_server.url, prefix=prefix)
     yield cache
@@ -81,6 +99,8 @@ def hitrate_cache(hitrate_server: EmbeddedServer) -> Iterator[Cache]:
 
 
 async def _async_cache(server: EmbeddedServer) -> AsyncIterator[AsyncCache]:
+    from .cache import AsyncCache
+
     prefix = unique_prefix()
     cache = AsyncCache.from_url(server.url, prefix=prefix)
     yield cache

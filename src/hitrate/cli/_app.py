@@ -19,7 +19,8 @@ from rich.live import Live
 
 from .. import __version__
 from .._extras import install_hint
-from ..cache import Cache, resolve_url
+from ..cache import Cache
+from ..connect import resolve_url
 from ..errors import ConfigurationError, HitrateError
 from ..keyscan import big_keys, family_keys, matching_entries
 from ..monitor import Stats
