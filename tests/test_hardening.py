@@ -387,3 +387,48 @@ async def test_cancelled_object_load_gives_its_lease_back(url: str, prefix: str)
     assert await users.get_or_fetch(7, lambda: {"a": 2}) == {"a": 2}
     assert time.monotonic() - t0 < 1.0
     await cache.close()
+
+
+def test_write_through_whose_begin_timed_out_does_not_block_readers(url: str, prefix: str) -> None:
+    """The begin ran but its reply was lost (Redis paused past the timeout): the write still
+    closes its window, so readers of the key fill at once instead of waiting out the lease."""
+    cache = Cache.from_url(url, prefix=prefix, timeout=0.1)
+    admin = raw_client(url)
+
+    def save(row: Any) -> None:
+        time.sleep(0.5)  # the pause ends while we save
+
+    admin.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+    cache.write_through("user:1", {"v": 1}, save)
+    time.sleep(0.2)
+    assert admin.exists(cache.redis_key("user:1") + ":w") == 0
+    t0 = time.monotonic()
+    assert cache.get_or_fetch("user:1", lambda: {"v": 1}) == {"v": 1}
+    assert cache.get("user:1") == {"v": 1}  # filled
+    assert time.monotonic() - t0 < 1.0
+    cache.close()
+    admin.close()
+
+
+def test_while_redis_is_down_a_load_begun_before_a_write_is_not_shared(
+    url: str, prefix: str
+) -> None:
+    """Single flight while Redis is down keeps read-your-writes: a caller that starts after
+    this process's write_through returned never gets a load that began before it."""
+    cache = Cache.from_url(DEAD, prefix="down")
+    db = {"row": "old"}
+    loading = threading.Event()
+
+    def slow_load() -> str:
+        seen = db["row"]
+        loading.set()
+        time.sleep(0.3)
+        return seen
+
+    first = threading.Thread(target=cache.get_or_fetch, args=("user:1", slow_load))
+    first.start()
+    assert loading.wait(5)
+    cache.write_through("user:1", "new", lambda row: db.update(row=row))
+    assert cache.get_or_fetch("user:1", lambda: db["row"]) == "new"
+    first.join()
+    cache.close()

@@ -490,17 +490,24 @@ def test_write_through_saved_row_too_large_ends_as_conflict() -> None:
 
 
 @pytest.mark.parametrize(("reply", "pending"), [(0, set()), (down(), {KEY})])
-def test_write_through_begin_unavailable_invalidates_after_save(reply: Any, pending: Any) -> None:
+def test_write_through_begin_unavailable_closes_the_window_after_save(
+    reply: Any, pending: Any
+) -> None:
+    """The begin may have run though its reply was lost: the write ends as abandoned, which
+    deletes the entry and takes this write out of the bookkeeping whether or not it was in."""
     ctx = make_ctx()
-    script = Script(("write_begin", down()), ("CALL", None), ("invalidate", reply))
+    script = Script(("write_begin", down()), ("CALL", None), ("write_end", reply))
     assert script.run(write(ctx)) == "v"
-    assert list(script.op("invalidate").keys) == QUAD
+    end = script.op("write_end")
+    assert list(end.keys) == QUAD
+    assert end.args[0] == script.op("write_begin").args[0]  # our token
+    assert tuple(end.args[1:4]) == ("1", b"", 0)  # cache nothing
     assert owed_keys(ctx) == pending
 
 
-def test_write_through_begin_unavailable_and_save_raises_invalidates() -> None:
+def test_write_through_begin_unavailable_and_save_raises_closes_the_window() -> None:
     ctx = make_ctx()
-    script = Script(("write_begin", down()), ("CALL", Throw(KeyError("k"))), ("invalidate", 0))
+    script = Script(("write_begin", down()), ("CALL", Throw(KeyError("k"))), ("write_end", 0))
     with pytest.raises(KeyError):
         script.run(write(ctx))
 

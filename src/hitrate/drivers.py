@@ -18,7 +18,6 @@ import asyncio
 import contextvars
 import inspect
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -68,13 +67,14 @@ def _pool_exhausted(exc: BaseException) -> bool:
 class _Flight:
     """One in-process fill that other threads wait on."""
 
-    __slots__ = ("done", "error", "published", "sent_at", "value")
+    __slots__ = ("done", "error", "published", "sent_at", "since", "value")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.value: Any = None
         self.published = False
-        self.sent_at = 0.0  # when what vouched for the value happened (a command, a load)
+        self.sent_at = 0.0  # when the Redis command that vouched for the value was sent
+        self.since: int | None = None  # a load while Redis is down: ctx.write_seq at its call
         self.error: BaseException | None = None
 
 
@@ -275,6 +275,7 @@ class SyncDriver(_Base):
         flight: _Flight | None = None
         flight_key = ""
         sent_at = 0.0
+        called_seq = 0
         send: Any = None
         throw: BaseException | None = None
         try:
@@ -300,6 +301,7 @@ class SyncDriver(_Base):
                         throw = exc
                 elif op is CALL:
                     assert call is not None
+                    called_seq = self.ctx.write_seq
                     try:
                         send = call()
                         if inspect.isawaitable(send):
@@ -322,13 +324,18 @@ class SyncDriver(_Base):
                     if leader is None:
                         send = LEAD
                         continue
-                    joined = time.monotonic()
+                    joined, joined_seq = time.monotonic(), self.ctx.write_seq
                     if not leader.done.wait(op.wait):
                         send = TIMEOUT  # waited the lease time: the plan loads by itself
                         continue
-                    # Only a value vouched for by Redis (or loaded) after we arrived is
-                    # fresh for us: a write may have completed between an earlier read and now.
-                    if leader.published and leader.sent_at > joined:
+                    # Only a value vouched for by Redis after we arrived is fresh for us: a
+                    # write may have completed between an earlier read and now. A load while
+                    # Redis is down is shared unless this process wrote since it began.
+                    if leader.published and (
+                        leader.since == joined_seq
+                        if leader.since is not None
+                        else leader.sent_at > joined
+                    ):
                         plan.close()
                         return leader.value
                     if leader.error is not None:
@@ -337,9 +344,8 @@ class SyncDriver(_Base):
                 elif isinstance(op, Publish):
                     if flight is not None and not flight.done.is_set():
                         flight.value, flight.published = op.value, True
-                        # A load while Redis is down is shared with every caller waiting
-                        # for it (as singleflight does): there is no cache to keep exact.
-                        flight.sent_at = math.inf if op.loaded else sent_at
+                        flight.sent_at = sent_at
+                        flight.since = called_seq if op.loaded else None
                         self._land(flight_key, flight)
                 else:  # pragma: no cover - a plan bug
                     raise TypeError(f"plan yielded {op!r}")
@@ -489,6 +495,7 @@ class AsyncDriver(_Base):
         flight: asyncio.Future[Any] | None = None
         flight_key = ""
         sent_at = 0.0
+        called_seq = 0
         send: Any = None
         throw: BaseException | None = None
         try:
@@ -516,6 +523,7 @@ class AsyncDriver(_Base):
                         throw = exc
                 elif op is CALL:
                     assert call is not None
+                    called_seq = self.ctx.write_seq
                     try:
                         send = call()
                         if inspect.isawaitable(send):
@@ -536,7 +544,7 @@ class AsyncDriver(_Base):
                         flight = self._flights[op.rkey] = asyncio.get_running_loop().create_future()
                         send = LEAD
                         continue
-                    joined = time.monotonic()
+                    joined, joined_seq = time.monotonic(), self.ctx.write_seq
                     try:
                         result = await asyncio.wait_for(asyncio.shield(leader), op.wait)
                     except TimeoutError:
@@ -545,14 +553,18 @@ class AsyncDriver(_Base):
                     except _LeaderGone:
                         send = ALONE  # cancelled leader: go on alone
                         continue
-                    # As in the sync driver: only a value vouched for after we arrived.
-                    if result is not _UNPUBLISHED and result[1] > joined:
+                    # As in the sync driver: only a value vouched for after we arrived, or
+                    # a load while Redis is down with no write of ours since it began.
+                    if result is not _UNPUBLISHED and (
+                        result[2] == joined_seq if result[2] is not None else result[1] > joined
+                    ):
                         plan.close()
                         return result[0]
                     send = ALONE
                 elif isinstance(op, Publish):
                     if flight is not None and not flight.done():
-                        flight.set_result((op.value, math.inf if op.loaded else sent_at))
+                        since = called_seq if op.loaded else None
+                        flight.set_result((op.value, sent_at, since))
                         if self._flights.get(flight_key) is flight:
                             del self._flights[flight_key]
                 else:  # pragma: no cover - a plan bug

@@ -6,7 +6,10 @@
 -- ARGV[1]  a fresh random token: written as the write epoch of every entry that has a
 --          write-through in flight, so that write sees it was overlapped and deletes
 --          instead of caching a value that may be older than ours.
--- ARGV[2]  "tag" when KEYS[1] is the tag set (invalidate_tag), absent otherwise
+-- ARGV[2]  "tag" when KEYS[1] is the tag set (invalidate_tag); "owed" when delivering an
+--          invalidation owed since an outage: the write bookkeeping is dropped too (a
+--          write_through whose end never reached Redis must not keep readers from filling;
+--          writers still in flight then find it gone and delete instead of caching)
 -- Returns the number of entries that existed and were deleted.
 local deleted = 0
 local first = 1
@@ -18,7 +21,9 @@ end
 for i = first, #KEYS, 4 do
   deleted = deleted + redis.call('UNLINK', KEYS[i])
   redis.call('UNLINK', KEYS[i + 1], KEYS[i + 3])
-  if redis.call('EXISTS', KEYS[i + 2]) == 1 then
+  if ARGV[2] == 'owed' then
+    redis.call('UNLINK', KEYS[i + 2])
+  elseif redis.call('EXISTS', KEYS[i + 2]) == 1 then
     redis.call('HSET', KEYS[i + 2], 'e', ARGV[1])
   end
   if tagset then

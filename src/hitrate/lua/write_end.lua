@@ -17,6 +17,9 @@
 local clean = ARGV[2] == '0'
 if redis.call('HEXISTS', KEYS[3], 't:' .. ARGV[1]) == 0 then
   clean = false  -- bookkeeping expired (or never began): we cannot know what overlapped
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('HSET', KEYS[3], 'e', ARGV[5])  -- writes in flight: they overlapped us
+  end
 else
   if redis.call('HGET', KEYS[3], 'e') ~= ARGV[1] then
     clean = false  -- another write began or ended, or an invalidation ran

@@ -72,6 +72,12 @@ class Context:
     stats: Counters = field(default_factory=Counters)
     owed: OwedQueue = field(default_factory=OwedQueue)
     gens: Generations = field(default_factory=Generations)
+    #: Bumped by every write or invalidation this process makes: while Redis is down, a
+    #: caller shares an in-process load only if no write happened since that load began.
+    write_seq: int = 0
+
+    def wrote(self) -> None:
+        self.write_seq += 1
 
     def policy(self, key: str, ttl: TTLLike) -> Policy:
         return self.family_policy(family_of(key), ttl)

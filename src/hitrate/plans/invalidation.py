@@ -17,18 +17,23 @@ __all__ = ["bump", "invalidate", "invalidate_pattern", "invalidate_tag", "owed"]
 
 
 def _invalidate_entries(
-    ctx: Context, entries: Sequence[str], batch: int = SCRIPT_CHUNK, tag_key: str = ""
+    ctx: Context,
+    entries: Sequence[str],
+    batch: int = SCRIPT_CHUNK,
+    tag_key: str = "",
+    owed: bool = False,
 ) -> Plan:
     """Invalidate entries given by their Redis keys, ``batch`` per script call, pipelined
     :data:`BATCH_CHUNK` calls at a time; with *tag_key*, each is also taken out of that tag
-    set in the same script."""
+    set in the same script; *owed*: delivering what was owed since an outage (the write
+    bookkeeping is dropped too, see invalidate.lua)."""
     ops = []
+    mode = ("tag",) if tag_key else ("owed",) if owed else ()
     for i in range(0, len(entries), batch):
         flat: list[str] = [tag_key] if tag_key else []
         for rkey in entries[i : i + batch]:
             flat += ctx.keys.quad_of(rkey)
-        args = (ctx.token(), "tag") if tag_key else (ctx.token(),)
-        ops.append(Eval(scripts.INVALIDATE, flat, args))
+        ops.append(Eval(scripts.INVALIDATE, flat, (ctx.token(), *mode)))
     if len(ops) == 1:
         return int((yield ops[0]))
     total = 0
@@ -41,6 +46,7 @@ def _invalidate_entries(
 def invalidate(ctx: Context, keys: Sequence[str]) -> Plan:
     if not keys:
         return 0
+    ctx.wrote()
     entries = list(dict.fromkeys(ctx.keys.entry(key) for key in keys))
     try:
         deleted: int = yield from _invalidate_entries(ctx, entries)
@@ -59,6 +65,7 @@ def bump(ctx: Context, family: str | None) -> Plan:
     new namespace and fill-epoch tokens (see :mod:`hitrate.generations`)."""
     name = ALL if family is None else family
     token = new_token()
+    ctx.wrote()
     try:
         yield ("HSET", ctx.keys.generations(), "ns:" + name, token, "ep:" + name, new_token())
     except CacheUnavailableError:
@@ -87,7 +94,7 @@ def owed(ctx: Context, chunk_size: int = 500) -> Plan:
             for name in chunk.bumps:
                 ctx.gens.bumped(name, fields[fields.index("ns:" + name) + 1])
         elif chunk.entries:
-            yield from _invalidate_entries(ctx, chunk.entries)
+            yield from _invalidate_entries(ctx, chunk.entries, owed=True)
         elif chunk.unlink:
             yield Batch([("UNLINK", k) for k in chunk.unlink])
         elif chunk.tags:
@@ -111,6 +118,7 @@ def invalidate_pattern(ctx: Context, pattern: str, count: int = 1000) -> Plan:
     of the family, delivered before the next command); strict mode raises."""
     match = ctx.keys.pattern(pattern)
     family = family_of_pattern(pattern)
+    ctx.wrote()
     cursor: Any = 0
     seen: set[str] = set()
     deleted = 0
@@ -148,6 +156,7 @@ def invalidate_tag(ctx: Context, tag: str) -> Plan:
     """Bump the tag's generation (fills whose lease predates this are refused), then
     invalidate every entry the tag names and remove it from the tag set."""
     ctx.keys.tag(tag)  # a bad tag is an error now, not an owed invalidation
+    ctx.wrote()
     try:
         deleted, count = yield from _invalidate_tag(ctx, tag)
     except CacheUnavailableError:

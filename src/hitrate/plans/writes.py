@@ -19,6 +19,7 @@ __all__ = ["set_", "set_many", "write_through"]
 
 def set_(ctx: Context, key: str, value: Any, ttl: TTLLike, vtype: Any = None) -> Plan:
     quad = ctx.keys.quad(key)
+    ctx.wrote()
     data, px = ctx.encode(key, value, ctx.policy(key, ttl), vtype=vtype)
     try:
         if data:
@@ -42,6 +43,7 @@ def set_many(ctx: Context, mapping: Mapping[str, Any], ttl: TTLLike, vtype: Any 
         script = scripts.SET if data else scripts.INVALIDATE
         ops.append(Eval(script, quad, (data, px, ctx.token()) if data else (ctx.token(),)))
     keys = list(mapping)
+    ctx.wrote()
     for i in range(0, len(ops), BATCH_CHUNK):
         try:
             yield Batch(ops[i : i + BATCH_CHUNK])
@@ -83,6 +85,7 @@ def write_through(
     ctx.encode(key, value, policy, vtype=vtype)  # refuse an unencodable value before saving
     token = ctx.token()
     began = True
+    # Closes this write's window whether or not the begin ran, and deletes the entry.
     abandon = Eval(scripts.WRITE_END, quad, (token, "1", b"", 0, ctx.token(), ""))
     try:
         in_flight = yield Eval(
@@ -91,6 +94,7 @@ def write_through(
             (token, math.ceil(ctx.write_window * 1000)),
         )
     except CacheUnavailableError:
+        # The begin may still have run (a reply lost to a timeout): it is closed at the end.
         began, in_flight = False, 0
     except BaseException as exc:
         if interrupted(exc):  # the begin may have run: close the window it may have opened
@@ -108,16 +112,18 @@ def write_through(
     except BaseException as exc:
         # The save failed, was interrupted (it may have committed), or what it returned
         # cannot be cached: forget the entry and close our write window.
+        ctx.wrote()
         if interrupted(exc):
             try:
-                yield abandon if began else Eval(scripts.INVALIDATE, quad, (ctx.token(),))
+                yield abandon
             except CacheUnavailableError:
                 ctx.remember_failed_write(key)
         raise
+    ctx.wrote()
     try:
         if not began:
             # Redis missed our begin, so a reader may have filled an old value meanwhile.
-            yield Eval(scripts.INVALIDATE, quad, (ctx.token(),))
+            yield abandon
             return value
         conflict = "1" if int(in_flight) > 1 else "0"
         yield Eval(scripts.WRITE_END, quad, (token, conflict, data, px, ctx.token(), row_version))
@@ -127,7 +133,7 @@ def write_through(
     except BaseException as exc:
         if interrupted(exc):  # the end may not have run: make sure the window closes
             try:
-                yield abandon if began else Eval(scripts.INVALIDATE, quad, (ctx.token(),))
+                yield abandon
             except CacheUnavailableError:
                 ctx.remember_failed_write(key)
         raise

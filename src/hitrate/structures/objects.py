@@ -213,6 +213,7 @@ class _Objects(Structure):
         """Cache *obj* (a dict, dataclass or pydantic model) as object *id*, replacing what
         was cached, with the family's TTL. Returns False if Redis was unreachable."""
         rkey, lease = self._keys(id)
+        self._ctx.wrote()
         fields = to_fields(obj)
         if not fields:
             raise InvalidArgumentError(
@@ -305,6 +306,7 @@ class _Objects(Structure):
         brought back. Returns True when the object was updated, False when it was not
         cached (or Redis was unreachable: the object is then invalidated once it is back)."""
         rkey, lease = self._keys(id)
+        self._ctx.wrote()
         changes = {**(fields or {}), **more}
         _field_names(changes)
         if not changes:
@@ -322,6 +324,7 @@ class _Objects(Structure):
         """Drop objects from the cache (and revoke fills in flight); returns how many were
         cached. If Redis is unreachable they are invalidated once it is back."""
         pairs = [self._keys(i) for i in ids]
+        self._ctx.wrote()
         if not pairs:
             return 0
         try:
