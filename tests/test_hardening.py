@@ -48,22 +48,20 @@ def test_interrupted_write_through_leaves_no_old_row_cached(url: str, prefix: st
 async def test_cancelled_write_through_leaves_no_old_row_cached(url: str, prefix: str) -> None:
     cache = AsyncCache.from_url(url, prefix=prefix)
     db = {"row": "old"}
-    filled = asyncio.Event()
+    readers: list[asyncio.Task[Any]] = []
+
+    async def reader() -> Any:
+        return await cache.get_or_fetch("user:1", lambda: db["row"], ttl=Policy(60, lease=2))
 
     async def save(value: Any) -> None:
-        await asyncio.sleep(0.05)  # a reader runs now, while the write is in flight
+        readers.append(asyncio.create_task(reader()))  # a read while the write is in flight
+        await asyncio.sleep(0.05)
         db["row"] = value
         await asyncio.sleep(5)  # committed; the deadline cancels us here
 
-    async def reader() -> Any:
-        got = await cache.get_or_fetch("user:1", lambda: db["row"], ttl=Policy(60, lease=2))
-        filled.set()
-        return got
-
-    task = asyncio.create_task(reader())
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(cache.write_through("user:1", "new", save), 0.3)
-    assert await task == "new"  # it waited for the write instead of filling the old row
+    assert await readers[0] == "new"  # it waited for the write instead of filling the old row
     assert await cache.get("user:1") in (None, "new")
     assert await cache.get_or_fetch("user:1", lambda: db["row"]) == "new"
     await cache.close()
@@ -398,6 +396,7 @@ def test_write_through_whose_begin_timed_out_does_not_block_readers(url: str, pr
     def save(row: Any) -> None:
         time.sleep(0.5)  # the pause ends while we save
 
+    cache.get("user:0")  # the generations are read (one timeout only, below the breaker's 2)
     admin.execute_command("CLIENT", "PAUSE", 300, "WRITE")
     cache.write_through("user:1", {"v": 1}, save)
     time.sleep(0.2)
@@ -431,4 +430,26 @@ def test_while_redis_is_down_a_load_begun_before_a_write_is_not_shared(
     cache.write_through("user:1", "new", lambda row: db.update(row=row))
     assert cache.get_or_fetch("user:1", lambda: db["row"]) == "new"
     first.join()
+    cache.close()
+
+
+def test_a_lost_generations_hash_never_brings_retired_entries_back(
+    url: str, prefix: str
+) -> None:
+    """Under allkeys-* eviction the generations hash can be evicted like any key: a new one
+    gets a new id, which retires every entry, instead of reviving those a bump retired."""
+    cache = Cache.from_url(url, prefix=prefix, generation_check=0.05)
+    cache.set("user:1", "before-bump")
+    cache.bump("user")
+    assert cache.get("user:1") is None
+    raw = raw_client(url)
+    raw.delete(f"{prefix}:~gen")  # evicted
+    fresh = Cache.from_url(url, prefix=prefix)
+    assert fresh.get("user:1") is None
+    time.sleep(0.1)
+    assert cache.get("user:1") is None
+    assert fresh.get_or_fetch("user:1", lambda: "after") == "after"
+    assert cache.get("user:1") == "after"  # both see the new hash
+    raw.close()
+    fresh.close()
     cache.close()

@@ -35,7 +35,7 @@ WRITES = RKEY + ":w"
 ERR = RKEY + ":err"
 QUAD = [RKEY, LEASE, WRITES, RKEY + ":v"]
 GEN = "t:~gen"
-GENS = [b"", b"", b"", b""]  # lease.lua's fill epochs and namespace tokens: none yet
+GENS = [b"", b"", b"", b"", b""]  # lease.lua's fill epochs, namespace tokens and hash id
 GRANTED = [2, b"", b"", *GENS]
 
 
@@ -220,12 +220,12 @@ def test_get_or_fetch_miss_takes_lease_loads_and_fills() -> None:
     lease, fill = script.op("lease"), script.op("fill")
     assert list(lease.keys) == [RKEY, LEASE, WRITES, GEN]
     # Policy.lease = 5 s; b"": not a refresh; the family, for its fill epoch
-    assert tuple(lease.args[1:]) == (5000, b"", "user")
+    assert tuple(lease.args[1:4]) == (5000, b"", "user")
     assert list(fill.keys) == [RKEY, LEASE, GEN]
     assert fill.args[0] == lease.args[0]  # the token the lease was granted to
     stored = decode_entry(ctx.codec, KEY, fill.args[1])
     assert (stored.value, stored.expires_at) == ("v", ctx.clock() + 60)
-    assert tuple(fill.args[2:]) == (60_000, 0, "user", b"", b"", plans.TAG_PRUNE)
+    assert tuple(fill.args[2:]) == (60_000, 0, "user", b"", b"", b"", plans.TAG_PRUNE)
     c = counts(ctx)
     assert (c.misses, c.loads, c.fills) == (1, 1, 1)
 
@@ -237,7 +237,7 @@ def test_get_or_fetch_with_tags_passes_generations_to_fill() -> None:
     assert list(script.op("lease").keys) == [RKEY, LEASE, WRITES, GEN, "t:tag:{team}:gen"]
     fill = script.op("fill")
     assert list(fill.keys) == [RKEY, LEASE, GEN, "t:tag:{team}", "t:tag:{team}:gen"]
-    assert tuple(fill.args[3:]) == (1, "user", b"", b"", b"g1", plans.TAG_PRUNE)
+    assert tuple(fill.args[3:]) == (1, "user", b"", b"", b"", b"g1", plans.TAG_PRUNE)
     assert counts(ctx).fills_refused == 1
 
 

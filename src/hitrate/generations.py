@@ -7,6 +7,10 @@ Both live in one Redis hash per prefix, ``app:~gen``, with random tokens as valu
   a 32-bit stamp of the generations it was written under (:func:`stamp`); an entry whose
   stamp is not the current one is a miss. ``cache.bump("user")`` writes a new token, so
   every ``user`` entry becomes unreachable at once, without SCAN (Redis expires them).
+* ``id`` - the hash's own identity, made by whoever finds it missing, and part of every
+  stamp: if the hash is ever lost (evicted under ``allkeys-*`` memory pressure, deleted),
+  a new id makes every entry stamped under the old one unreachable - entries a bump had
+  retired never come back.
 * ``ep:<family>`` / ``ep:*`` - the **fill epoch**. ``lease.lua`` returns it with the lease
   and ``fill.lua`` refuses the fill if it changed meanwhile. Pattern invalidation and bump
   change it before they start, so a value loaded before either began is never cached.
@@ -37,11 +41,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def stamp(ns_all: str, ns_family: str) -> int:
-    """The 32-bit stamp of a pair of namespace tokens; 0 when neither was ever bumped."""
-    if not ns_all and not ns_family:
+def stamp(ns_all: str, ns_family: str, ident: str = "") -> int:
+    """The 32-bit stamp of the hash's id and a pair of namespace tokens (0 for none)."""
+    if not ns_all and not ns_family and not ident:
         return 0
-    return zlib.crc32(f"{ns_all}|{ns_family}".encode()) or 1
+    return zlib.crc32(f"{ident}|{ns_all}|{ns_family}".encode()) or 1
 
 
 def new_token() -> str:
@@ -70,7 +74,10 @@ class Generations:
     def stamp(self, family: str) -> int:
         found = self._stamps.get(family)
         if found is None:
-            found = stamp(self._tokens.get("ns:*", ""), self._tokens.get("ns:" + family, ""))
+            tokens = self._tokens
+            found = stamp(
+                tokens.get("ns:*", ""), tokens.get("ns:" + family, ""), tokens.get("id", "")
+            )
             if len(self._stamps) < 4096:
                 self._stamps[family] = found
         return found
@@ -82,22 +89,29 @@ class Generations:
         else:
             flat = list(reply)
             pairs = list(zip(flat[::2], flat[1::2], strict=True))
-        tokens = {_text(k): _text(v) for k, v in pairs if _text(k).startswith("ns:")}
+        tokens = {
+            _text(k): _text(v) for k, v in pairs if _text(k).startswith("ns:") or _text(k) == "id"
+        }
         with self._lock:
             self._tokens = tokens
             self._stamps = {}
             self.checked_at = self.monotonic()
 
-    def saw(self, family: str, ns_all: Any, ns_family: Any) -> int:
+    def saw(self, family: str, ns_all: Any, ns_family: Any, ident: Any) -> int:
         """Tokens read in Lua (a lease reply): authoritative for *family*. Returns its stamp."""
-        a, f = _text(ns_all), _text(ns_family)
-        if self._tokens.get("ns:*", "") != a or self._tokens.get("ns:" + family, "") != f:
+        a, f, i = _text(ns_all), _text(ns_family), _text(ident)
+        tokens = self._tokens
+        if (tokens.get("ns:*", ""), tokens.get("ns:" + family, ""), tokens.get("id", "")) != (
+            a,
+            f,
+            i,
+        ):
             with self._lock:
                 tokens = dict(self._tokens)
-                tokens["ns:*"], tokens["ns:" + family] = a, f
+                tokens["ns:*"], tokens["ns:" + family], tokens["id"] = a, f, i
                 self._tokens = {k: v for k, v in tokens.items() if v}
                 self._stamps = {}
-        return stamp(a, f)
+        return stamp(a, f, i)
 
     def bumped(self, family: str, token: str) -> None:
         """This process bumped *family* (``"*"``: the prefix): see it at once."""

@@ -15,20 +15,21 @@
 -- ARGV[4]  n, the number of tags
 -- ARGV[5]  the key's family
 -- ARGV[6], ARGV[7]  the fill epochs ep:* and ep:<family> seen by lease.lua
--- ARGV[8 .. 7+n]  tag generations seen by lease.lua when the lease was granted
--- ARGV[8+n]  how many members of each tag set to check for entries gone (pruning)
+-- ARGV[8]  the generations hash's id seen by lease.lua (the entry is stamped with it)
+-- ARGV[9 .. 8+n]  tag generations seen by lease.lua when the lease was granted
+-- ARGV[9+n]  how many members of each tag set to check for entries gone (pruning)
 -- Returns 1 when written, 0 when the lease was lost or an invalidation ran meanwhile.
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return 0
 end
 local n = tonumber(ARGV[4])
-local g = redis.call('HMGET', KEYS[3], 'ep:*', 'ep:' .. ARGV[5])
-if (g[1] or '') ~= ARGV[6] or (g[2] or '') ~= ARGV[7] then
+local g = redis.call('HMGET', KEYS[3], 'ep:*', 'ep:' .. ARGV[5], 'id')
+if (g[1] or '') ~= ARGV[6] or (g[2] or '') ~= ARGV[7] or (g[3] or '') ~= ARGV[8] then
   redis.call('DEL', KEYS[2])
   return 0
 end
 for i = 1, n do
-  if (redis.call('GET', KEYS[3 + n + i]) or '') ~= ARGV[7 + i] then
+  if (redis.call('GET', KEYS[3 + n + i]) or '') ~= ARGV[8 + i] then
     redis.call('DEL', KEYS[2])
     return 0
   end
@@ -40,7 +41,7 @@ else
   redis.call('SET', KEYS[1], ARGV[2])
 end
 redis.call('DEL', KEYS[2])
-local prune = tonumber(ARGV[8 + n] or '0')
+local prune = tonumber(ARGV[9 + n] or '0')
 for i = 1, n do
   local tagset = KEYS[3 + i]
   local existed = redis.call('EXISTS', tagset) == 1

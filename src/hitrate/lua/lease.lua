@@ -11,7 +11,9 @@
 --          the header) of the entry the caller saw: the lease is taken only if that entry
 --          is still the one stored, so an entry refreshed a moment ago is not refreshed again
 -- ARGV[4]  the key's family
--- Returns {status, value, holder, ep_all, ep_family, ns_all, ns_family, taggen...}:
+-- ARGV[5]  a fresh random token: the generations hash's id if it has none (it is new, or
+--          was lost: a new id retires every entry stamped under the old one)
+-- Returns {status, value, holder, ep_all, ep_family, ns_all, ns_family, id, taggen...}:
 --   status 1: the entry exists (and, for a refresh, is newer than the caller's); value =
 --             its bytes
 --   status 2: the lease is granted to ARGV[1]
@@ -20,11 +22,15 @@
 --             known); the caller loads without filling
 --   ep_*: the fill epochs (prefix-wide and the family's), which pattern invalidation and
 --         bump change; fill.lua refuses the fill when one changed meanwhile
---   ns_*: the namespace generations the entry must be stamped with (bump changes them)
+--   ns_*, id: the namespace generations and hash id the entry is stamped with
 --   taggen...: the current value of each tag generation key ("" when absent), which
 --              fill.lua compares so a tag invalidated meanwhile refuses the fill
-local g = redis.call('HMGET', KEYS[4], 'ep:*', 'ep:' .. ARGV[4], 'ns:*', 'ns:' .. ARGV[4])
-local out = {0, '', '', g[1] or '', g[2] or '', g[3] or '', g[4] or ''}
+local g = redis.call('HMGET', KEYS[4], 'ep:*', 'ep:' .. ARGV[4], 'ns:*', 'ns:' .. ARGV[4], 'id')
+if not g[5] then
+  redis.call('HSETNX', KEYS[4], 'id', ARGV[5])
+  g[5] = redis.call('HGET', KEYS[4], 'id')
+end
+local out = {0, '', '', g[1] or '', g[2] or '', g[3] or '', g[4] or '', g[5]}
 for i = 5, #KEYS do
   out[#out + 1] = redis.call('GET', KEYS[i]) or ''
 end

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from ..codec import Codec, DecodeError, Entry, decode_entry, encode_entry
 from ..errors import CacheUnavailableError, ValueTooLargeError
-from ..generations import Generations
+from ..generations import Generations, new_token
 from ..keys import KeySpace, family_of
 from ..ops import Plan
 from ..owed import OwedQueue
@@ -150,8 +150,14 @@ def _decode(ctx: Context, key: str, rkey: str, raw: bytes, family: str, vtype: A
 
 
 def generations(ctx: Context) -> Plan:
-    """Read the prefix's generations hash again (see :mod:`hitrate.generations`)."""
-    reply = yield ("HGETALL", ctx.keys.generations())
+    """Read the prefix's generations hash again (see :mod:`hitrate.generations`); a hash
+    without an id (new, or lost) gets one first."""
+    key = ctx.keys.generations()
+    ctx.gens.checked_at = ctx.gens.monotonic()  # one reader at a time: the others go on
+    reply = yield ("HGETALL", key)
+    if not any(k in (b"id", "id") for k in reply):
+        yield ("HSETNX", key, "id", new_token())
+        reply = yield ("HGETALL", key)
     ctx.gens.replace(reply)
 
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from .. import scripts
 from ..codec import DecodeError, Entry, decode_entry
 from ..errors import CacheUnavailableError, LoaderError
+from ..generations import new_token
 from ..keys import family_of
 from ..ops import CALL, LEAD, TIMEOUT, Coalesce, Eval, Plan, Publish, Sleep, Spawn
 from ..policy import Policy, TTLLike
@@ -278,11 +279,11 @@ class EntryStore:
         return Eval(
             scripts.LEASE,
             [self.rkey, keys.lease(self.rkey), keys.writes(self.rkey), keys.generations(), *gens],
-            (token, math.ceil(self.policy.lease * 1000), seen, self.family),
+            (token, math.ceil(self.policy.lease * 1000), seen, self.family, new_token()),
         )
 
     def leased(self, reply: Sequence[Any]) -> None:
-        self.ctx.gens.saw(self.family, reply[5], reply[6])
+        self.ctx.gens.saw(self.family, reply[5], reply[6], reply[7])
 
     def poll(self) -> Any:
         return ("MGET", self.rkey, self.rkey + ":lease", self.rkey + ":err")
@@ -300,7 +301,7 @@ class EntryStore:
         self, token: str, value: Any, load_time: float, reply: Sequence[Any]
     ) -> tuple[Eval | None, Any]:
         ctx, keys = self.ctx, self.ctx.keys
-        gen = ctx.gens.saw(self.family, reply[5], reply[6])
+        gen = ctx.gens.saw(self.family, reply[5], reply[6], reply[7])
         data, px = ctx.encode(self.key, value, self.policy, load_time, gen, self.vtype)
         if not data:  # a None this policy does not cache
             return None, value
@@ -317,7 +318,8 @@ class EntryStore:
                 self.family,
                 reply[3],
                 reply[4],
-                *reply[7:],
+                reply[7],
+                *reply[8:],
                 TAG_PRUNE,
             ),
         )

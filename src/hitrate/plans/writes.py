@@ -3,6 +3,7 @@ lease while a save is in flight, and the window closed however the call ends).""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -12,7 +13,15 @@ from ..errors import CacheUnavailableError
 from ..keys import family_of
 from ..ops import CALL, Batch, Eval, Plan
 from ..policy import TTLLike
-from .context import BATCH_CHUNK, Context, interrupted
+from .context import BATCH_CHUNK, Context, _check_generations, interrupted
+
+
+def _current_generations(ctx: Context) -> Plan:
+    """Entries are stamped with this process's view of the generations: read it first
+    when it is due. Redis failing here is left to the write itself to find."""
+    with contextlib.suppress(CacheUnavailableError):
+        yield from _check_generations(ctx)
+
 
 __all__ = ["set_", "set_many", "write_through"]
 
@@ -20,6 +29,8 @@ __all__ = ["set_", "set_many", "write_through"]
 def set_(ctx: Context, key: str, value: Any, ttl: TTLLike, vtype: Any = None) -> Plan:
     quad = ctx.keys.quad(key)
     ctx.wrote()
+    ctx.encode(key, value, ctx.policy(key, ttl), vtype=vtype)  # refuse a bad value first
+    yield from _current_generations(ctx)
     data, px = ctx.encode(key, value, ctx.policy(key, ttl), vtype=vtype)
     try:
         if data:
@@ -44,6 +55,9 @@ def set_many(ctx: Context, mapping: Mapping[str, Any], ttl: TTLLike, vtype: Any 
         ops.append(Eval(script, quad, (data, px, ctx.token()) if data else (ctx.token(),)))
     keys = list(mapping)
     ctx.wrote()
+    if ctx.gens.due():  # encoded under a view due to be read again: read it, encode again
+        yield from _current_generations(ctx)
+        return (yield from set_many(ctx, mapping, ttl, vtype))
     for i in range(0, len(ops), BATCH_CHUNK):
         try:
             yield Batch(ops[i : i + BATCH_CHUNK])
@@ -83,6 +97,7 @@ def write_through(
     family = family_of(key)
     policy = ctx.policy(key, ttl)
     ctx.encode(key, value, policy, vtype=vtype)  # refuse an unencodable value before saving
+    yield from _current_generations(ctx)
     token = ctx.token()
     began = True
     # Closes this write's window whether or not the begin ran, and deletes the entry.
