@@ -242,6 +242,19 @@ def test_key_names_print_as_they_are(url: str, prefix: str) -> None:
     assert "[/]x" in out.stdout and "[red]fam" in out.stdout
 
 
+def test_control_characters_in_key_names_are_shown_escaped(url: str, prefix: str) -> None:
+    """A key name cannot inject terminal escapes (colours, cursor moves) or forge rows."""
+    with Cache.from_url(url, prefix=prefix) as cache:
+        cache.set("t:\x1b[31mred", 1)
+        cache.set("t:two\nlines", 1)
+    for command in (["keys", "-f", "t"], ["bigkeys"], ["invalidate", "t:*", "--dry-run"]):
+        out = hitrate(*command, "--url", url, "--prefix", prefix)
+        assert out.returncode == 0, out.stderr
+        assert "\x1b" not in out.stdout  # no raw ESC reaches the terminal
+        assert "t:\\x1b[31mred" in out.stdout
+        assert "t:two\\nlines" in out.stdout
+
+
 def test_help_keeps_defaults_and_bracketed_text() -> None:
     out = hitrate("stats", "--help")
     assert out.returncode == 0

@@ -433,9 +433,7 @@ def test_while_redis_is_down_a_load_begun_before_a_write_is_not_shared(
     cache.close()
 
 
-def test_a_lost_generations_hash_never_brings_retired_entries_back(
-    url: str, prefix: str
-) -> None:
+def test_a_lost_generations_hash_never_brings_retired_entries_back(url: str, prefix: str) -> None:
     """Under allkeys-* eviction the generations hash can be evicted like any key: a new one
     gets a new id, which retires every entry, instead of reviving those a bump retired."""
     cache = Cache.from_url(url, prefix=prefix, generation_check=0.05)

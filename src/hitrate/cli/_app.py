@@ -24,7 +24,7 @@ from ..connect import resolve_url
 from ..errors import ConfigurationError, HitrateError
 from ..keyscan import big_keys, family_keys, matching_entries
 from ..monitor import Stats
-from ._render import console, key_table, render_stats
+from ._render import console, key_table, render_stats, shown
 
 PATTERN_HELP = """Glob over cache keys (not Redis keys), confined to the prefix: * any run of
 characters, ? one character, [abc] one of a set. Nothing is escaped for you: to match a
@@ -213,7 +213,7 @@ def invalidate(
             noun = "entry" if len(found) == 1 else "entries"
             typer.echo(f"{len(found)} {noun} match {pattern!r} under prefix {prefix!r}")
             for key in found[:20]:
-                typer.echo(f"  {key}")
+                typer.echo(f"  {shown(key)}")
             if len(found) > 20:
                 typer.echo(f"  ... and {len(found) - 20} more")
             typer.echo("dry run: nothing deleted")

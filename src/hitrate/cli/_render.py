@@ -32,6 +32,15 @@ COLOURS = {
 }
 
 
+def shown(name: str) -> str:
+    """A key or family as text safe for a terminal: control characters (an ESC that would
+    recolour the screen, a newline that would forge a row) are shown escaped, as Python
+    would (``\\x1b``), and nothing else changes."""
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
 def console(*, data: bool = True) -> Console:
     """A console for the commands' output. With *data* (the default) markup, emoji and
     highlighting are off, so text from Redis prints exactly as it is."""
@@ -92,7 +101,7 @@ def render_stats(stats: Stats, rates: tuple[float, float] | None = None) -> Grou
     for row in stats.families:
         level = row.verdict.level
         table.add_row(
-            Text(row.family),
+            Text(shown(row.family)),
             _rate(row.hit_rate, level),
             Text(str(row.verdict), style=COLOURS.get(level, "")),
             f"{row.hits:,}",
@@ -129,7 +138,9 @@ def key_table(rows: list[KeyInfo], with_type: bool = False) -> Table:
     table.add_column("memory", justify="right")
     table.add_column("ttl", justify="right")
     for row in rows:
-        cells = [Text(row.key), Text(row.family)] + ([Text(row.type)] if with_type else [])
+        cells = [Text(shown(row.key)), Text(shown(row.family))] + (
+            [Text(row.type)] if with_type else []
+        )
         ttl = "none" if row.ttl is None else f"{row.ttl:,.1f} s"
         table.add_row(*cells, _bytes(row.memory_bytes), ttl)
     return table
