@@ -1,16 +1,19 @@
-"""``Cache`` and ``AsyncCache``: the public verbs. Each is a thin call into a plan
-(:mod:`hitrate.plans`) run by the sync or async driver (:mod:`hitrate.drivers`)."""
+"""``Cache`` and ``AsyncCache``: the public verbs, written once in ``_CacheBase`` as plan
+methods (:mod:`hitrate.plans`) that the ``verb`` descriptor runs with the sync or the async
+driver (:mod:`hitrate.drivers`); the two classes add only what differs: the driver, the hit
+fast path's signature, ``close`` and the typed factories of the data structures."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Unpack, cast
+from typing import Any, TypeVar, Unpack, cast
 
 from . import health, plans
 from .breaker import Breaker
@@ -32,7 +35,7 @@ from .health import Health
 from .keys import FamilyWatch, KeySpace, check_family_names, escape_glob
 from .keys import key as join_key
 from .monitor import Stats, stats_plan
-from .plans import MISSING, Context
+from .plans import Context
 from .policy import USER, Policy, TTLLike, to_policy
 from .stats import Counters, NullCounters
 from .structures import (
@@ -47,8 +50,18 @@ from .structures import (
     Seen,
     Unique,
 )
+from .structures._base import Awaited, PlanOf, Synced, calling, verb
 
 __all__ = ["AsyncCache", "Cache"]
+
+T = TypeVar("T")
+
+
+def _save_value(
+    key: str, value: Any, save: Callable[[Any], Any], *args: Any, **kwargs: Any
+) -> Callable[[], Any]:
+    """What ``write_through``'s CALL runs: ``save(value)``."""
+    return functools.partial(save, value)
 
 
 class _CacheBase:
@@ -163,8 +176,93 @@ class _CacheBase:
         """The Redis key that holds *key*'s entry, e.g. ``app:{user:42}``."""
         return self._ctx.keys.entry(key)
 
+    # -- the verbs, written once: each runs its plan with this cache's driver, so it
+    # returns the result on a Cache and an awaitable of it on an AsyncCache ----------------
+    @verb
+    def get(self, key: str, default: Any = None, *, type: Any = None) -> PlanOf[Any]:
+        """The cached value of *key*, or *default*. A cached ``None`` returns ``None``;
+        pass ``default=hitrate.MISSING`` to tell the two apart. ``type=`` decodes into that
+        type (a dataclass, pydantic model, ``datetime``, ``list[Item]``, ...)."""
+        return (yield from plans.get(self._ctx, key, default, type))
 
-class Cache(_CacheBase):
+    @verb
+    def set(self, key: str, value: Any, ttl: TTLLike = None, *, type: Any = None) -> PlanOf[bool]:
+        """Cache *value* under *key* (TTL from *ttl* or the family's policy). Returns False
+        when Redis was unreachable (fail-open; the key is invalidated when it returns).
+        Raises :class:`~hitrate.SerializationError` for a value a hit would not return
+        equal and of the same type; ``type=`` stores it for typed decoding."""
+        return bool((yield from plans.set_(self._ctx, key, value, ttl, type)))
+
+    @verb
+    def get_many(self, keys: Iterable[str], *, type: Any = None) -> PlanOf[dict[str, Any]]:
+        """The cached values of *keys* that are present, in one round trip (MGET);
+        ``type=`` decodes each into that type."""
+        return cast(dict[str, Any], (yield from plans.get_many(self._ctx, keys, type)))
+
+    @verb
+    def set_many(
+        self, mapping: Mapping[str, Any], ttl: TTLLike = None, *, type: Any = None
+    ) -> PlanOf[bool]:
+        """Cache several values in one round trip; nothing is written if one cannot be."""
+        return bool((yield from plans.set_many(self._ctx, mapping, ttl, type)))
+
+    @calling(_save_value)
+    def write_through(
+        self,
+        key: str,
+        value: Any,
+        save: Callable[[Any], Any],
+        ttl: TTLLike = None,
+        *,
+        version: Callable[[Any], float] | None = None,
+        type: Any = None,
+    ) -> PlanOf[Any]:
+        """``save(value)`` to the source of truth (sync, or async on an AsyncCache), then
+        cache what was saved: *save*'s return value when it is not ``None`` (the stored
+        row), else *value*. If another write or an invalidation of *key* overlapped, the
+        entry is deleted instead, so the next read loads fresh. With ``version=lambda row:
+        row["version"]`` the newer row wins. Returns what was cached."""
+        return (yield from plans.write_through(self._ctx, key, value, ttl, version, type))
+
+    @verb
+    def invalidate(self, *keys: str) -> PlanOf[int]:
+        """Delete *keys* and revoke their fill leases; returns how many entries existed."""
+        return int((yield from plans.invalidate(self._ctx, keys)))
+
+    @verb
+    def invalidate_pattern(self, pattern: str) -> PlanOf[int]:
+        """Invalidate every key under this cache's prefix matching the glob *pattern*, by
+        SCAN (never KEYS). Escape untrusted parts with :func:`hitrate.escape_glob`."""
+        return int((yield from plans.invalidate_pattern(self._ctx, pattern)))
+
+    @verb
+    def invalidate_prefix(self, *parts: object) -> PlanOf[int]:
+        """Invalidate the key :func:`hitrate.key` builds from *parts* and every key that
+        starts with it and a ``:``: ``cache.invalidate_prefix("tenant", tenant_id)``
+        deletes exactly that tenant's keys (``key("tenant", tenant_id, ...)``), whatever
+        the id holds -- tenant ``a`` never touches tenant ``a:b`` or ``a*``."""
+        exact = join_key(*parts)
+        deleted = yield from plans.invalidate(self._ctx, [exact])
+        more = yield from plans.invalidate_pattern(self._ctx, escape_glob(exact) + ":*")
+        return int(deleted) + int(more)
+
+    @verb
+    def invalidate_tag(self, tag: str) -> PlanOf[int]:
+        """Invalidate every entry filled with *tag*; fills in flight are refused."""
+        return int((yield from plans.invalidate_tag(self._ctx, tag)))
+
+    @verb
+    def bump(self, family: str | None = None) -> PlanOf[bool]:
+        """Make every entry of *family* (``None``: every entry under the prefix)
+        unreachable at once, in O(1) and without SCAN: for deploys and schema changes.
+        Fills in flight are refused; Redis expires the old entries. This cache sees the
+        bump at once, other processes within ``generation_check`` seconds (default 1).
+        Returns False if Redis was unreachable (the bump is then owed, delivered before
+        the next command)."""
+        return bool((yield from plans.bump(self._ctx, family)))
+
+
+class Cache(_CacheBase, Synced):
     """A Redis cache for synchronous code. All verbs are thread-safe.
 
     >>> cache = Cache.from_url("redis://localhost:6379/0", prefix="app")   # doctest: +SKIP
@@ -198,118 +296,26 @@ class Cache(_CacheBase):
         cache._owns_client = True
         return cache
 
-    def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
-        """The cached value of *key*, or *default*. A cached ``None`` returns ``None``;
-        pass ``default=hitrate.MISSING`` to tell the two apart. ``type=`` decodes into that
-        type (a dataclass, pydantic model, ``datetime``, ``list[Item]``, ...)."""
-        return self._driver.run(plans.get(self._ctx, key, default, type))
-
-    def set(self, key: str, value: Any, ttl: TTLLike = None, *, type: Any = None) -> bool:
-        """Cache *value* under *key* (TTL from *ttl* or the family's policy). Returns False
-        when Redis was unreachable (fail-open; the key is invalidated when it returns).
-        Raises :class:`~hitrate.SerializationError` for a value a hit would not return
-        equal and of the same type; ``type=`` stores it for typed decoding."""
-        return bool(self._driver.run(plans.set_(self._ctx, key, value, ttl, type)))
-
-    def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
-        """The cached values of *keys* that are present, in one round trip (MGET);
-        ``type=`` decodes each into that type."""
-        return cast(dict[str, Any], self._driver.run(plans.get_many(self._ctx, keys, type)))
-
-    def set_many(
-        self, mapping: Mapping[str, Any], ttl: TTLLike = None, *, type: Any = None
-    ) -> bool:
-        """Cache several values in one round trip; nothing is written if one cannot be."""
-        return bool(self._driver.run(plans.set_many(self._ctx, mapping, ttl, type)))
-
     def get_or_fetch(
         self,
         key: str,
-        fetch: Callable[[], Any],
+        fetch: Callable[[], T],
         ttl: TTLLike = None,
         tags: Sequence[str] = (),
         *,
-        unless: Callable[[Any], object] | None = None,
+        unless: Callable[[T], object] | None = None,
         type: Any = None,
-    ) -> Any:
+    ) -> T:
         """Cache-aside: the cached value, or ``fetch()``'s, cached for the next caller.
 
         One caller per key loads at a time (across threads and processes); a fill is
         refused if an invalidation or write ran while it loaded. ``type=`` (what *fetch*
         returns: a dataclass, pydantic model, ``datetime``, ``list[Item]``, ...) makes hits
         decode into that type; without it, a value JSON cannot give back exactly is refused
-        with :class:`~hitrate.SerializationError`. ``unless(value)`` true: the
-        loaded value is returned but not cached.
+        with :class:`~hitrate.SerializationError`. ``unless(value)`` true: the loaded value
+        is returned but not cached. A hit costs one GET.
         """
-        ctx = self._ctx
-        rkey, family = ctx.keys.locate(key)
-        try:  # the hit fast path: one GET, decided by the same function as the plan
-            first: Any = self._driver.redis(("GET", rkey))
-        except CacheUnavailableError as exc:
-            if self.strict:
-                raise
-            first = exc
-        else:
-            policy = ctx.family_policy(family, ttl)
-            value = plans.fresh_value(ctx, key, family, first, policy, type)
-            if value is not MISSING:
-                return value
-        plan = plans.get_or_fetch(
-            ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=type
-        )
-        return self._driver.run(plan, fetch, first)
-
-    def write_through(
-        self,
-        key: str,
-        value: Any,
-        save: Callable[[Any], Any],
-        ttl: TTLLike = None,
-        *,
-        version: Callable[[Any], float] | None = None,
-        type: Any = None,
-    ) -> Any:
-        """``save(value)`` to the source of truth, then cache what was saved: *save*'s return
-        value when it is not ``None`` (the stored row), else *value*. If another write or an
-        invalidation of *key* overlapped, the entry is deleted instead, so the next read
-        loads fresh. With ``version=lambda row: row["version"]`` the newer row wins.
-        Returns what was cached."""
-        return self._driver.run(
-            plans.write_through(self._ctx, key, value, ttl, version, type), lambda: save(value)
-        )
-
-    def invalidate(self, *keys: str) -> int:
-        """Delete *keys* and revoke their fill leases; returns how many entries existed."""
-        return int(self._driver.run(plans.invalidate(self._ctx, keys)))
-
-    def invalidate_pattern(self, pattern: str) -> int:
-        """Invalidate every key under this cache's prefix matching the glob *pattern*, by
-        SCAN (never KEYS). Escape untrusted parts with :func:`hitrate.escape_glob`."""
-        return int(self._driver.run(plans.invalidate_pattern(self._ctx, pattern)))
-
-    def invalidate_prefix(self, *parts: object) -> int:
-        """Invalidate the key :func:`hitrate.key` builds from *parts* and every key that
-        starts with it and a ``:``: ``cache.invalidate_prefix("tenant", tenant_id)``
-        deletes exactly that tenant's keys (``key("tenant", tenant_id, ...)``), whatever
-        the id holds -- tenant ``a`` never touches tenant ``a:b`` or ``a*``."""
-        exact = join_key(*parts)
-        plan = plans.invalidate_pattern(self._ctx, escape_glob(exact) + ":*")
-        return int(self._driver.run(plans.invalidate(self._ctx, [exact]))) + int(
-            self._driver.run(plan)
-        )
-
-    def invalidate_tag(self, tag: str) -> int:
-        """Invalidate every entry filled with *tag*; fills in flight are refused."""
-        return int(self._driver.run(plans.invalidate_tag(self._ctx, tag)))
-
-    def bump(self, family: str | None = None) -> bool:
-        """Make every entry of *family* (``None``: every entry under the prefix)
-        unreachable at once, in O(1) and without SCAN: for deploys and schema changes.
-        Fills in flight are refused; Redis expires the old entries. This cache sees the
-        bump at once, other processes within ``generation_check`` seconds (default 1).
-        Returns False if Redis was unreachable (the bump is then owed, delivered before
-        the next command)."""
-        return bool(self._driver.run(plans.bump(self._ctx, family)))
+        return cast(T, self._driver.fetch(key, fetch, ttl, tags, unless, type))
 
     def cached(
         self,
@@ -456,7 +462,7 @@ class Cache(_CacheBase):
         )  # fmt: skip
 
 
-class AsyncCache(_CacheBase):
+class AsyncCache(_CacheBase, Awaited):
     """The asyncio twin of :class:`Cache`: the same verbs, awaited."""
 
     def _setup(self) -> None:
@@ -487,92 +493,18 @@ class AsyncCache(_CacheBase):
         cache._owns_client = True
         return cache
 
-    async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
-        """See :meth:`Cache.get`."""
-        return await self._driver.run(plans.get(self._ctx, key, default, type))
-
-    async def set(self, key: str, value: Any, ttl: TTLLike = None, *, type: Any = None) -> bool:
-        """See :meth:`Cache.set`."""
-        return bool(await self._driver.run(plans.set_(self._ctx, key, value, ttl, type)))
-
-    async def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
-        """See :meth:`Cache.get_many`."""
-        plan = plans.get_many(self._ctx, keys, type)
-        return cast(dict[str, Any], await self._driver.run(plan))
-
-    async def set_many(
-        self, mapping: Mapping[str, Any], ttl: TTLLike = None, *, type: Any = None
-    ) -> bool:
-        """See :meth:`Cache.set_many`."""
-        return bool(await self._driver.run(plans.set_many(self._ctx, mapping, ttl, type)))
-
     async def get_or_fetch(
         self,
         key: str,
-        fetch: Callable[[], Awaitable[Any] | Any],
+        fetch: Callable[[], Awaitable[T]] | Callable[[], T],
         ttl: TTLLike = None,
         tags: Sequence[str] = (),
         *,
-        unless: Callable[[Any], object] | None = None,
+        unless: Callable[[T], object] | None = None,
         type: Any = None,
-    ) -> Any:
+    ) -> T:
         """See :meth:`Cache.get_or_fetch`; *fetch* may be sync or async."""
-        ctx = self._ctx
-        rkey, family = ctx.keys.locate(key)
-        try:  # the hit fast path, as in Cache.get_or_fetch
-            first: Any = await self._driver.redis(("GET", rkey))
-        except CacheUnavailableError as exc:
-            if self.strict:
-                raise
-            first = exc
-        else:
-            policy = ctx.family_policy(family, ttl)
-            value = plans.fresh_value(ctx, key, family, first, policy, type)
-            if value is not MISSING:
-                return value
-        plan = plans.get_or_fetch(
-            ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=type
-        )
-        return await self._driver.run(plan, fetch, first)
-
-    async def write_through(
-        self,
-        key: str,
-        value: Any,
-        save: Callable[[Any], Awaitable[Any] | Any],
-        ttl: TTLLike = None,
-        *,
-        version: Callable[[Any], float] | None = None,
-        type: Any = None,
-    ) -> Any:
-        """See :meth:`Cache.write_through`; *save* may be sync or async."""
-        return await self._driver.run(
-            plans.write_through(self._ctx, key, value, ttl, version, type), lambda: save(value)
-        )
-
-    async def invalidate(self, *keys: str) -> int:
-        """See :meth:`Cache.invalidate`."""
-        return int(await self._driver.run(plans.invalidate(self._ctx, keys)))
-
-    async def invalidate_pattern(self, pattern: str) -> int:
-        """See :meth:`Cache.invalidate_pattern`."""
-        return int(await self._driver.run(plans.invalidate_pattern(self._ctx, pattern)))
-
-    async def invalidate_prefix(self, *parts: object) -> int:
-        """See :meth:`Cache.invalidate_prefix`."""
-        exact = join_key(*parts)
-        plan = plans.invalidate_pattern(self._ctx, escape_glob(exact) + ":*")
-        return int(await self._driver.run(plans.invalidate(self._ctx, [exact]))) + int(
-            await self._driver.run(plan)
-        )
-
-    async def invalidate_tag(self, tag: str) -> int:
-        """See :meth:`Cache.invalidate_tag`."""
-        return int(await self._driver.run(plans.invalidate_tag(self._ctx, tag)))
-
-    async def bump(self, family: str | None = None) -> bool:
-        """See :meth:`Cache.bump`."""
-        return bool(await self._driver.run(plans.bump(self._ctx, family)))
+        return cast(T, await self._driver.fetch(key, fetch, ttl, tags, unless, type))
 
     def cached(
         self,

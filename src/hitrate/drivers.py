@@ -20,7 +20,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,8 +38,9 @@ from .health import refused, server_url
 from .keys import family_of
 from .ops import ALONE, CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
 from .owed import OwedDeliveryInProgress
-from .plans import Context
+from .plans import MISSING, Context, fresh_value, get_or_fetch
 from .plans import owed as owed_plan
+from .policy import TTLLike
 
 __all__ = ["MAX_BACKGROUND", "AsyncDriver", "SyncDriver"]
 
@@ -267,6 +268,33 @@ class SyncDriver(_Base):
             self._deliver_owed()
         return self._send(op)
 
+    def fetch(
+        self,
+        key: str,
+        fetch: Callable[[], Any],
+        ttl: TTLLike,
+        tags: Sequence[str],
+        unless: Callable[[Any], object] | None,
+        vtype: Any,
+    ) -> Any:
+        """``get_or_fetch``: one GET, decided by :func:`~hitrate.plans.fresh_value` (a hit
+        ends here), else the plan, handed the GET's reply so it is not sent twice."""
+        ctx = self.ctx
+        rkey, family = ctx.keys.locate(key)
+        try:
+            first: Any = self.redis(("GET", rkey))
+        except CacheUnavailableError as exc:
+            if self.strict:
+                raise
+            first = exc
+        else:
+            policy = ctx.family_policy(family, ttl)
+            value = fresh_value(ctx, key, family, first, policy, vtype)
+            if value is not MISSING:
+                return value
+        plan = get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=vtype)
+        return self.run(plan, fetch, first)
+
     # -- the loop -------------------------------------------------------------------------
     def run(self, plan: Plan, call: Callable[[], Any] | None = None, first: Any = _NOT_READ) -> Any:
         """Run *plan*; *call* is the user's function for CALL. *first*, when given, is the
@@ -484,6 +512,32 @@ class AsyncDriver(_Base):
         if self.ctx.owed.pending:
             await self._deliver_owed()
         return await self._send(op)
+
+    async def fetch(
+        self,
+        key: str,
+        fetch: Callable[[], Any],
+        ttl: TTLLike,
+        tags: Sequence[str],
+        unless: Callable[[Any], object] | None,
+        vtype: Any,
+    ) -> Any:
+        """See :meth:`SyncDriver.fetch`."""
+        ctx = self.ctx
+        rkey, family = ctx.keys.locate(key)
+        try:
+            first: Any = await self.redis(("GET", rkey))
+        except CacheUnavailableError as exc:
+            if self.strict:
+                raise
+            first = exc
+        else:
+            policy = ctx.family_policy(family, ttl)
+            value = fresh_value(ctx, key, family, first, policy, vtype)
+            if value is not MISSING:
+                return value
+        plan = get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=vtype)
+        return await self.run(plan, fetch, first)
 
     async def run(
         self, plan: Plan, call: Callable[[], Any] | None = None, first: Any = _NOT_READ

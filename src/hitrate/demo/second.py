@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             uid = min(bisect.bisect(users, rng.random() * users[-1]), len(users) - 1)
             start = time.monotonic()
             row = cache.get_or_fetch(f"user:{uid}", functools.partial(shop.load_user, uid))
+            assert row is not None  # the demo only reads users it seeded
             reads.append((uid, start, time.monotonic(), int(row["version"])))
     finally:
         cache.close()

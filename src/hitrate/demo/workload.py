@@ -207,6 +207,7 @@ class Workload:
         if kind == "profile":
             start = time.monotonic()
             row = cache.get_or_fetch(f"user:{uid}", lambda: shop.load_user(uid))
+            assert row is not None  # the demo only reads users it seeded
             log.reads.append((uid, start, time.monotonic(), int(row["version"])))
         elif kind == "profile_update":
             saved: list[dict[str, Any]] = []

@@ -59,11 +59,16 @@ class verb(Generic[P, T]):
     :class:`Awaited` one."""
 
     def __init__(
-        self, plan: Callable[Concatenate[Any, P], Generator[Any, Any, T]], call: str = ""
+        self,
+        plan: Callable[Concatenate[Any, P], Generator[Any, Any, T]],
+        call: str | Callable[..., Callable[[], Any]] = "",
     ) -> None:
         self.plan = plan
         self._call = call
-        self._call_at = list(inspect.signature(plan).parameters).index(call) - 1 if call else 0
+        params = list(inspect.signature(plan).parameters)
+        self._call_at = params.index(call) - 1 if isinstance(call, str) and call else 0
+        signature = inspect.signature(plan)
+        self._signature = signature.replace(parameters=list(signature.parameters.values())[1:])
         self.__doc__ = plan.__doc__
         self.__name__ = plan.__name__
         self.__qualname__ = plan.__qualname__
@@ -83,7 +88,13 @@ class verb(Generic[P, T]):
             return self
         plan = self.plan
         run = obj._driver.run
-        if self._call:
+        if callable(self._call):
+            make_call = self._call
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return run(plan(obj, *args, **kwargs), make_call(*args, **kwargs))
+
+        elif self._call:
             name, at = self._call, self._call_at
 
             def call(*args: Any, **kwargs: Any) -> Any:
@@ -102,14 +113,16 @@ class verb(Generic[P, T]):
             self.__doc__,
         )
         call.__wrapped__ = plan  # type: ignore[attr-defined]
+        call.__signature__ = self._signature  # type: ignore[attr-defined]
         return call
 
 
 def calling(
-    name: str,
+    name: str | Callable[..., Callable[[], Any]],
 ) -> Callable[[Callable[Concatenate[Any, P], Generator[Any, Any, T]]], verb[P, T]]:
     """Like ``@verb``, for a plan that yields CALL: the driver calls the verb's argument
-    *name* (a loader, sync or async)."""
+    *name* (a loader, sync or async), or what *name* (a function of the verb's arguments)
+    makes of them (``write_through``: ``save(value)``)."""
 
     def decorate(plan: Callable[Concatenate[Any, P], Generator[Any, Any, T]]) -> verb[P, T]:
         return verb(plan, name)
