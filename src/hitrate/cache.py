@@ -1,23 +1,19 @@
-"""``Cache`` and ``AsyncCache``: the public verbs, written once in ``_CacheBase`` as plan
-methods (:mod:`hitrate.plans`) that the ``verb`` descriptor runs with the sync or the async
-driver (:mod:`hitrate.drivers`); the two classes add only what differs: the driver, the hit
-fast path's signature, ``close`` and the typed factories of the data structures."""
+"""``Cache`` and ``AsyncCache``: the verbs they share are written once in
+:class:`~hitrate.cachebase.CacheBase`; these two classes add what differs - the driver
+(:mod:`hitrate.drivers`), the typed hit fast path, ``stats``/``health``/``close`` and the
+typed factories of the data structures."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import random
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar, Unpack, cast
 
-from . import health, plans
-from .breaker import Breaker
-from .codec import Codec, make_codec
+from . import health
+from .cachebase import CacheBase
 from .connect import (
     MAX_CONNECTIONS,
     CacheOptions,
@@ -28,16 +24,11 @@ from .connect import (
 )
 from .decorators import AsyncCacheDecorator, CacheDecorator, KeyArg, cached_async, cached_sync
 from .drivers import AsyncDriver, SyncDriver
-from .errors import CacheUnavailableError, ConfigurationError
-from .flush import Flusher, flush_plan, register
-from .generations import Generations
+from .errors import CacheUnavailableError
+from .flush import Flusher, flush_plan
 from .health import Health
-from .keys import FamilyWatch, KeySpace, check_family_names, escape_glob
-from .keys import key as join_key
-from .monitor import Stats, stats_plan
-from .plans import Context
-from .policy import USER, Policy, TTLLike, to_policy
-from .stats import Counters, NullCounters
+from .monitor import Stats
+from .policy import TTLLike
 from .structures import (
     AsyncLeaderboard,
     AsyncObjects,
@@ -50,219 +41,14 @@ from .structures import (
     Seen,
     Unique,
 )
-from .structures._base import Awaited, PlanOf, Synced, calling, verb
+from .structures._base import Awaited, Synced
 
 __all__ = ["AsyncCache", "Cache"]
 
 T = TypeVar("T")
 
 
-def _save_value(
-    key: str, value: Any, save: Callable[[Any], Any], *args: Any, **kwargs: Any
-) -> Callable[[], Any]:
-    """What ``write_through``'s CALL runs: ``save(value)``."""
-    return functools.partial(save, value)
-
-
-class _CacheBase:
-    """Configuration shared by :class:`Cache` and :class:`AsyncCache`."""
-
-    def __init__(
-        self,
-        client: Any,
-        *,
-        prefix: str = "hitrate",
-        policies: Mapping[str, TTLLike] | None = None,
-        default_ttl: TTLLike = USER,
-        codec: str | Codec = "json",
-        pickle_secret: bytes | None = None,
-        secrets: Sequence[bytes] | None = None,
-        max_value_size: int = 1024 * 1024,
-        strict: bool = False,
-        breaker: Breaker | None = None,
-        rng: random.Random | None = None,
-        clock: Callable[[], float] = time.time,
-        write_window: float = 30.0,
-        count: bool = True,
-        flush_interval: float = 5.0,
-        generation_check: float = 1.0,
-    ) -> None:
-        """Wrap a redis-py *client* (``redis.Redis`` for :class:`Cache`,
-        ``redis.asyncio.Redis`` for :class:`AsyncCache`); it is not closed by :meth:`close`
-        (a client made by ``from_url`` is).
-
-        ``prefix``: the namespace of every key this cache writes. ``policies``: TTL policy
-        per key family (``{"user": USER}``); ``default_ttl`` for the others. ``codec``:
-        ``"json"`` (default), ``"msgpack"`` or ``"pickle"`` (signed with ``secrets=[new,
-        old]`` or ``pickle_secret``). ``max_value_size``: larger encoded values are refused.
-        ``strict``: raise instead of failing open. ``breaker``: the circuit breaker.
-        ``rng``, ``clock``: randomness (jitter, XFetch) and wall clock, for tests.
-        ``write_window``: the longest expected ``write_through`` save, seconds. ``count``:
-        keep per-family counters; ``flush_interval``: seconds between flushes of them to
-        Redis (0: only on demand). ``generation_check``: how often, in seconds, this process
-        reads the namespace generations again (see :meth:`Cache.bump`)."""
-        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
-        if kwargs.get("decode_responses"):
-            raise ConfigurationError(
-                "hitrate stores binary entries: create the Redis client with "
-                "decode_responses=False (the default), or use Cache.from_url()"
-            )
-        if not isinstance(max_value_size, int) or max_value_size < 64:
-            raise ConfigurationError("max_value_size must be an int of at least 64 bytes")
-        if not isinstance(flush_interval, int | float) or flush_interval < 0:
-            raise ConfigurationError("flush_interval must be seconds >= 0 (0: no timer)")
-        self._flush_interval = float(flush_interval)
-        default = to_policy(default_ttl, USER)
-        check_family_names(policies or {})
-        self.client = client
-        self.strict = strict
-        self.breaker = breaker or Breaker()
-        self._ctx = Context(
-            keys=KeySpace(prefix, FamilyWatch(policies) if policies else None),
-            codec=make_codec(codec, pickle_secret, None if secrets is None else tuple(secrets)),
-            default_policy=default,
-            policies={name: to_policy(p, default) for name, p in (policies or {}).items()},
-            max_value_size=max_value_size,
-            write_window=write_window,
-            rng=rng or random.Random(),
-            clock=clock,
-            stats=Counters() if count else NullCounters(),
-            gens=Generations(generation_check),
-        )
-        self._owns_client = False
-        self._setup()
-
-    def _setup(self) -> None:
-        """Make the driver and the stats timer (each class its own)."""
-        raise NotImplementedError
-
-    @property
-    def prefix(self) -> str:
-        return self._ctx.keys.prefix
-
-    @property
-    def counters(self) -> Counters:
-        """This process's per-family counters (hits, misses, loads, errors, ...)."""
-        return self._ctx.stats
-
-    def _start_flusher(
-        self, run: Callable[[Any], Any] | None, on_close: Callable[[], None] | None = None
-    ) -> Flusher | None:
-        """Flush this cache's counts to Redis on the shared timer (see :mod:`hitrate.flush`)."""
-        if run is None or isinstance(self._ctx.stats, NullCounters):
-            return None
-        flusher = Flusher(
-            run,
-            self._ctx.stats,
-            self.prefix,
-            interval=self._flush_interval,
-            clock=self._ctx.clock,
-            on_close=on_close,
-        )
-        weakref.finalize(self, flusher.retire)  # an unclosed cache still flushes its counts
-        return register(flusher)
-
-    def _stats_plan(self, minutes: int | None, history: int, sample: int) -> Any:
-        ctx = self._ctx
-        return stats_plan(
-            ctx.stats, ctx.keys, ctx.clock, minutes=minutes, history=history, sample=sample
-        )
-
-    def policy_for(self, key: str, ttl: TTLLike = None) -> Policy:
-        """The policy a write of *key* would use (family default unless *ttl* is given)."""
-        return self._ctx.policy(key, ttl)
-
-    def redis_key(self, key: str) -> str:
-        """The Redis key that holds *key*'s entry, e.g. ``app:{user:42}``."""
-        return self._ctx.keys.entry(key)
-
-    # -- the verbs, written once: each runs its plan with this cache's driver, so it
-    # returns the result on a Cache and an awaitable of it on an AsyncCache ----------------
-    @verb
-    def get(self, key: str, default: Any = None, *, type: Any = None) -> PlanOf[Any]:
-        """The cached value of *key*, or *default*. A cached ``None`` returns ``None``;
-        pass ``default=hitrate.MISSING`` to tell the two apart. ``type=`` decodes into that
-        type (a dataclass, pydantic model, ``datetime``, ``list[Item]``, ...)."""
-        return (yield from plans.get(self._ctx, key, default, type))
-
-    @verb
-    def set(self, key: str, value: Any, ttl: TTLLike = None, *, type: Any = None) -> PlanOf[bool]:
-        """Cache *value* under *key* (TTL from *ttl* or the family's policy). Returns False
-        when Redis was unreachable (fail-open; the key is invalidated when it returns).
-        Raises :class:`~hitrate.SerializationError` for a value a hit would not return
-        equal and of the same type; ``type=`` stores it for typed decoding."""
-        return bool((yield from plans.set_(self._ctx, key, value, ttl, type)))
-
-    @verb
-    def get_many(self, keys: Iterable[str], *, type: Any = None) -> PlanOf[dict[str, Any]]:
-        """The cached values of *keys* that are present, in one round trip (MGET);
-        ``type=`` decodes each into that type."""
-        return cast(dict[str, Any], (yield from plans.get_many(self._ctx, keys, type)))
-
-    @verb
-    def set_many(
-        self, mapping: Mapping[str, Any], ttl: TTLLike = None, *, type: Any = None
-    ) -> PlanOf[bool]:
-        """Cache several values in one round trip; nothing is written if one cannot be."""
-        return bool((yield from plans.set_many(self._ctx, mapping, ttl, type)))
-
-    @calling(_save_value)
-    def write_through(
-        self,
-        key: str,
-        value: Any,
-        save: Callable[[Any], Any],
-        ttl: TTLLike = None,
-        *,
-        version: Callable[[Any], float] | None = None,
-        type: Any = None,
-    ) -> PlanOf[Any]:
-        """``save(value)`` to the source of truth (sync, or async on an AsyncCache), then
-        cache what was saved: *save*'s return value when it is not ``None`` (the stored
-        row), else *value*. If another write or an invalidation of *key* overlapped, the
-        entry is deleted instead, so the next read loads fresh. With ``version=lambda row:
-        row["version"]`` the newer row wins. Returns what was cached."""
-        return (yield from plans.write_through(self._ctx, key, value, ttl, version, type))
-
-    @verb
-    def invalidate(self, *keys: str) -> PlanOf[int]:
-        """Delete *keys* and revoke their fill leases; returns how many entries existed."""
-        return int((yield from plans.invalidate(self._ctx, keys)))
-
-    @verb
-    def invalidate_pattern(self, pattern: str) -> PlanOf[int]:
-        """Invalidate every key under this cache's prefix matching the glob *pattern*, by
-        SCAN (never KEYS). Escape untrusted parts with :func:`hitrate.escape_glob`."""
-        return int((yield from plans.invalidate_pattern(self._ctx, pattern)))
-
-    @verb
-    def invalidate_prefix(self, *parts: object) -> PlanOf[int]:
-        """Invalidate the key :func:`hitrate.key` builds from *parts* and every key that
-        starts with it and a ``:``: ``cache.invalidate_prefix("tenant", tenant_id)``
-        deletes exactly that tenant's keys (``key("tenant", tenant_id, ...)``), whatever
-        the id holds -- tenant ``a`` never touches tenant ``a:b`` or ``a*``."""
-        exact = join_key(*parts)
-        deleted = yield from plans.invalidate(self._ctx, [exact])
-        more = yield from plans.invalidate_pattern(self._ctx, escape_glob(exact) + ":*")
-        return int(deleted) + int(more)
-
-    @verb
-    def invalidate_tag(self, tag: str) -> PlanOf[int]:
-        """Invalidate every entry filled with *tag*; fills in flight are refused."""
-        return int((yield from plans.invalidate_tag(self._ctx, tag)))
-
-    @verb
-    def bump(self, family: str | None = None) -> PlanOf[bool]:
-        """Make every entry of *family* (``None``: every entry under the prefix)
-        unreachable at once, in O(1) and without SCAN: for deploys and schema changes.
-        Fills in flight are refused; Redis expires the old entries. This cache sees the
-        bump at once, other processes within ``generation_check`` seconds (default 1).
-        Returns False if Redis was unreachable (the bump is then owed, delivered before
-        the next command)."""
-        return bool((yield from plans.bump(self._ctx, family)))
-
-
-class Cache(_CacheBase, Synced):
+class Cache(CacheBase, Synced):
     """A Redis cache for synchronous code. All verbs are thread-safe.
 
     >>> cache = Cache.from_url("redis://localhost:6379/0", prefix="app")   # doctest: +SKIP
@@ -462,7 +248,7 @@ class Cache(_CacheBase, Synced):
         )  # fmt: skip
 
 
-class AsyncCache(_CacheBase, Awaited):
+class AsyncCache(CacheBase, Awaited):
     """The asyncio twin of :class:`Cache`: the same verbs, awaited."""
 
     def _setup(self) -> None:

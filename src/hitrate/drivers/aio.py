@@ -1,0 +1,273 @@
+"""The driver for redis-py's asyncio client (see :mod:`hitrate.drivers`)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.exceptions as rexc
+
+from ..breaker import Breaker
+from ..errors import (
+    CacheUnavailableError,
+)
+from ..ops import ALONE, CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
+from ..plans import MISSING, Context, fresh_value, get_or_fetch
+from ..plans import owed as owed_plan
+from ..policy import TTLLike
+from ._common import (
+    _NOT_READ,
+    _UNPUBLISHED,
+    _Base,
+    _eval_args,
+    _LeaderGone,
+    _redis_error,
+    _replay,
+    log,
+)
+
+__all__ = ["AsyncDriver"]
+
+
+def _fresh_pool(pool: Any) -> Any:
+    """A pool like *pool* for a new event loop: the old one's connections and its
+    ``asyncio.Condition`` (a blocking pool's) belong to a loop that is gone."""
+    options: dict[str, Any] = {"max_connections": pool.max_connections}
+    if hasattr(pool, "timeout"):
+        options["timeout"] = pool.timeout
+    return type(pool)(connection_class=pool.connection_class, **options, **pool.connection_kwargs)
+
+
+class AsyncDriver(_Base):
+    """Runs plans with a ``redis.asyncio.Redis`` client. It follows the program from one
+    event loop to the next (``asyncio.run`` called again, a test runner's loop per test):
+    connections and in-process flights of a loop that is gone are dropped, not reused."""
+
+    def __init__(self, client: Any, ctx: Context, *, strict: bool, breaker: Breaker) -> None:
+        super().__init__(ctx, strict=strict, breaker=breaker)
+        self.client = client
+        self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _follow_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        if self._loop is not None:
+            # Everything bound to the old loop is unusable here: its connections (their
+            # streams), the futures of its flights, its background tasks.
+            self._flights.clear()
+            self._tasks.clear()
+            self._refreshing.clear()
+            pool = getattr(self.client, "connection_pool", None)
+            if pool is not None:
+                self.client.connection_pool = _fresh_pool(pool)
+        self._loop = loop
+
+    async def _run_logged(self, op: Spawn, call: Callable[[], Any] | None) -> None:
+        try:
+            await self.run(op.plan, call)
+        except Exception:
+            log.exception("hitrate: background refresh of %r failed", op.key)
+        finally:
+            self._refreshing.discard(op.key)
+
+    def _spawn(self, op: Spawn, call: Callable[[], Any] | None) -> bool:
+        if not self._may_spawn(op, len(self._tasks)):
+            return False
+        # create_task copies the caller's contextvars
+        task = asyncio.get_running_loop().create_task(self._run_logged(op, call))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def close(self) -> None:
+        """Wait for background refreshes to finish."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _eval(self, op: Eval) -> Any:
+        try:
+            return await self.client.execute_command("EVALSHA", *_eval_args(op))
+        except rexc.NoScriptError:
+            return await self.client.execute_command(
+                "EVAL", op.script.source, len(op.keys), *op.keys, *op.args
+            )
+
+    async def _batch(self, op: Batch) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for item in op.ops:
+            if isinstance(item, Eval):
+                pipe.execute_command("EVALSHA", *_eval_args(item))
+            else:
+                pipe.execute_command(*item)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for i, (item, reply) in enumerate(zip(op.ops, replies, strict=True)):
+            if isinstance(reply, rexc.NoScriptError) and isinstance(item, Eval):
+                replies[i] = await self._eval(item)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _send(self, op: Any) -> Any:
+        try:
+            if isinstance(op, tuple):
+                reply = await self.client.execute_command(*op)
+            elif isinstance(op, Eval):
+                reply = await self._eval(op)
+            else:
+                reply = await self._batch(op)
+        except BaseException as exc:
+            if isinstance(exc, Exception) and _redis_error(exc):
+                raise self._failed(exc, op) from exc
+            self.breaker.abandon()
+            raise
+        if self.breaker.failures:
+            self.breaker.success()
+        return reply
+
+    async def _deliver_owed(self) -> None:
+        """See :meth:`SyncDriver._deliver_owed`."""
+        self._claim_owed()
+        try:
+            plan = owed_plan(self.ctx)
+            send: Any = None
+            while True:
+                try:
+                    op = plan.send(send)
+                except StopIteration:
+                    return
+                send = await self._send(op)
+        finally:
+            self.ctx.owed.release()
+
+    async def redis(self, op: Any) -> Any:
+        self._follow_loop()
+        self._check(op)
+        if self.ctx.owed.pending:
+            await self._deliver_owed()
+        return await self._send(op)
+
+    async def fetch(
+        self,
+        key: str,
+        fetch: Callable[[], Any],
+        ttl: TTLLike,
+        tags: Sequence[str],
+        unless: Callable[[Any], object] | None,
+        vtype: Any,
+    ) -> Any:
+        """See :meth:`SyncDriver.fetch`."""
+        ctx = self.ctx
+        rkey, family = ctx.keys.locate(key)
+        try:
+            first: Any = await self.redis(("GET", rkey))
+        except CacheUnavailableError as exc:
+            if self.strict:
+                raise
+            first = exc
+        else:
+            policy = ctx.family_policy(family, ttl)
+            value = fresh_value(ctx, key, family, first, policy, vtype)
+            if value is not MISSING:
+                return value
+        plan = get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=vtype)
+        return await self.run(plan, fetch, first)
+
+    async def run(
+        self, plan: Plan, call: Callable[[], Any] | None = None, first: Any = _NOT_READ
+    ) -> Any:
+        """Run *plan*; *call* is the user's function for CALL. *first*, when given, is the
+        reply (or :class:`CacheUnavailableError`) to the plan's first Redis command, which
+        the caller already sent (the hit fast path), so it is not sent twice."""
+        self._follow_loop()
+        flight: asyncio.Future[Any] | None = None
+        flight_key = ""
+        sent_at = 0.0
+        called_seq = 0
+        send: Any = None
+        throw: BaseException | None = None
+        try:
+            while True:
+                try:
+                    op = plan.throw(throw) if throw is not None else plan.send(send)
+                except StopIteration as stop:
+                    if flight is not None and not flight.done():
+                        flight.set_result(_UNPUBLISHED)
+                    return stop.value
+                send, throw = None, None
+                if type(op) is tuple or isinstance(op, Eval | Batch):
+                    try:
+                        if flight is not None:
+                            sent_at = time.monotonic()
+                        if first is _NOT_READ:
+                            send = await self.redis(op)
+                        else:
+                            send, first = _replay(first), _NOT_READ
+                    except CacheUnavailableError as exc:
+                        if self.strict:
+                            raise
+                        throw = exc
+                    except BaseException as exc:  # cancelled: the plan cleans up first
+                        throw = exc
+                elif op is CALL:
+                    assert call is not None
+                    called_seq = self.ctx.write_seq
+                    try:
+                        send = call()
+                        if inspect.isawaitable(send):
+                            send = await send
+                    except BaseException as exc:
+                        throw = exc  # on cancellation the plan gives its lease back first
+                elif isinstance(op, Sleep):
+                    try:
+                        await asyncio.sleep(op.seconds)
+                    except BaseException as exc:
+                        throw = exc
+                elif isinstance(op, Spawn):
+                    send = self._spawn(op, call)
+                elif isinstance(op, Coalesce):
+                    leader = self._flights.get(op.rkey)
+                    if leader is None:
+                        flight_key = op.rkey
+                        flight = self._flights[op.rkey] = asyncio.get_running_loop().create_future()
+                        send = LEAD
+                        continue
+                    joined, joined_seq = time.monotonic(), self.ctx.write_seq
+                    try:
+                        result = await asyncio.wait_for(asyncio.shield(leader), op.wait)
+                    except TimeoutError:
+                        send = TIMEOUT  # waited the lease time: the plan loads by itself
+                        continue
+                    except _LeaderGone:
+                        send = ALONE  # cancelled leader: go on alone
+                        continue
+                    # As in the sync driver: only a value vouched for after we arrived, or
+                    # a load while Redis is down with no write of ours since it began.
+                    if result is not _UNPUBLISHED and (
+                        result[2] == joined_seq if result[2] is not None else result[1] > joined
+                    ):
+                        plan.close()
+                        return result[0]
+                    send = ALONE
+                elif isinstance(op, Publish):
+                    if flight is not None and not flight.done():
+                        since = called_seq if op.loaded else None
+                        flight.set_result((op.value, sent_at, since))
+                        if self._flights.get(flight_key) is flight:
+                            del self._flights[flight_key]
+                else:  # pragma: no cover - a plan bug
+                    raise TypeError(f"plan yielded {op!r}")
+        except BaseException as exc:
+            if flight is not None and not flight.done():
+                # A cancelled leader hands the fill over to a waiter instead of failing it.
+                flight.set_exception(exc if isinstance(exc, Exception) else _LeaderGone())
+                flight.exception()  # mark retrieved: there may be no waiters
+            raise
+        finally:
+            if flight is not None and self._flights.get(flight_key) is flight:
+                del self._flights[flight_key]

@@ -1,0 +1,259 @@
+"""The driver for redis-py's sync client (see :mod:`hitrate.drivers`)."""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import redis.exceptions as rexc
+
+from ..breaker import Breaker
+from ..errors import (
+    CacheUnavailableError,
+)
+from ..ops import ALONE, CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
+from ..plans import MISSING, Context, fresh_value, get_or_fetch
+from ..plans import owed as owed_plan
+from ..policy import TTLLike
+from ._common import (
+    _NOT_READ,
+    _Base,
+    _eval_args,
+    _Flight,
+    _redis_error,
+    _refuse_awaitable,
+    _replay,
+    log,
+)
+
+__all__ = ["SyncDriver"]
+
+
+class SyncDriver(_Base):
+    """Runs plans with a ``redis.Redis`` (or ``RedisCluster``) client."""
+
+    def __init__(self, client: Any, ctx: Context, *, strict: bool, breaker: Breaker) -> None:
+        super().__init__(ctx, strict=strict, breaker=breaker)
+        self.client = client
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._workers: ThreadPoolExecutor | None = None
+        self._background = 0
+
+    def _spawn(self, op: Spawn, call: Callable[[], Any] | None) -> bool:
+        with self._flights_lock:
+            if not self._may_spawn(op, self._background):
+                return False
+            self._background += 1
+            if self._workers is None:
+                self._workers = ThreadPoolExecutor(4, thread_name_prefix="hitrate-refresh")
+        context = contextvars.copy_context()  # the caller's request-scoped state
+        self._workers.submit(context.run, self._run_logged, op, call)
+        return True
+
+    def _run_logged(self, op: Spawn, call: Callable[[], Any] | None) -> None:
+        try:
+            self.run(op.plan, call)
+        except Exception:
+            log.exception("hitrate: background refresh of %r failed", op.key)
+        finally:
+            with self._flights_lock:
+                self._background -= 1
+                self._refreshing.discard(op.key)
+
+    def close(self) -> None:
+        """Wait for background refreshes to finish."""
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
+            self._workers = None
+
+    # -- Redis steps --------------------------------------------------------------------
+    def _eval(self, op: Eval) -> Any:
+        try:
+            return self.client.execute_command("EVALSHA", *_eval_args(op))
+        except rexc.NoScriptError:
+            return self.client.execute_command(
+                "EVAL", op.script.source, len(op.keys), *op.keys, *op.args
+            )
+
+    def _batch(self, op: Batch) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for item in op.ops:
+            if isinstance(item, Eval):
+                pipe.execute_command("EVALSHA", *_eval_args(item))
+            else:
+                pipe.execute_command(*item)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        for i, (item, reply) in enumerate(zip(op.ops, replies, strict=True)):
+            if isinstance(reply, rexc.NoScriptError) and isinstance(item, Eval):
+                replies[i] = self._eval(item)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _send(self, op: Any) -> Any:
+        try:
+            if isinstance(op, tuple):
+                reply = self.client.execute_command(*op)
+            elif isinstance(op, Eval):
+                reply = self._eval(op)
+            else:
+                reply = self._batch(op)
+        except BaseException as exc:
+            if isinstance(exc, Exception) and _redis_error(exc):
+                raise self._failed(exc, op) from exc
+            self.breaker.abandon()
+            raise
+        if self.breaker.failures:
+            self.breaker.success()
+        return reply
+
+    def _deliver_owed(self) -> None:
+        """Deliver what is owed before anything else is sent (raises if it cannot)."""
+        self._claim_owed()
+        try:
+            plan = owed_plan(self.ctx)
+            send: Any = None
+            while True:
+                try:
+                    op = plan.send(send)
+                except StopIteration:
+                    return
+                send = self._send(op)  # a failure ends the plan and goes to the caller
+        finally:
+            self.ctx.owed.release()
+
+    def redis(self, op: Any) -> Any:
+        self._check(op)
+        if self.ctx.owed.pending:
+            self._deliver_owed()
+        return self._send(op)
+
+    def fetch(
+        self,
+        key: str,
+        fetch: Callable[[], Any],
+        ttl: TTLLike,
+        tags: Sequence[str],
+        unless: Callable[[Any], object] | None,
+        vtype: Any,
+    ) -> Any:
+        """``get_or_fetch``: one GET, decided by :func:`~hitrate.plans.fresh_value` (a hit
+        ends here), else the plan, handed the GET's reply so it is not sent twice."""
+        ctx = self.ctx
+        rkey, family = ctx.keys.locate(key)
+        try:
+            first: Any = self.redis(("GET", rkey))
+        except CacheUnavailableError as exc:
+            if self.strict:
+                raise
+            first = exc
+        else:
+            policy = ctx.family_policy(family, ttl)
+            value = fresh_value(ctx, key, family, first, policy, vtype)
+            if value is not MISSING:
+                return value
+        plan = get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=vtype)
+        return self.run(plan, fetch, first)
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, plan: Plan, call: Callable[[], Any] | None = None, first: Any = _NOT_READ) -> Any:
+        """Run *plan*; *call* is the user's function for CALL. *first*, when given, is the
+        reply (or :class:`CacheUnavailableError`) to the plan's first Redis command, which
+        the caller already sent (the hit fast path), so it is not sent twice."""
+        flight: _Flight | None = None
+        flight_key = ""
+        sent_at = 0.0
+        called_seq = 0
+        send: Any = None
+        throw: BaseException | None = None
+        try:
+            while True:
+                try:
+                    op = plan.throw(throw) if throw is not None else plan.send(send)
+                except StopIteration as stop:
+                    return stop.value
+                send, throw = None, None
+                if type(op) is tuple or isinstance(op, Eval | Batch):
+                    try:
+                        if flight is not None:
+                            sent_at = time.monotonic()
+                        if first is _NOT_READ:
+                            send = self.redis(op)
+                        else:
+                            send, first = _replay(first), _NOT_READ
+                    except CacheUnavailableError as exc:
+                        if self.strict:
+                            raise
+                        throw = exc
+                    except BaseException as exc:  # interrupted: the plan cleans up first
+                        throw = exc
+                elif op is CALL:
+                    assert call is not None
+                    called_seq = self.ctx.write_seq
+                    try:
+                        send = call()
+                        if inspect.isawaitable(send):
+                            _refuse_awaitable(send)
+                    except BaseException as exc:
+                        throw = exc
+                elif isinstance(op, Sleep):
+                    try:
+                        time.sleep(op.seconds)
+                    except BaseException as exc:
+                        throw = exc
+                elif isinstance(op, Spawn):
+                    send = self._spawn(op, call)
+                elif isinstance(op, Coalesce):
+                    with self._flights_lock:
+                        leader = self._flights.get(op.rkey)
+                        if leader is None:
+                            flight_key = op.rkey
+                            flight = self._flights[op.rkey] = _Flight()
+                    if leader is None:
+                        send = LEAD
+                        continue
+                    joined, joined_seq = time.monotonic(), self.ctx.write_seq
+                    if not leader.done.wait(op.wait):
+                        send = TIMEOUT  # waited the lease time: the plan loads by itself
+                        continue
+                    # Only a value vouched for by Redis after we arrived is fresh for us: a
+                    # write may have completed between an earlier read and now. A load while
+                    # Redis is down is shared unless this process wrote since it began.
+                    if leader.published and (
+                        leader.since == joined_seq
+                        if leader.since is not None
+                        else leader.sent_at > joined
+                    ):
+                        plan.close()
+                        return leader.value
+                    if leader.error is not None:
+                        raise leader.error
+                    send = ALONE  # unpublished, or too old for us: go on alone
+                elif isinstance(op, Publish):
+                    if flight is not None and not flight.done.is_set():
+                        flight.value, flight.published = op.value, True
+                        flight.sent_at = sent_at
+                        flight.since = called_seq if op.loaded else None
+                        self._land(flight_key, flight)
+                else:  # pragma: no cover - a plan bug
+                    raise TypeError(f"plan yielded {op!r}")
+        except Exception as exc:
+            if flight is not None and not flight.done.is_set():
+                flight.error = exc
+            raise
+        finally:
+            if flight is not None:
+                self._land(flight_key, flight)
+
+    def _land(self, key: str, flight: _Flight) -> None:
+        """The flight is over: later callers start their own, waiters wake up."""
+        with self._flights_lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.done.set()
