@@ -778,3 +778,26 @@ def test_exported_members() -> None:
         if not name.startswith("_") and not isinstance(value, ModuleType)
     }
     assert public | {"__version__"} == set(hitrate.__all__)
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    import inspect
+
+    missing = []
+    for name in hitrate.__all__:
+        obj = getattr(hitrate, name)
+        if name.startswith("__") or not (inspect.isclass(obj) or callable(obj)):
+            continue
+        if not (obj.__doc__ or "").strip():
+            missing.append(name)
+        if inspect.isclass(obj):
+            for attr in dir(obj):
+                if attr.startswith("_"):
+                    continue
+                value = inspect.getattr_static(obj, attr)
+                if isinstance(value, property):
+                    value = value.fget
+                if callable(value) or isinstance(value, classmethod | staticmethod):
+                    if not (getattr(value, "__doc__", None) or "").strip():
+                        missing.append(f"{name}.{attr}")
+    assert missing == []

@@ -65,6 +65,7 @@ class Breaker:
 
     @property
     def is_open(self) -> bool:
+        """True while calls skip Redis (after ``threshold`` consecutive outage failures)."""
         return self._failures >= self.threshold
 
     @property

@@ -112,7 +112,13 @@ class CacheBase:
 
     @property
     def prefix(self) -> str:
+        """The namespace of every Redis key this cache writes (``app`` in ``app:{user:42}``)."""
         return self._ctx.keys.prefix
+
+    @property
+    def keyspace(self) -> KeySpace:
+        """How this cache lays out its Redis keys (for tools: the CLI, key scans)."""
+        return self._ctx.keys
 
     @property
     def counters(self) -> Counters:

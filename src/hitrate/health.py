@@ -53,6 +53,7 @@ class Health:
         return f"Redis at {self.url} is NOT healthy: {self.error} (breaker {self.breaker})"
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values, for a health-check endpoint."""
         return asdict(self)
 
 

@@ -209,7 +209,7 @@ def invalidate(
                 typer.echo("nothing deleted")
                 return
         if dry_run:
-            found = matching_entries(cache.client, cache._ctx.keys, pattern)
+            found = matching_entries(cache.client, cache.keyspace, pattern)
             noun = "entry" if len(found) == 1 else "entries"
             typer.echo(f"{len(found)} {noun} match {pattern!r} under prefix {prefix!r}")
             for key in found[:20]:
@@ -233,7 +233,7 @@ def keys(
 ) -> None:
     """Some entries of one key family (found by SCAN), with their memory and TTL."""
     with _cache(url, prefix) as cache:
-        rows = family_keys(cache.client, cache._ctx.keys, family, sample)
+        rows = family_keys(cache.client, cache.keyspace, family, sample)
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2, ensure_ascii=False))
     elif not rows:
@@ -252,7 +252,7 @@ def bigkeys(
 ) -> None:
     """The largest keys under the prefix by MEMORY USAGE (SCAN, never KEYS)."""
     with _cache(url, prefix) as cache:
-        rows = big_keys(cache.client, cache._ctx.keys, top, sample)
+        rows = big_keys(cache.client, cache.keyspace, top, sample)
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2, ensure_ascii=False))
     elif not rows:

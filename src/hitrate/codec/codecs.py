@@ -89,6 +89,7 @@ class JsonCodec:
     seal = unseal = None  # not a signing codec (found at once: no failed getattr per entry)
 
     def dumps(self, value: Any, key: str) -> bytes:
+        """The value as payload bytes, or :class:`~hitrate.SerializationError` naming *key*."""
         if not json_exact(value):
             raise _refused(key, "JSON", find_problem(value, json_ok))
         try:
@@ -100,6 +101,7 @@ class JsonCodec:
             raise _refused(key, "JSON", where) from None
 
     def loads(self, data: bytes, key: str) -> Any:
+        """The value from payload bytes written by :meth:`dumps`."""
         return orjson.loads(data)
 
     def dumps_typed(self, value: Any, key: str, spec: TypeSpec) -> tuple[bytes, bool]:
@@ -124,6 +126,7 @@ class JsonCodec:
         return data, not plain
 
     def loads_typed(self, data: bytes, key: str, spec: TypeSpec, typed: bool) -> Any:
+        """The value from *data*, decoded as *spec* (``typed``: written typed)."""
         return spec.decode_json(data)
 
 
@@ -207,6 +210,7 @@ class MsgpackCodec:
         return self._msgpack.unpackb(data, ext_hook=self._ext_hook, raw=False, strict_map_key=False)
 
     def dumps(self, value: Any, key: str) -> bytes:
+        """The value as payload bytes, or :class:`~hitrate.SerializationError` naming *key*."""
         try:
             return self._pack(value)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -216,9 +220,11 @@ class MsgpackCodec:
             raise _refused(key, "msgpack", where) from None
 
     def loads(self, data: bytes, key: str) -> Any:
+        """The value from payload bytes written by :meth:`dumps`."""
         return self._unpack(data)
 
     def dumps_typed(self, value: Any, key: str, spec: TypeSpec) -> tuple[bytes, bool]:
+        """Payload bytes for typed decoding with *spec*, and whether they need it."""
         spec.check(key, value)
         try:
             return self._pack(value), False  # exact without its type
@@ -235,6 +241,7 @@ class MsgpackCodec:
         return data, True
 
     def loads_typed(self, data: bytes, key: str, spec: TypeSpec, typed: bool) -> Any:
+        """The value from *data*, decoded as *spec* (``typed``: written typed)."""
         value = self._unpack(data)
         if not typed and (spec.classes is None or isinstance(value, spec.classes)):
             return value  # stored exactly as it was given
@@ -304,6 +311,7 @@ class PickleCodec:
             raise SerializationError(f"cannot pickle the value for key {key!r}: {exc}") from None
 
     def loads_raw(self, body: bytes, key: str) -> Any:
+        """The value from an already verified payload (no signature in front)."""
         return pickle.loads(body)  # only ever called on a body unseal() verified
 
     def dumps(self, value: Any, key: str) -> bytes:
@@ -312,13 +320,16 @@ class PickleCodec:
         return self._sign(self._macs[0], key, b"F", body) + body
 
     def loads(self, data: bytes, key: str) -> Any:
+        """The value from payload bytes written by :meth:`dumps`."""
         return self.loads_raw(self._verify(key, b"F", data), key)
 
     def dumps_typed(self, value: Any, key: str, spec: TypeSpec) -> tuple[bytes, bool]:
+        """Payload bytes for typed decoding with *spec*, and whether they need it."""
         spec.check(key, value)
         return self.dumps_raw(value, key), False
 
     def loads_typed(self, data: bytes, key: str, spec: TypeSpec, typed: bool) -> Any:
+        """The value from *data*, decoded as *spec* (``typed``: written typed)."""
         value = self.loads_raw(data, key)
         if spec.classes is not None and not isinstance(value, spec.classes):
             raise DecodeError(f"{key!r} holds a {type(value).__qualname__}, not {spec.name}")
