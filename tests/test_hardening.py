@@ -451,3 +451,44 @@ def test_a_lost_generations_hash_never_brings_retired_entries_back(url: str, pre
     raw.close()
     fresh.close()
     cache.close()
+
+
+def test_background_refreshes_are_bounded(url: str, prefix: str) -> None:
+    """Stale reads of many keys at once start at most MAX_BACKGROUND refreshes; the rest
+    are served stale and give their lease back, so a later read can refresh them."""
+    from hitrate.drivers import MAX_BACKGROUND
+
+    clock = FakeClock()
+    cache = Cache.from_url(url, prefix=prefix, clock=clock)
+    policy = Policy(10, stale=600)
+    n = MAX_BACKGROUND + 36
+    for i in range(n):
+        cache.get_or_fetch(f"agg:{i}", lambda: 0, ttl=policy)
+    clock.advance(20)
+    running, peak = [0], [0]
+    lock, release = threading.Lock(), threading.Event()
+
+    def slow() -> int:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        release.wait(5)
+        with lock:
+            running[0] -= 1
+        return 1
+
+    started = time.monotonic()
+    served = [cache.get_or_fetch(f"agg:{i}", slow, ttl=policy) for i in range(n)]
+    assert served == [0] * n  # all stale, served at once
+    assert time.monotonic() - started < 2.0
+    release.set()
+    cache.close()  # waits for what was queued
+    assert peak[0] <= 4  # the worker threads
+    raw = raw_client(url)
+    leases = list(raw.scan_iter(f"{prefix}:{{agg:*}}:lease"))
+    assert leases == []  # refused refreshes gave their lease back
+    reader = Cache.from_url(url, prefix=prefix, clock=clock)
+    fresh = sum(1 for i in range(n) if reader.get(f"agg:{i}") == 1)
+    assert fresh == MAX_BACKGROUND  # exactly the accepted refreshes landed
+    reader.close()
+    raw.close()
