@@ -327,7 +327,7 @@ def test_bump_refuses_a_fill_in_flight(url: str, prefix: str) -> None:
 
 
 def test_families_are_bounded(url: str, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
-    from hitrate.stats import MAX_FAMILIES, OTHER
+    from hitrate.counting import MAX_FAMILIES, OTHER
 
     cache = Cache.from_url(url, prefix=prefix)
     for i in range(MAX_FAMILIES + 50):  # one family per id: a key scheme gone wrong

@@ -27,8 +27,8 @@ from .drivers import AsyncDriver, SyncDriver
 from .errors import CacheUnavailableError
 from .flush import Flusher, flush_plan
 from .health import Health
-from .monitor import Stats
 from .policy import TTLLike
+from .stats import Stats
 from .structures import (
     AsyncLeaderboard,
     AsyncObjects,

@@ -15,15 +15,15 @@ from typing import Any, TypeVar, cast
 from . import plans
 from .breaker import Breaker
 from .codec import Codec, make_codec
+from .counting import Counters, NullCounters
 from .errors import ConfigurationError
 from .flush import Flusher, register
 from .generations import Generations
 from .keys import FamilyWatch, KeySpace, check_family_names, escape_glob
 from .keys import key as join_key
-from .monitor import stats_plan
 from .plans import Context
 from .policy import USER, Policy, TTLLike, to_policy
-from .stats import Counters, NullCounters
+from .stats import stats_plan
 from .structures._base import PlanOf, calling, verb
 
 __all__ = ["CacheBase"]

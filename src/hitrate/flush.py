@@ -1,6 +1,6 @@
 """Flushing per-family counters to Redis, so every process's counts add up.
 
-Each cache's counts (:class:`hitrate.stats.Counters`) are written in batches, never per
+Each cache's counts (:class:`hitrate.counting.Counters`) are written in batches, never per
 operation: what was counted since the last flush becomes a numbered batch, sent in ONE
 pipeline (one ``stats_flush.lua`` call per batch, normally one) that adds it to two hashes
 under the cache's prefix (see :mod:`hitrate.keys`)::
@@ -12,7 +12,7 @@ under the cache's prefix (see :mod:`hitrate.keys`)::
 Fields are ``<family>|<counter>`` (``hits``, ``misses``, ``stale_hits``, ``negative_hits``,
 ``loads``, ``fills``, ``invalidations``, ``errors``, ``fail_open``, ...), plus
 ``<family>|load_seconds`` and the load-time histogram ``<family>|load_le_<bound>`` with the
-fixed bounds of :data:`hitrate.stats.LOAD_BUCKETS`, so p50/p99 can be estimated from all
+fixed bounds of :data:`hitrate.counting.LOAD_BUCKETS`, so p50/p99 can be estimated from all
 processes at once. A batch that failed is sent again with the next flush (fail-open, no
 loss); one that Redis had already applied (a timeout after the write) is recognised by its
 number and skipped, so nothing is counted twice. The ``{app}`` hash tag keeps one cache's
@@ -38,10 +38,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .counting import COUNTERS, LOAD_BUCKETS, Counters, FamilyCounts
 from .errors import CacheUnavailableError
 from .ops import Batch, Eval, Plan
 from .scripts import script
-from .stats import COUNTERS, LOAD_BUCKETS, Counters, FamilyCounts
 
 __all__ = [
     "MINUTE_TTL",

@@ -8,7 +8,7 @@
 
 **For the whole cache** (every process and host, from the counts flushed to Redis): the
 dashboard's ``/metrics`` (``hitrate dashboard``), or :class:`StatsCollector` on a
-:class:`~hitrate.monitor.Stats`. Scrape one or the other, not both, or sums count twice.
+:class:`~hitrate.stats.Stats`. Scrape one or the other, not both, or sums count twice.
 
 Metrics (labels never contain a key, only its family; past :data:`MAX_FAMILIES` families
 the rest are labelled ``family="other"``)::
@@ -48,8 +48,8 @@ try:
 except ImportError as exc:
     raise missing_extra("hitrate.prometheus", "prometheus-client", "prometheus", exc) from exc
 
-from .monitor import Stats
-from .stats import LOAD_BUCKETS, Counters, FamilyCounts
+from .counting import LOAD_BUCKETS, Counters, FamilyCounts
+from .stats import Stats
 
 __all__ = ["MAX_FAMILIES", "CacheMetrics", "StatsCollector", "instrument"]
 

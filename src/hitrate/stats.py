@@ -1,342 +1,460 @@
-"""In-process counters per key family: hits, misses, loads, errors, fail-open events.
+"""``cache.stats()``: hit rate per key family from every process, beside the server's figures.
 
-Incrementing is a dict update under a lock: no Redis round trip on the hot path. The
-counts only grow; :meth:`Counters.outbox` packs what was counted since the last call into
-a numbered batch and returns every batch not yet confirmed written, and
-:meth:`Counters.delivered` drops the batches Redis confirmed. The flusher in
-:mod:`hitrate.flush` sends them with their numbers, so a batch re-sent after an ambiguous
-failure is not counted twice, and a batch that failed is sent again: nothing is lost.
+Redis's own ``keyspace_hits``/``keyspace_misses`` mix every client and every kind of key;
+hitrate's counters (flushed by :mod:`hitrate.flush`) say which family of keys is failing::
 
-Load times go into fixed buckets (:data:`LOAD_BUCKETS`), the same in every process, so
-percentiles can be estimated from the buckets summed over all processes and hosts.
+    >>> s = cache.stats()                                    # doctest: +SKIP
+    >>> s.hit_rate, s.verdict                                # doctest: +SKIP
+    (87.5, <Verdict.TARGET: 'target'>)
+    >>> s.family("user").load_p99                            # doctest: +SKIP
+    0.0123
+
+Verdicts, for each family and overall: below 50 % "useless — fix the keys or TTLs",
+50-80 % "working", 80-95 % "target", above 95 % "check for staleness" (bounds included in
+the better band: 50.00 is working, 80.00 and 95.00 are target). Under :data:`MIN_READS`
+reads the rate says little (3 hits of 4 is not a working cache yet): the verdict is then
+"too few reads".
+
+Reading stats adds no keyspace miss to the server figures it shows: INFO is read before
+anything else, and the stats hashes are looked up with MEMORY USAGE (which Redis and
+Valkey count neither as a hit nor as a miss) so only those that exist are read.
+
+The reading is a plan (:func:`stats_plan`) like every other verb, so :class:`~hitrate.Cache`
+and :class:`~hitrate.AsyncCache` share it. Key counts and memory per family are estimated
+by sampling: SCAN (never KEYS) examines up to ``sample`` keys of the database, MEMORY USAGE
+measures up to 50 entries per family, and the figures are scaled by ``DBSIZE / examined``
+when the scan did not cover the whole database (``Stats.sample.complete`` says which).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
-import weakref
-from bisect import bisect_left
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
-__all__ = ["COUNTERS", "LOAD_BUCKETS", "Counters", "FamilyCounts", "NullCounters", "quantile"]
+from .counting import COUNTERS, Counters, FamilyCounts, quantile
+from .flush import BUCKET_NAMES, flush_plan, minute_key, totals_key
+from .keys import KeySpace, family_of
+from .ops import Batch, Plan
 
-log = logging.getLogger("hitrate")
+__all__ = [
+    "FamilyStats",
+    "History",
+    "KeySample",
+    "MIN_READS",
+    "Stats",
+    "Verdict",
+    "parse_counts",
+    "stats_plan",
+    "verdict_for",
+]
 
-MAX_UNSENT = 1000  # batches kept while Redis is unreachable (~80 min at one per 5 s)
-MAX_FAMILIES = 256  # families counted by name; the rest are counted together as OTHER
-OTHER = "~other"  # (key schemes that put an id before the first ":" make one family per id)
-
-#: Upper bounds (seconds, inclusive) of the load-time buckets; one more bucket holds the rest.
-LOAD_BUCKETS: tuple[float, ...] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-)  # fmt: skip
-
-COUNTERS = (
-    "hits",
-    "misses",
-    "stale_hits",
-    "negative_hits",
-    "loads",
-    "fills",
-    "fills_refused",
-    "waits",
-    "invalidations",
-    "errors",
-    "fail_open",
-    "decode_errors",
-)
+_BUCKET_INDEX = {name: i for i, name in enumerate(BUCKET_NAMES)}
+MEMORY_SAMPLES = 50  # MEMORY USAGE calls per family
+MIN_READS = 100  #: fewer reads than this get :attr:`Verdict.TOO_FEW`, not a judgement
 
 
-@dataclass
-class FamilyCounts:
-    hits: int = 0
-    misses: int = 0
+class Verdict(StrEnum):
+    """What a hit rate says about a cache (the value is the advice shown to people)."""
+
+    NO_DATA = "no traffic yet"
+    TOO_FEW = "too few reads"
+    USELESS = "useless — fix the keys or TTLs"
+    WORKING = "working"
+    TARGET = "target"
+    STALENESS = "check for staleness"
+
+    @property
+    def level(self) -> str:
+        """A short name for the verdict: ``useless``, ``working``, ``target``, ..."""
+        return self.name.lower()
+
+
+def verdict_for(hit_rate: float, reads: int | None = None) -> Verdict:
+    """The verdict for *hit_rate* (percent) over *reads* reads: :attr:`Verdict.NO_DATA`
+    when nothing was read, :attr:`Verdict.TOO_FEW` under :data:`MIN_READS` reads (None:
+    judge the rate alone).
+
+    >>> [verdict_for(rate).level for rate in (49.99, 50.0, 80.0, 95.0, 95.01)]
+    ['useless', 'working', 'target', 'target', 'staleness']
+    >>> [verdict_for(75.0, reads).level for reads in (0, 4, 99, 100)]
+    ['no_data', 'too_few', 'too_few', 'working']
+    """
+    if reads is not None and reads <= 0:
+        return Verdict.NO_DATA
+    if reads is not None and reads < MIN_READS:
+        return Verdict.TOO_FEW
+    if hit_rate < 50.0:
+        return Verdict.USELESS
+    if hit_rate < 80.0:
+        return Verdict.WORKING
+    if hit_rate <= 95.0:
+        return Verdict.TARGET
+    return Verdict.STALENESS
+
+
+def _rate(hits: int, misses: int) -> float:
+    total = hits + misses
+    return round(100.0 * hits / total, 2) if total else 0.0
+
+
+@dataclass(frozen=True)
+class FamilyStats:
+    """One key family's figures, summed over every process that flushed them."""
+
+    family: str
+    hits: int
+    misses: int
     stale_hits: int = 0
     negative_hits: int = 0
     loads: int = 0
     fills: int = 0
-    fills_refused: int = 0
-    waits: int = 0
+    fills_refused: int = 0  #: fills refused: an invalidation or write ran while it loaded
+    waits: int = 0  #: callers that waited for another caller's load instead of loading
     invalidations: int = 0
     errors: int = 0
     fail_open: int = 0
     decode_errors: int = 0
     load_seconds: float = 0.0
-    load_times: list[float] = field(default_factory=list, repr=False)
-    load_buckets: list[int] = field(
-        default_factory=lambda: [0] * (len(LOAD_BUCKETS) + 1), repr=False
-    )
+    load_p50: float | None = None  #: seconds, estimated from the load-time buckets
+    load_p99: float | None = None
+    keys: int | None = None  #: entries, estimated by sampling (None: not sampled)
+    memory_bytes: int | None = None  #: their memory, estimated by sampling
+    #: loads per bucket of :data:`~hitrate.counting.LOAD_BUCKETS`
+    load_buckets: tuple[int, ...] = ()
 
     @property
     def hit_rate(self) -> float:
-        """Percent of reads served from the cache (stale and negative hits count as hits)."""
-        total = self.hits + self.misses
-        return round(100.0 * self.hits / total, 2) if total else 0.0
+        """Percent of reads served from the cache, 2 decimals (stale and negative hits are
+        hits)."""
+        return _rate(self.hits, self.misses)
 
-    def load_quantile(self, q: float) -> float | None:
-        """Estimated load time (seconds) at quantile *q* (0.5, 0.99), from the buckets."""
-        return quantile(self.load_buckets, q)
+    @property
+    def verdict(self) -> Verdict:
+        return verdict_for(self.hit_rate, self.hits + self.misses)
 
-    def is_zero(self) -> bool:
-        return (
-            not any(getattr(self, k) for k in COUNTERS)
-            and not self.load_seconds
-            and not any(self.load_buckets)
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "hit_rate": self.hit_rate,
+            "verdict": str(self.verdict),
+            "verdict_level": self.verdict.level,
+            "hits": self.hits,
+            "misses": self.misses,
+            "stale_hits": self.stale_hits,
+            "negative_hits": self.negative_hits,
+            "loads": self.loads,
+            "fills": self.fills,
+            "fills_refused": self.fills_refused,
+            "waits": self.waits,
+            "invalidations": self.invalidations,
+            "errors": self.errors,
+            "fail_open": self.fail_open,
+            "decode_errors": self.decode_errors,
+            "load_seconds": round(self.load_seconds, 6),
+            "load_p50": self.load_p50,
+            "load_p99": self.load_p99,
+            "keys": self.keys,
+            "memory_bytes": self.memory_bytes,
+            "load_buckets": list(self.load_buckets),
+        }
+
+
+@dataclass(frozen=True)
+class KeySample:
+    """What the SCAN sample saw: entries and memory per family, scaled to the database."""
+
+    examined: int
+    complete: bool  #: the scan covered the whole database: counts are exact
+    keys: Mapping[str, int] = field(default_factory=dict)
+    memory_bytes: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class History:
+    """Per-minute counts for the last minutes (oldest first), from the minute buckets."""
+
+    minutes: tuple[int, ...]  #: epoch minutes (``int(time() // 60)``)
+    families: Mapping[str, tuple[FamilyCounts, ...]]
+
+    def series(self, family: str | None = None) -> list[float | None]:
+        """Hit rate per minute for *family* (all families when None); None: no reads."""
+        rows = self._rows(family)
+        return [_rate(c.hits, c.misses) if c.hits + c.misses else None for c in rows]
+
+    def _rows(self, family: str | None) -> list[FamilyCounts]:
+        if family is not None:
+            return list(self.families.get(family, ()))
+        out = [FamilyCounts() for _ in self.minutes]
+        for rows in self.families.values():
+            for total, counts in zip(out, rows, strict=True):
+                total.add(counts)
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        def one(rows: list[FamilyCounts]) -> dict[str, Any]:
+            return {
+                "hits": [c.hits for c in rows],
+                "misses": [c.misses for c in rows],
+                "hit_rate": [_rate(c.hits, c.misses) if c.hits + c.misses else None for c in rows],
+            }
+
+        return {
+            "minutes": [m * 60 for m in self.minutes],
+            "total": one(self._rows(None)),
+            "families": {name: one(list(rows)) for name, rows in sorted(self.families.items())},
+        }
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The state of one cache (one prefix): hitrate's counts from every process, the
+    server's INFO figures, and a row per key family. ``as_dict()`` gives JSON."""
+
+    prefix: str
+    hits: int
+    misses: int
+    memory_used: str  #: as INFO says it, e.g. ``"1.05M"``
+    memory_used_bytes: int
+    keys: int  #: DBSIZE: every key in the database, not only this prefix's
+    evicted_keys: int
+    expired_keys: int
+    keyspace_hits: int  #: the server's, for every client and kind of key
+    keyspace_misses: int
+    families: tuple[FamilyStats, ...] = ()
+    minutes: int | None = None  #: counts cover the last N minutes (None: since first flush)
+    sample: KeySample | None = None
+    history: History | None = None
+    taken_at: float = 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        """Percent of hitrate's reads served from the cache, over every family."""
+        return _rate(self.hits, self.misses)
+
+    @property
+    def verdict(self) -> Verdict:
+        return verdict_for(self.hit_rate, self.hits + self.misses)
+
+    @property
+    def server_hit_rate(self) -> float:
+        """The server-wide rate from ``keyspace_hits``/``keyspace_misses`` (all clients)."""
+        return _rate(self.keyspace_hits, self.keyspace_misses)
+
+    def family(self, name: str) -> FamilyStats:
+        """The row of family *name* (a row of zeros if nothing was counted for it)."""
+        for row in self.families:
+            if row.family == name:
+                return row
+        return FamilyStats(name, 0, 0)
+
+    def total(self, counter: str) -> int:
+        """*counter* (``"loads"``, ``"errors"``, ...) summed over the families."""
+        return sum(int(getattr(row, counter)) for row in self.families)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "prefix": self.prefix,
+            "hit_rate": self.hit_rate,
+            "verdict": str(self.verdict),
+            "verdict_level": self.verdict.level,
+            "hits": self.hits,
+            "misses": self.misses,
+            "memory_used": self.memory_used,
+            "memory_used_bytes": self.memory_used_bytes,
+            "keys": self.keys,
+            "evicted_keys": self.evicted_keys,
+            "expired_keys": self.expired_keys,
+            "keyspace_hits": self.keyspace_hits,
+            "keyspace_misses": self.keyspace_misses,
+            "server_hit_rate": self.server_hit_rate,
+            "minutes": self.minutes,
+            "families": [row.as_dict() for row in self.families],
+            "sample": None
+            if self.sample is None
+            else {"examined": self.sample.examined, "complete": self.sample.complete},
+            "history": None if self.history is None else self.history.as_dict(),
+            "taken_at": self.taken_at,
+        }
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _pairs(reply: Any) -> Iterable[tuple[Any, Any]]:
+    if isinstance(reply, dict):
+        return reply.items()
+    items = list(reply or [])
+    return zip(items[::2], items[1::2], strict=True)
+
+
+def parse_counts(reply: Any) -> dict[str, FamilyCounts]:
+    """A stats hash (``HGETALL`` reply) as counts per family; unknown fields are ignored."""
+    out: dict[str, FamilyCounts] = {}
+    for raw_field, raw_value in _pairs(reply):
+        family, sep, name = _text(raw_field).rpartition("|")
+        if not sep:
+            continue
+        counts = out.get(family)
+        if counts is None:
+            counts = out[family] = FamilyCounts()
+        value = _text(raw_value)
+        if name in COUNTERS:
+            setattr(counts, name, int(value))
+        elif name == "load_seconds":
+            counts.load_seconds = float(value)
+        elif name in _BUCKET_INDEX:
+            counts.load_buckets[_BUCKET_INDEX[name]] = int(value)
+    return out
+
+
+def _merge(parts: Iterable[dict[str, FamilyCounts]]) -> dict[str, FamilyCounts]:
+    out: dict[str, FamilyCounts] = {}
+    for part in parts:
+        for family, counts in part.items():
+            if family in out:
+                out[family].add(counts)
+            else:
+                out[family] = counts.copy()
+    return out
+
+
+def sample_plan(keys: KeySpace, budget: int, dbsize: int, *, count: int = 1000) -> Plan:
+    """SCAN up to *budget* keys of the database (every key, so the share of it seen is
+    known), count this prefix's entries per family and measure some with MEMORY USAGE."""
+    start = keys.root + "{"
+    cursor: Any = 0
+    examined = 0
+    found: dict[str, int] = {}
+    measured: dict[str, list[str]] = {}
+    while True:
+        cursor, batch = yield ("SCAN", cursor, "COUNT", count)
+        examined += len(batch)
+        for raw in batch:
+            rkey = _text(raw)
+            if not rkey.startswith(start) or keys.entry_of(rkey) != rkey:
+                continue  # not ours, or a lease/bookkeeping key beside an entry
+            family = family_of(keys.user_key(rkey))
+            found[family] = found.get(family, 0) + 1
+            chosen = measured.setdefault(family, [])
+            if len(chosen) < MEMORY_SAMPLES:
+                chosen.append(rkey)
+        if int(cursor) == 0 or examined >= budget:
+            break
+    complete = int(cursor) == 0
+    order = [(family, rkey) for family, rkeys in measured.items() for rkey in rkeys]
+    sizes = (yield Batch([("MEMORY", "USAGE", rkey) for _, rkey in order])) if order else []
+    per_family: dict[str, list[int]] = {}
+    for (family, _), size in zip(order, sizes, strict=True):
+        if size is not None:  # expired since the SCAN
+            per_family.setdefault(family, []).append(int(size))
+    scale = 1.0 if complete or not examined else max(dbsize, examined) / examined
+    estimated = {family: round(n * scale) for family, n in found.items()}
+    memory = {
+        family: round(sum(s) / len(s) * estimated[family]) for family, s in per_family.items()
+    }
+    return KeySample(examined, complete, estimated, memory)
+
+
+def _int(info: Mapping[str, Any], name: str) -> int:
+    try:
+        return int(info.get(name, 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def stats_plan(
+    counters: Counters,
+    keys: KeySpace,
+    clock: Callable[[], float] = time.time,
+    *,
+    minutes: int | None = None,
+    history: int = 0,
+    sample: int = 10_000,
+) -> Plan:
+    """Flush this process's counts, then read the totals (or the last *minutes* minute
+    buckets), the server's INFO and DBSIZE, optionally *history* minutes of buckets and a
+    key sample. Redis being unavailable raises :class:`~hitrate.CacheUnavailableError`:
+    there is nothing to fall back on."""
+    if minutes is not None and minutes < 1:
+        raise ValueError("minutes must be at least 1 (or None for the totals)")
+    yield from flush_plan(counters, keys.prefix, clock)  # counts it could not write stay
+    now = clock()
+    this_minute = int(now // 60)
+    span = max(history, minutes or 0)
+    window = [this_minute - i for i in range(span - 1, -1, -1)]
+    # INFO comes first, and MEMORY USAGE (neither a keyspace hit nor a miss) says which
+    # stats hashes exist: a minute without traffic has no hash, and an HGETALL of it
+    # would add a keyspace miss to the very figures this reading shows.
+    hashes = [totals_key(keys.prefix)] + [minute_key(keys.prefix, m) for m in window]
+    reads: list[tuple[Any, ...]] = [("INFO", "memory"), ("INFO", "stats"), ("DBSIZE",)]
+    reads += [("MEMORY", "USAGE", name) for name in hashes]
+    info_memory, info_stats, dbsize, *sizes = yield Batch(reads)
+    present = [name for name, size in zip(hashes, sizes, strict=True) if size is not None]
+    replies = (yield Batch([("HGETALL", name) for name in present])) if present else []
+    found = dict(zip(present, replies, strict=True))
+    totals, *buckets = [found.get(name, {}) for name in hashes]
+    per_minute = [parse_counts(b) for b in buckets]
+    if minutes is None:
+        counts = parse_counts(totals)
+    else:
+        counts = _merge(per_minute[len(per_minute) - minutes :])
+    key_sample = (yield from sample_plan(keys, sample, int(dbsize))) if sample > 0 else None
+    past = None
+    if history:
+        recent = per_minute[len(per_minute) - history :]
+        seen = sorted({name for part in recent for name in part})
+        past = History(
+            tuple(window[len(window) - history :]),
+            {n: tuple(part.get(n, FamilyCounts()) for part in recent) for n in seen},
         )
-
-    def copy(self) -> FamilyCounts:
-        return FamilyCounts(
-            **{k: getattr(self, k) for k in COUNTERS},
-            load_seconds=self.load_seconds,
-            load_buckets=list(self.load_buckets),
-        )
-
-    def add(self, other: FamilyCounts, sign: int = 1) -> None:
-        """Add (or with ``sign=-1`` subtract) *other*'s counts to these, in place."""
-        for k in COUNTERS:
-            setattr(self, k, getattr(self, k) + sign * getattr(other, k))
-        self.load_seconds += sign * other.load_seconds
-        for i, n in enumerate(other.load_buckets):
-            self.load_buckets[i] += sign * n
-
-
-def quantile(buckets: Sequence[int], q: float) -> float | None:
-    """Estimate quantile *q* from load-time bucket counts, interpolating linearly inside
-    the bucket it falls in (as Prometheus' ``histogram_quantile`` does); ``None`` with no
-    samples. Past the last bound the answer is that bound: "at least this slow"."""
-    total = sum(buckets)
-    if total <= 0:
-        return None
-    rank = q * total
-    seen = 0
-    for i, n in enumerate(buckets):
-        if n and seen + n >= rank:
-            if i >= len(LOAD_BUCKETS):
-                return LOAD_BUCKETS[-1]
-            low = LOAD_BUCKETS[i - 1] if i else 0.0
-            return low + (LOAD_BUCKETS[i] - low) * max(0.0, rank - seen) / n
-        seen += n
-    return LOAD_BUCKETS[-1]
+    names = set(counts) | (set(key_sample.keys) if key_sample else set())
+    rows = [_family_row(name, counts.get(name, FamilyCounts()), key_sample) for name in names]
+    rows.sort(key=lambda r: (-(r.hits + r.misses), r.family))
+    return Stats(
+        prefix=keys.prefix,
+        hits=sum(r.hits for r in rows),
+        misses=sum(r.misses for r in rows),
+        memory_used=_text(info_memory.get("used_memory_human", "")),
+        memory_used_bytes=_int(info_memory, "used_memory"),
+        keys=int(dbsize),
+        evicted_keys=_int(info_stats, "evicted_keys"),
+        expired_keys=_int(info_stats, "expired_keys"),
+        keyspace_hits=_int(info_stats, "keyspace_hits"),
+        keyspace_misses=_int(info_stats, "keyspace_misses"),
+        families=tuple(rows),
+        minutes=minutes,
+        sample=key_sample,
+        history=past,
+        taken_at=now,
+    )
 
 
-class _Shard:
-    """One thread's hit and miss counts: only that thread writes them, so the hot path
-    needs no lock; readers copy the dicts (a copy is atomic in CPython)."""
-
-    __slots__ = ("__weakref__", "hits", "misses", "thread")
-
-    def __init__(self) -> None:
-        self.hits: dict[str, int] = {}
-        self.misses: dict[str, int] = {}
-        self.thread = weakref.ref(threading.current_thread())
-
-
-class Counters:
-    """Per-family counters, safe to share between threads.
-
-    Hits and misses (the hot path) go to per-thread shards without a lock, about 100 ns
-    cheaper than a locked update; everything else is counted under one lock."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._families: defaultdict[str, FamilyCounts] = defaultdict(FamilyCounts)
-        self._local = threading.local()
-        self._shards: list[_Shard] = []
-        self._taken: dict[str, FamilyCounts] = {}  # what take() has handed out so far
-        self.source = os.urandom(8).hex()  # names this process's batches in Redis
-        self._seq = 0
-        self._unsent: dict[int, tuple[int, dict[str, FamilyCounts]]] = {}
-        #: ``(family, seconds)`` callbacks for each load (Prometheus' histogram); loads are
-        #: misses, so the hit path never runs them
-        self.observers: list[Callable[[str, float], None]] = []
-        self._known: set[str] = set()  # families counted by name (read without the lock)
-
-    def _admit(self, family: str) -> str:
-        """*family*, or :data:`OTHER` once :data:`MAX_FAMILIES` are counted by name."""
-        with self._lock:
-            if family in self._known:
-                return family
-            if len(self._known) >= MAX_FAMILIES:
-                if OTHER not in self._known:
-                    self._known.add(OTHER)
-                    log.warning(
-                        "hitrate: more than %d key families; the rest are counted as %r (put "
-                        "a fixed name before the first ':' of a key: 'user:42', not '42:user')",
-                        MAX_FAMILIES,
-                        OTHER,
-                    )
-                return OTHER
-            self._known.add(family)
-            return family
-
-    def incr(self, family: str, name: str, n: int = 1) -> None:
-        if family not in self._known:
-            family = self._admit(family)
-        with self._lock:
-            counts = self._families[family]
-            setattr(counts, name, getattr(counts, name) + n)
-
-    def _shard(self) -> _Shard:
-        shard = _Shard()
-        self._local.shard = shard
-        with self._lock:
-            self._shards.append(shard)
-        return shard
-
-    def hit(self, family: str) -> None:
-        if family not in self._known:
-            family = self._admit(family)
-        try:
-            hits = self._local.shard.hits
-        except AttributeError:
-            hits = self._shard().hits
-        hits[family] = hits.get(family, 0) + 1
-
-    def miss(self, family: str) -> None:
-        if family not in self._known:
-            family = self._admit(family)
-        try:
-            misses = self._local.shard.misses
-        except AttributeError:
-            misses = self._shard().misses
-        misses[family] = misses.get(family, 0) + 1
-
-    def _merged(self) -> dict[str, FamilyCounts]:
-        """Every family's counts, shards included; called with the lock held. The shards
-        of threads that ended are folded into the locked counts."""
-        ended = [shard for shard in self._shards if _ended(shard)]
-        for shard in ended:
-            self._fold(shard)
-            self._shards.remove(shard)
-        out = {name: c.copy() for name, c in self._families.items()}
-        for shard in self._shards:
-            for name, n in shard.hits.copy().items():
-                out.setdefault(name, FamilyCounts()).hits += n
-            for name, n in shard.misses.copy().items():
-                out.setdefault(name, FamilyCounts()).misses += n
-        return out
-
-    def _fold(self, shard: _Shard) -> None:
-        for name, n in shard.hits.copy().items():
-            self._families[name].hits += n
-        for name, n in shard.misses.copy().items():
-            self._families[name].misses += n
-
-    def load(self, family: str, seconds: float) -> None:
-        if family not in self._known:
-            family = self._admit(family)
-        with self._lock:
-            counts = self._families[family]
-            counts.loads += 1
-            counts.load_seconds += seconds
-            counts.load_buckets[bisect_left(LOAD_BUCKETS, seconds)] += 1
-            if len(counts.load_times) < 10_000:
-                counts.load_times.append(seconds)
-        for observe in self.observers:
-            try:
-                observe(family, seconds)
-            except Exception:  # an exporter's failure is no reason to fail a read
-                log.exception("hitrate: load observer failed")
-
-    def snapshot(self) -> dict[str, FamilyCounts]:
-        """A copy of every family's counts."""
-        with self._lock:
-            out = self._merged()
-            for name, c in self._families.items():
-                out[name].load_times = list(c.load_times)
-            return out
-
-    def total(self) -> FamilyCounts:
-        out = FamilyCounts()
-        for c in self.snapshot().values():
-            for k in COUNTERS:
-                setattr(out, k, getattr(out, k) + getattr(c, k))
-            out.load_seconds += c.load_seconds
-            for i, n in enumerate(c.load_buckets):
-                out.load_buckets[i] += n
-        return out
-
-    def reset(self) -> None:
-        """Forget every count (what was not flushed yet is dropped too)."""
-        with self._lock:
-            self._families.clear()
-            self._taken.clear()
-            self._unsent.clear()
-            for shard in self._shards:
-                shard.hits.clear()
-                shard.misses.clear()
-
-    def _take(self) -> dict[str, FamilyCounts]:
-        """What was counted since the last take, per family (families with nothing new are
-        left out). Called with the lock held."""
-        out: dict[str, FamilyCounts] = {}
-        for name, counts in self._merged().items():
-            taken = self._taken.get(name)
-            delta = counts.copy()
-            if taken is not None:
-                delta.add(taken, -1)
-            if delta.is_zero():
-                continue
-            out[name] = delta
-            self._taken[name] = counts.copy()
-        return out
-
-    def outbox(self, minute: int) -> list[tuple[int, int, dict[str, FamilyCounts]]]:
-        """Every batch not confirmed written, oldest first, as ``(sequence number, epoch
-        minute it was counted in, counts per family)``; what was counted since the last
-        call becomes a new batch in *minute*. Past :data:`MAX_UNSENT` batches (Redis down
-        for long) new counts are folded into the newest batch instead."""
-        with self._lock:
-            deltas = self._take()
-            if deltas:
-                if len(self._unsent) >= MAX_UNSENT:
-                    newest = self._unsent[self._seq][1]
-                    for name, delta in deltas.items():
-                        if name in newest:
-                            newest[name].add(delta)
-                        else:
-                            newest[name] = delta
-                else:
-                    self._seq += 1
-                    self._unsent[self._seq] = (minute, deltas)
-            return [(seq, m, d) for seq, (m, d) in sorted(self._unsent.items())]
-
-    def delivered(self, upto: int) -> None:
-        """Redis holds every batch up to sequence number *upto*: forget them."""
-        with self._lock:
-            for seq in [s for s in self._unsent if s <= upto]:
-                del self._unsent[seq]
-
-    def after_fork(self) -> None:
-        """In a forked child: a fresh lock and name, and what the parent counted stays the
-        parent's to flush (the child's flushes carry only what the child counts)."""
-        self._lock = threading.Lock()
-        self._taken = self._merged()
-        self.source = os.urandom(8).hex()
-        self._seq = 0
-        self._unsent = {}
-
-
-def _ended(shard: _Shard) -> bool:
-    thread = shard.thread()
-    return thread is None or not thread.is_alive()
-
-
-class NullCounters(Counters):
-    """Counts nothing: ``Cache(..., count=False)``, used to measure what counting costs."""
-
-    def incr(self, family: str, name: str, n: int = 1) -> None:
-        pass
-
-    def hit(self, family: str) -> None:
-        pass
-
-    def miss(self, family: str) -> None:
-        pass
-
-    def load(self, family: str, seconds: float) -> None:
-        pass
+def _family_row(name: str, c: FamilyCounts, key_sample: KeySample | None) -> FamilyStats:
+    return FamilyStats(
+        family=name,
+        hits=c.hits,
+        misses=c.misses,
+        stale_hits=c.stale_hits,
+        negative_hits=c.negative_hits,
+        loads=c.loads,
+        fills=c.fills,
+        fills_refused=c.fills_refused,
+        waits=c.waits,
+        invalidations=c.invalidations,
+        errors=c.errors,
+        fail_open=c.fail_open,
+        decode_errors=c.decode_errors,
+        load_seconds=c.load_seconds,
+        load_p50=quantile(c.load_buckets, 0.5),
+        load_p99=quantile(c.load_buckets, 0.99),
+        load_buckets=tuple(c.load_buckets),
+        keys=key_sample.keys.get(name, 0) if key_sample is not None else None,
+        memory_bytes=key_sample.memory_bytes.get(name, 0) if key_sample is not None else None,
+    )

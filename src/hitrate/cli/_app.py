@@ -23,7 +23,7 @@ from ..cache import Cache
 from ..connect import resolve_url
 from ..errors import ConfigurationError, HitrateError
 from ..keyscan import big_keys, family_keys, matching_entries
-from ..monitor import Stats
+from ..stats import Stats
 from ._render import console, key_table, render_stats, shown
 
 PATTERN_HELP = """Glob over cache keys (not Redis keys), confined to the prefix: * any run of

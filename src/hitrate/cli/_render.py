@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..keyscan import KeyInfo
-from ..monitor import Stats
+from ..stats import Stats
 
 __all__ = ["COLOURS", "console", "key_table", "render_stats"]
 

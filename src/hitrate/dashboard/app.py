@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..cache import AsyncCache
 from ..errors import HitrateError
-from ..monitor import Stats
+from ..stats import Stats
 
 __all__ = ["create_app"]
 

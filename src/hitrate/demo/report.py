@@ -9,8 +9,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..monitor import Stats, verdict_for
-from ..stats import FamilyCounts
+from ..counting import FamilyCounts
+from ..stats import Stats, verdict_for
 from .workload import FAMILIES, Workload
 
 __all__ = ["build_report", "live_table", "render_report"]

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..codec import Codec, DecodeError, Entry, decode_entry, encode_entry
+from ..counting import Counters
 from ..errors import CacheUnavailableError, ValueTooLargeError
 from ..generations import Generations, new_token
 from ..keys import KeySpace, family_of
 from ..ops import Plan
 from ..owed import OwedQueue
 from ..policy import Policy, TTLLike, to_policy
-from ..stats import Counters
 
 __all__ = ["BATCH_CHUNK", "MGET_CHUNK", "MISSING", "SCRIPT_CHUNK", "Context", "interrupted"]
 

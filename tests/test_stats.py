@@ -19,12 +19,12 @@ import redis
 
 import hitrate
 from hitrate import AsyncCache, Cache
+from hitrate.counting import LOAD_BUCKETS, Counters, quantile
 from hitrate.errors import CacheUnavailableError
 from hitrate.flush import flush_plan, minute_key, totals_key
-from hitrate.monitor import MIN_READS, FamilyStats, Stats, Verdict, verdict_for
 from hitrate.ops import Batch
 from hitrate.server import EmbeddedServer
-from hitrate.stats import LOAD_BUCKETS, Counters, quantile
+from hitrate.stats import MIN_READS, FamilyStats, Stats, Verdict, verdict_for
 from hitrate.testing import FakeClock
 
 
