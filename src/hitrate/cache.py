@@ -10,7 +10,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar, Unpack, cast
+from typing import Any, TypeVar, Unpack, cast, overload
 
 from . import health
 from .cachebase import CacheBase
@@ -279,18 +279,42 @@ class AsyncCache(CacheBase, Awaited):
         cache._owns_client = True
         return cache
 
+    @overload
     async def get_or_fetch(
         self,
         key: str,
-        fetch: Callable[[], Awaitable[T]] | Callable[[], T],
+        fetch: Callable[[], Awaitable[T]],
         ttl: TTLLike = None,
         tags: Sequence[str] = (),
         *,
         unless: Callable[[T], object] | None = None,
         type: Any = None,
-    ) -> T:
+    ) -> T: ...
+
+    @overload
+    async def get_or_fetch(
+        self,
+        key: str,
+        fetch: Callable[[], T],
+        ttl: TTLLike = None,
+        tags: Sequence[str] = (),
+        *,
+        unless: Callable[[T], object] | None = None,
+        type: Any = None,
+    ) -> T: ...
+
+    async def get_or_fetch(
+        self,
+        key: str,
+        fetch: Callable[[], Any],
+        ttl: TTLLike = None,
+        tags: Sequence[str] = (),
+        *,
+        unless: Callable[[Any], object] | None = None,
+        type: Any = None,
+    ) -> Any:
         """See :meth:`Cache.get_or_fetch`; *fetch* may be sync or async."""
-        return cast(T, await self._driver.fetch(key, fetch, ttl, tags, unless, type))
+        return await self._driver.fetch(key, fetch, ttl, tags, unless, type)
 
     def cached(
         self,
