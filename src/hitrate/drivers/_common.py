@@ -1,10 +1,13 @@
-"""What the two drivers share: error handling, the breaker, owed delivery, in-process
-flights and background-refresh bookkeeping (see :mod:`hitrate.drivers`)."""
+"""What the two drivers share - everything but the I/O: the loop that runs a plan
+(:meth:`_Base._steps`, which yields the I/O it needs to each driver's small trampoline),
+error handling and the breaker, owed delivery, in-process flights and background-refresh
+bookkeeping (see :mod:`hitrate.drivers`)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Generator
 from typing import Any
 
 import redis.exceptions as rexc
@@ -19,7 +22,7 @@ from ..errors import (
 )
 from ..health import refused, server_url
 from ..keys import family_of
-from ..ops import Batch, Eval, Spawn
+from ..ops import ALONE, CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
 from ..owed import OwedDeliveryInProgress
 from ..plans import Context
 
@@ -47,12 +50,13 @@ def _pool_exhausted(exc: BaseException) -> bool:
 
 
 class _Flight:
-    """One in-process fill that other threads wait on."""
+    """One in-process fill that other threads (tasks) wait on; ``done`` is a
+    ``threading.Event`` in the sync driver, an ``asyncio.Event`` in the async one."""
 
     __slots__ = ("done", "error", "published", "sent_at", "since", "value")
 
-    def __init__(self) -> None:
-        self.done = threading.Event()
+    def __init__(self, done: Any) -> None:
+        self.done = done
         self.value: Any = None
         self.published = False
         self.sent_at = 0.0  # when the Redis command that vouched for the value was sent
@@ -82,11 +86,10 @@ def _refuse_awaitable(result: Any) -> None:
     )
 
 
-class _LeaderGone(Exception):
-    """The task filling a key was cancelled; a waiting task takes over."""
-
-
-_UNPUBLISHED = object()  # the leader's value is not safe to share: waiters go on alone
+#: What the shared loop (:meth:`_Base._steps`) asks its driver to do, the only I/O there is:
+#: ``(REDIS, op)``, ``(CALL_USER, fn)``, ``(SLEEP, seconds)``, ``(JOIN, flight, timeout)``
+#: (wait for another caller's flight; reply True when it landed, False on timeout).
+REDIS, CALL_USER, SLEEP, JOIN = "redis", "call", "sleep", "join"
 
 
 class _Base:
@@ -95,6 +98,118 @@ class _Base:
         self.strict = strict
         self.breaker = breaker
         self._refreshing: set[str] = set()  # keys with a background refresh here
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+
+    def _event(self) -> Any:
+        """A fresh event for a flight (threading or asyncio)."""
+        raise NotImplementedError
+
+    def _spawn(self, op: Spawn, call: Callable[[], Any] | None) -> bool:
+        raise NotImplementedError
+
+    def _land(self, key: str, flight: _Flight) -> None:
+        """The flight is over: later callers start their own, waiters wake up."""
+        with self._flights_lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.done.set()
+
+    # -- the loop, written once: plans in, I/O requests out ---------------------------------
+    def _steps(
+        self, plan: Plan, call: Callable[[], Any] | None, first: Any
+    ) -> Generator[Any, Any, Any]:
+        """Run *plan*, yielding the I/O it needs to the driver's trampoline (``run``), which
+        sends back the result or throws what the I/O raised. *first*, when given, is the
+        reply (or :class:`CacheUnavailableError`) to the plan's first Redis command, which
+        the caller already sent (the hit fast path), so it is not sent twice.
+
+        However a step ends - a reply, a Redis error, the loader raising, an interruption -
+        what happened is thrown into the plan, so it can give its lease back and close its
+        write window before the exception goes on."""
+        ctx, monotonic = self.ctx, self.ctx.monotonic
+        flight: _Flight | None = None
+        flight_key = ""
+        sent_at = 0.0
+        called_seq = 0
+        send: Any = None
+        throw: BaseException | None = None
+        try:
+            while True:
+                try:
+                    op = plan.throw(throw) if throw is not None else plan.send(send)
+                except StopIteration as stop:
+                    return stop.value
+                send, throw = None, None
+                if type(op) is tuple or isinstance(op, Eval | Batch):
+                    try:
+                        if flight is not None:
+                            sent_at = monotonic()
+                        if first is _NOT_READ:
+                            send = yield (REDIS, op)
+                        else:
+                            send, first = _replay(first), _NOT_READ
+                    except CacheUnavailableError as exc:
+                        if self.strict:
+                            raise
+                        throw = exc
+                    except BaseException as exc:  # interrupted: the plan cleans up first
+                        throw = exc
+                elif op is CALL:
+                    assert call is not None
+                    called_seq = ctx.write_seq
+                    try:
+                        send = yield (CALL_USER, call)
+                    except BaseException as exc:
+                        throw = exc
+                elif isinstance(op, Sleep):
+                    try:
+                        yield (SLEEP, op.seconds)
+                    except BaseException as exc:
+                        throw = exc
+                elif isinstance(op, Spawn):
+                    send = self._spawn(op, call)
+                elif isinstance(op, Coalesce):
+                    with self._flights_lock:
+                        leader = self._flights.get(op.rkey)
+                        if leader is None:
+                            flight_key = op.rkey
+                            flight = self._flights[op.rkey] = _Flight(self._event())
+                    if leader is None:
+                        send = LEAD
+                        continue
+                    joined, joined_seq = monotonic(), ctx.write_seq
+                    if not (yield (JOIN, leader, op.wait)):
+                        send = TIMEOUT  # waited the lease time: the plan loads by itself
+                        continue
+                    # Only a value vouched for by Redis after we arrived is fresh for us: a
+                    # write may have completed between an earlier read and now. A load while
+                    # Redis is down is shared unless this process wrote since it began.
+                    if leader.published and (
+                        leader.since == joined_seq
+                        if leader.since is not None
+                        else leader.sent_at > joined
+                    ):
+                        plan.close()
+                        return leader.value
+                    if leader.error is not None:
+                        raise leader.error
+                    send = ALONE  # unpublished, too old for us, or its caller was cancelled
+                elif isinstance(op, Publish):
+                    if flight is not None and not flight.done.is_set():
+                        flight.value, flight.published = op.value, True
+                        flight.sent_at = sent_at
+                        flight.since = called_seq if op.loaded else None
+                        self._land(flight_key, flight)
+                else:  # pragma: no cover - a plan bug
+                    raise TypeError(f"plan yielded {op!r}")
+        except Exception as exc:  # shown to waiters; a cancelled leader's waiters go on alone
+            if flight is not None and not flight.done.is_set():
+                flight.error = exc
+            raise
+        finally:
+            if flight is not None:
+                self._land(flight_key, flight)
 
     def _describe(self, op: Any) -> str:
         if isinstance(op, tuple):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.exceptions as rexc
@@ -14,18 +13,18 @@ from ..breaker import Breaker
 from ..errors import (
     CacheUnavailableError,
 )
-from ..ops import ALONE, CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
+from ..ops import Batch, Eval, Plan, Spawn
 from ..plans import MISSING, Context, fresh_value, get_or_fetch
 from ..plans import owed as owed_plan
 from ..policy import TTLLike
 from ._common import (
     _NOT_READ,
-    _UNPUBLISHED,
+    CALL_USER,
+    REDIS,
+    SLEEP,
     _Base,
     _eval_args,
-    _LeaderGone,
     _redis_error,
-    _replay,
     log,
 )
 
@@ -49,7 +48,7 @@ class AsyncDriver(_Base):
     def __init__(self, client: Any, ctx: Context, *, strict: bool, breaker: Breaker) -> None:
         super().__init__(ctx, strict=strict, breaker=breaker)
         self.client = client
-        self._flights: dict[str, asyncio.Future[Any]] = {}
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # injectable
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -181,93 +180,36 @@ class AsyncDriver(_Base):
     async def run(
         self, plan: Plan, call: Callable[[], Any] | None = None, first: Any = _NOT_READ
     ) -> Any:
-        """Run *plan*; *call* is the user's function for CALL. *first*, when given, is the
-        reply (or :class:`CacheUnavailableError`) to the plan's first Redis command, which
-        the caller already sent (the hit fast path), so it is not sent twice."""
+        """The trampoline of the shared loop (:meth:`_Base._steps`), with awaited I/O; see
+        :meth:`SyncDriver.run`."""
         self._follow_loop()
-        flight: asyncio.Future[Any] | None = None
-        flight_key = ""
-        sent_at = 0.0
-        called_seq = 0
-        send: Any = None
+        steps = self._steps(plan, call, first)
+        reply: Any = None
         throw: BaseException | None = None
-        try:
-            while True:
-                try:
-                    op = plan.throw(throw) if throw is not None else plan.send(send)
-                except StopIteration as stop:
-                    if flight is not None and not flight.done():
-                        flight.set_result(_UNPUBLISHED)
-                    return stop.value
-                send, throw = None, None
-                if type(op) is tuple or isinstance(op, Eval | Batch):
+        while True:
+            try:
+                request = steps.throw(throw) if throw is not None else steps.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            reply, throw = None, None
+            kind = request[0]
+            try:
+                if kind is REDIS:
+                    reply = await self.redis(request[1])
+                elif kind is CALL_USER:
+                    reply = request[1]()
+                    if inspect.isawaitable(reply):
+                        reply = await reply
+                elif kind is SLEEP:
+                    await self.sleep(request[1])
+                else:  # JOIN: a cancelled leader lands unpublished, its waiters go on alone
                     try:
-                        if flight is not None:
-                            sent_at = time.monotonic()
-                        if first is _NOT_READ:
-                            send = await self.redis(op)
-                        else:
-                            send, first = _replay(first), _NOT_READ
-                    except CacheUnavailableError as exc:
-                        if self.strict:
-                            raise
-                        throw = exc
-                    except BaseException as exc:  # cancelled: the plan cleans up first
-                        throw = exc
-                elif op is CALL:
-                    assert call is not None
-                    called_seq = self.ctx.write_seq
-                    try:
-                        send = call()
-                        if inspect.isawaitable(send):
-                            send = await send
-                    except BaseException as exc:
-                        throw = exc  # on cancellation the plan gives its lease back first
-                elif isinstance(op, Sleep):
-                    try:
-                        await asyncio.sleep(op.seconds)
-                    except BaseException as exc:
-                        throw = exc
-                elif isinstance(op, Spawn):
-                    send = self._spawn(op, call)
-                elif isinstance(op, Coalesce):
-                    leader = self._flights.get(op.rkey)
-                    if leader is None:
-                        flight_key = op.rkey
-                        flight = self._flights[op.rkey] = asyncio.get_running_loop().create_future()
-                        send = LEAD
-                        continue
-                    joined, joined_seq = time.monotonic(), self.ctx.write_seq
-                    try:
-                        result = await asyncio.wait_for(asyncio.shield(leader), op.wait)
+                        await asyncio.wait_for(request[1].done.wait(), request[2])
+                        reply = True
                     except TimeoutError:
-                        send = TIMEOUT  # waited the lease time: the plan loads by itself
-                        continue
-                    except _LeaderGone:
-                        send = ALONE  # cancelled leader: go on alone
-                        continue
-                    # As in the sync driver: only a value vouched for after we arrived, or
-                    # a load while Redis is down with no write of ours since it began.
-                    if result is not _UNPUBLISHED and (
-                        result[2] == joined_seq if result[2] is not None else result[1] > joined
-                    ):
-                        plan.close()
-                        return result[0]
-                    send = ALONE
-                elif isinstance(op, Publish):
-                    if flight is not None and not flight.done():
-                        since = called_seq if op.loaded else None
-                        flight.set_result((op.value, sent_at, since))
-                        if self._flights.get(flight_key) is flight:
-                            del self._flights[flight_key]
-                else:  # pragma: no cover - a plan bug
-                    raise TypeError(f"plan yielded {op!r}")
-        except BaseException as exc:
-            if flight is not None and not flight.done():
-                # A cancelled leader hands the fill over to a waiter instead of failing it.
-                flight.set_exception(exc if isinstance(exc, Exception) else _LeaderGone())
-                flight.exception()  # mark retrieved: there may be no waiters
-            raise
-        finally:
-            if flight is not None and self._flights.get(flight_key) is flight:
-                del self._flights[flight_key]
+                        reply = False
+            except BaseException as exc:
+                throw = exc
+
+    def _event(self) -> asyncio.Event:
+        return asyncio.Event()

@@ -16,18 +16,19 @@ from ..breaker import Breaker
 from ..errors import (
     CacheUnavailableError,
 )
-from ..ops import ALONE, CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
+from ..ops import Batch, Eval, Plan, Spawn
 from ..plans import MISSING, Context, fresh_value, get_or_fetch
 from ..plans import owed as owed_plan
 from ..policy import TTLLike
 from ._common import (
     _NOT_READ,
+    CALL_USER,
+    REDIS,
+    SLEEP,
     _Base,
     _eval_args,
-    _Flight,
     _redis_error,
     _refuse_awaitable,
-    _replay,
     log,
 )
 
@@ -40,8 +41,7 @@ class SyncDriver(_Base):
     def __init__(self, client: Any, ctx: Context, *, strict: bool, breaker: Breaker) -> None:
         super().__init__(ctx, strict=strict, breaker=breaker)
         self.client = client
-        self._flights: dict[str, _Flight] = {}
-        self._flights_lock = threading.Lock()
+        self.sleep: Callable[[float], None] = time.sleep  # injectable, as ctx.monotonic is
         self._workers: ThreadPoolExecutor | None = None
         self._background = 0
 
@@ -161,99 +161,34 @@ class SyncDriver(_Base):
         plan = get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=vtype)
         return self.run(plan, fetch, first)
 
-    # -- the loop -------------------------------------------------------------------------
+    # -- the trampoline: the shared loop's I/O, done synchronously -------------------------
     def run(self, plan: Plan, call: Callable[[], Any] | None = None, first: Any = _NOT_READ) -> Any:
         """Run *plan*; *call* is the user's function for CALL. *first*, when given, is the
         reply (or :class:`CacheUnavailableError`) to the plan's first Redis command, which
         the caller already sent (the hit fast path), so it is not sent twice."""
-        flight: _Flight | None = None
-        flight_key = ""
-        sent_at = 0.0
-        called_seq = 0
-        send: Any = None
+        steps = self._steps(plan, call, first)
+        reply: Any = None
         throw: BaseException | None = None
-        try:
-            while True:
-                try:
-                    op = plan.throw(throw) if throw is not None else plan.send(send)
-                except StopIteration as stop:
-                    return stop.value
-                send, throw = None, None
-                if type(op) is tuple or isinstance(op, Eval | Batch):
-                    try:
-                        if flight is not None:
-                            sent_at = time.monotonic()
-                        if first is _NOT_READ:
-                            send = self.redis(op)
-                        else:
-                            send, first = _replay(first), _NOT_READ
-                    except CacheUnavailableError as exc:
-                        if self.strict:
-                            raise
-                        throw = exc
-                    except BaseException as exc:  # interrupted: the plan cleans up first
-                        throw = exc
-                elif op is CALL:
-                    assert call is not None
-                    called_seq = self.ctx.write_seq
-                    try:
-                        send = call()
-                        if inspect.isawaitable(send):
-                            _refuse_awaitable(send)
-                    except BaseException as exc:
-                        throw = exc
-                elif isinstance(op, Sleep):
-                    try:
-                        time.sleep(op.seconds)
-                    except BaseException as exc:
-                        throw = exc
-                elif isinstance(op, Spawn):
-                    send = self._spawn(op, call)
-                elif isinstance(op, Coalesce):
-                    with self._flights_lock:
-                        leader = self._flights.get(op.rkey)
-                        if leader is None:
-                            flight_key = op.rkey
-                            flight = self._flights[op.rkey] = _Flight()
-                    if leader is None:
-                        send = LEAD
-                        continue
-                    joined, joined_seq = time.monotonic(), self.ctx.write_seq
-                    if not leader.done.wait(op.wait):
-                        send = TIMEOUT  # waited the lease time: the plan loads by itself
-                        continue
-                    # Only a value vouched for by Redis after we arrived is fresh for us: a
-                    # write may have completed between an earlier read and now. A load while
-                    # Redis is down is shared unless this process wrote since it began.
-                    if leader.published and (
-                        leader.since == joined_seq
-                        if leader.since is not None
-                        else leader.sent_at > joined
-                    ):
-                        plan.close()
-                        return leader.value
-                    if leader.error is not None:
-                        raise leader.error
-                    send = ALONE  # unpublished, or too old for us: go on alone
-                elif isinstance(op, Publish):
-                    if flight is not None and not flight.done.is_set():
-                        flight.value, flight.published = op.value, True
-                        flight.sent_at = sent_at
-                        flight.since = called_seq if op.loaded else None
-                        self._land(flight_key, flight)
-                else:  # pragma: no cover - a plan bug
-                    raise TypeError(f"plan yielded {op!r}")
-        except Exception as exc:
-            if flight is not None and not flight.done.is_set():
-                flight.error = exc
-            raise
-        finally:
-            if flight is not None:
-                self._land(flight_key, flight)
+        while True:
+            try:
+                request = steps.throw(throw) if throw is not None else steps.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            reply, throw = None, None
+            kind = request[0]
+            try:
+                if kind is REDIS:
+                    reply = self.redis(request[1])
+                elif kind is CALL_USER:
+                    reply = request[1]()
+                    if inspect.isawaitable(reply):
+                        _refuse_awaitable(reply)
+                elif kind is SLEEP:
+                    self.sleep(request[1])
+                else:  # JOIN
+                    reply = request[1].done.wait(request[2])
+            except BaseException as exc:
+                throw = exc
 
-    def _land(self, key: str, flight: _Flight) -> None:
-        """The flight is over: later callers start their own, waiters wake up."""
-        with self._flights_lock:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-        flight.done.set()
+    def _event(self) -> threading.Event:
+        return threading.Event()
