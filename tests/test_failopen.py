@@ -310,7 +310,8 @@ def restartable(tmp_path: Path) -> Iterator[Restartable]:
 def test_invalidation_during_outage_is_applied_once_redis_is_back(
     restartable: Restartable,
 ) -> None:
-    cache = Cache.from_url(restartable.url, prefix="fo", breaker=Breaker(2, cooldown=0.05))
+    clock = FakeClock(start=0.0)  # the breaker's clock: time moves only when told
+    cache = Cache.from_url(restartable.url, prefix="fo", breaker=Breaker(2, 60, clock=clock))
     cache.set("user:1", "old")
     rkey = cache.redis_key("user:1")
     restartable.stop()
@@ -318,7 +319,9 @@ def test_invalidation_during_outage_is_applied_once_redis_is_back(
     assert cache.get("user:2", "d") == "d"  # a second failure opens the breaker
     restartable.start()
     assert restartable.raw_get(rkey) is not None  # the outage kept the old value
-    time.sleep(0.06)  # the breaker's cooldown: the next call is the probe
+    assert cache.get("user:1", "d") == "d"  # breaker open: Redis not even tried
+    assert restartable.raw_get(rkey) is not None
+    clock.advance(60)  # the breaker's cooldown: the next call is the probe
     assert cache.get("user:3", "d") == "d"  # any operation
     assert restartable.raw_get(rkey) is None
     assert cache.get("user:1", "gone") == "gone"

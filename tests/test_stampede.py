@@ -13,6 +13,7 @@ import time
 import redis
 
 from hitrate import AsyncCache, Cache, Policy
+from hitrate.testing import FakeClock
 
 LOAD_SECONDS = 0.05
 
@@ -217,7 +218,8 @@ def test_early_refresh_means_nobody_waits(url: str, prefix: str) -> None:
 
 
 def test_stale_window_serves_old_value_while_one_refreshes(url: str, prefix: str) -> None:
-    cache = Cache.from_url(url, prefix=prefix, timeout=2.0)
+    clock = FakeClock()  # logical expiry moves only when told; Redis keeps ttl + stale
+    cache = Cache.from_url(url, prefix=prefix, timeout=2.0, clock=clock)
     policy = Policy(0.3, stale=5)
     loads = []
     served = threading.Event()  # the refresh finishes only once every caller was served
@@ -230,7 +232,7 @@ def test_stale_window_serves_old_value_while_one_refreshes(url: str, prefix: str
         return len(loads)
 
     assert cache.get_or_fetch("agg:x", load, ttl=policy) == 1
-    time.sleep(0.35)  # logically expired, still inside the stale window
+    clock.advance(0.35)  # logically expired, still inside the stale window
     barrier = threading.Barrier(32)
     seen: list[int] = []
 
@@ -247,6 +249,6 @@ def test_stale_window_serves_old_value_while_one_refreshes(url: str, prefix: str
     assert seen == [1] * 32  # everyone got the old value at once, none waited for the load
     cache.close()  # waits for the background refresh
     assert len(loads) == 2  # exactly one refresh
-    cache2 = Cache.from_url(url, prefix=prefix)
+    cache2 = Cache.from_url(url, prefix=prefix, clock=clock)
     assert cache2.get("agg:x") == 2
     cache2.close()

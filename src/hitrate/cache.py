@@ -12,6 +12,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar, Unpack, cast, overload
 
+import redis
+import redis.asyncio as aredis
+
 from . import health
 from .cachebase import CacheBase
 from .connect import (
@@ -48,7 +51,7 @@ __all__ = ["AsyncCache", "Cache"]
 T = TypeVar("T")
 
 
-class Cache(CacheBase, Synced):
+class Cache(CacheBase[redis.Redis], Synced):
     """A Redis cache for synchronous code. All verbs are thread-safe.
 
     >>> cache = Cache.from_url("redis://localhost:6379/0", prefix="app")   # doctest: +SKIP
@@ -165,7 +168,7 @@ class Cache(CacheBase, Synced):
         invalidations owed. For health-check endpoints: ``cache.health().as_dict()``."""
         started = time.perf_counter()
         try:
-            self.client.execute_command("PING")
+            self.client.ping()
         except Exception as exc:
             return health.report(self.client, self.breaker, self._ctx, started, exc)
         return health.report(self.client, self.breaker, self._ctx, started, None)
@@ -248,7 +251,7 @@ class Cache(CacheBase, Synced):
         )  # fmt: skip
 
 
-class AsyncCache(CacheBase, Awaited):
+class AsyncCache(CacheBase[aredis.Redis], Awaited):
     """The asyncio twin of :class:`Cache`: the same verbs, awaited."""
 
     def _setup(self) -> None:
@@ -350,7 +353,7 @@ class AsyncCache(CacheBase, Awaited):
         """See :meth:`Cache.health`."""
         started = time.perf_counter()
         try:
-            await self.client.execute_command("PING")
+            await self.client.ping()
         except Exception as exc:
             return health.report(self.client, self.breaker, self._ctx, started, exc)
         return health.report(self.client, self.breaker, self._ctx, started, None)

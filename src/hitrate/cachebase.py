@@ -10,7 +10,7 @@ import random
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from . import plans
 from .breaker import Breaker
@@ -38,12 +38,15 @@ def _save_value(
     return functools.partial(save, value)
 
 
-class CacheBase:
+ClientT = TypeVar("ClientT")
+
+
+class CacheBase(Generic[ClientT]):
     """Configuration shared by :class:`Cache` and :class:`AsyncCache`."""
 
     def __init__(
         self,
-        client: Any,
+        client: ClientT,
         *,
         prefix: str = "hitrate",
         policies: Mapping[str, TTLLike] | None = None,

@@ -67,3 +67,14 @@ def async_cache(acache: AsyncCache) -> None:
         return n
 
     acache.cached()(plain)  # type: ignore[arg-type]
+
+
+def clients_are_typed() -> None:
+    import redis
+    import redis.asyncio as aredis
+
+    from hitrate import AsyncCache, Cache
+
+    Cache(redis.Redis())
+    AsyncCache(aredis.Redis())
+    Cache(aredis.Redis())  # type: ignore[arg-type]
