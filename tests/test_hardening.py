@@ -492,3 +492,36 @@ def test_background_refreshes_are_bounded(url: str, prefix: str) -> None:
     assert fresh == MAX_BACKGROUND  # exactly the accepted refreshes landed
     reader.close()
     raw.close()
+
+
+def test_lease_waits_run_on_an_injected_clock(url: str, prefix: str) -> None:
+    """The drivers' clock and sleep are injectable: a caller waiting out another process's
+    5 s lease does it on a fake clock, in no real time, then loads without filling."""
+    holder = Cache.from_url(url, prefix=prefix)
+    started, go = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        go.wait(5)
+        return "holder's"
+
+    t = threading.Thread(target=holder.get_or_fetch, args=("user:1", slow))
+    t.start()
+    assert started.wait(5)
+    clock = FakeClock(start=0.0)
+    slept: list[float] = []
+
+    def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+
+    waiter = Cache.from_url(url, prefix=prefix, monotonic=clock, sleep=fake_sleep)
+    t0 = time.monotonic()
+    assert waiter.get_or_fetch("user:1", lambda: "waiter's") == "waiter's"
+    assert time.monotonic() - t0 < 2.0  # 5 s of lease waited on the fake clock
+    assert sum(slept) >= 4.9  # it did wait the whole lease time, politely
+    go.set()
+    t.join()
+    assert holder.get("user:1") == "holder's"  # the waiter did not fill over the holder
+    holder.close()
+    waiter.close()

@@ -44,6 +44,8 @@ ClientT = TypeVar("ClientT")
 class CacheBase(Generic[ClientT]):
     """Configuration shared by :class:`Cache` and :class:`AsyncCache`."""
 
+    _driver: Any  # the subclass's SyncDriver or AsyncDriver
+
     def __init__(
         self,
         client: ClientT,
@@ -63,6 +65,8 @@ class CacheBase(Generic[ClientT]):
         count: bool = True,
         flush_interval: float = 5.0,
         generation_check: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] | None = None,
     ) -> None:
         """Wrap a redis-py *client* (``redis.Redis`` for :class:`Cache`,
         ``redis.asyncio.Redis`` for :class:`AsyncCache`); it is not closed by :meth:`close`
@@ -77,7 +81,10 @@ class CacheBase(Generic[ClientT]):
         ``write_window``: the longest expected ``write_through`` save, seconds. ``count``:
         keep per-family counters; ``flush_interval``: seconds between flushes of them to
         Redis (0: only on demand). ``generation_check``: how often, in seconds, this process
-        reads the namespace generations again (see :meth:`Cache.bump`)."""
+        reads the namespace generations again (see :meth:`Cache.bump`). ``monotonic`` and
+        ``sleep``: the clock that times waits, leases and load durations, and how the driver
+        sleeps between polls (``time.sleep`` for a Cache, ``asyncio.sleep`` for an
+        AsyncCache): inject a fake clock to test time-dependent behaviour without waiting."""
         kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
         if kwargs.get("decode_responses"):
             raise ConfigurationError(
@@ -104,10 +111,13 @@ class CacheBase(Generic[ClientT]):
             rng=rng or random.Random(),
             clock=clock,
             stats=Counters() if count else NullCounters(),
-            gens=Generations(generation_check),
+            monotonic=monotonic,
+            gens=Generations(generation_check, monotonic),
         )
         self._owns_client = False
         self._setup()
+        if sleep is not None:
+            self._driver.sleep = sleep
 
     def _setup(self) -> None:
         """Make the driver and the stats timer (each class its own)."""

@@ -57,6 +57,8 @@ class CacheOptions(TypedDict, total=False):
     count: bool
     flush_interval: float
     generation_check: float
+    monotonic: Callable[[], float]
+    sleep: Callable[[float], Any] | None
 
 
 def resolve_url(url: str | None) -> str:
