@@ -525,3 +525,47 @@ def test_lease_waits_run_on_an_injected_clock(url: str, prefix: str) -> None:
     assert holder.get("user:1") == "holder's"  # the waiter did not fill over the holder
     holder.close()
     waiter.close()
+
+
+def test_an_oversized_loader_result_is_served_not_cached(
+    url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fail-open covers values the cache cannot hold: every caller gets what the loader
+    returned (16 threads, one load), nothing is cached, it is counted and logged once."""
+    cache = Cache.from_url(url, prefix=prefix, max_value_size=64 * 1024)
+    big = "x" * (256 * 1024)
+    loads: list[int] = []
+    gate = threading.Barrier(16)
+
+    def load() -> str:
+        loads.append(1)
+        time.sleep(0.1)
+        return big
+
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        gate.wait()
+        try:
+            results.append(cache.get_or_fetch("blob:1", load))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results == [big] * 16
+    assert cache.get("blob:1") is None  # not cached
+    assert cache.counters.snapshot()["blob"].fail_open >= 1
+    assert "served without caching" in caplog.text and "blob:1" in caplog.text
+    raw = raw_client(url)
+    assert raw.exists(cache.redis_key("blob:1") + ":lease") == 0
+    raw.close()
+    cache.close()
+    objects = Cache.from_url(url, prefix=prefix, max_value_size=64 * 1024).objects("doc")
+    assert objects.get_or_fetch(1, lambda: {"body": big}) == {"body": big}
+    assert objects.get(1) is None

@@ -75,6 +75,8 @@ class Context:
     #: Bumped by every write or invalidation this process makes: while Redis is down, a
     #: caller shares an in-process load only if no write happened since that load began.
     write_seq: int = 0
+    #: What this cache has already logged, by kind (each thing is logged once).
+    warned: dict[str, set[str]] = field(default_factory=dict)
 
     def wrote(self) -> None:
         self.write_seq += 1

@@ -15,6 +15,7 @@ read and written: a :class:`Store`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 from .. import scripts
 from ..codec import DecodeError, Entry, decode_entry
-from ..errors import CacheUnavailableError, LoaderError
+from ..errors import CacheUnavailableError, LoaderError, ValueTooLargeError
 from ..generations import new_token
 from ..keys import family_of
 from ..ops import CALL, LEAD, TIMEOUT, Coalesce, Eval, Plan, Publish, Sleep, Spawn
@@ -41,6 +42,7 @@ from .context import (
 __all__ = ["EntryStore", "Store", "fresh_value", "get_or_fetch", "lease_and_fill", "load_down"]
 
 Unless = Callable[[Any], object] | None
+log = logging.getLogger("hitrate")
 
 
 class Store(Protocol):
@@ -91,6 +93,15 @@ def release(rkey: str, token: str, text: str = "") -> Eval:
         [rkey + ":lease", rkey + ":err"],
         (token, text, ERROR_TEXT_MS if text else 0),
     )
+
+
+def _too_large(ctx: Context, store: Store, exc: ValueTooLargeError) -> None:
+    """Counted every time; logged once per family and cache."""
+    ctx.stats.incr(store.family, "fail_open")
+    told = ctx.warned.setdefault("too_large", set())
+    if store.family not in told and len(told) < 1024:
+        told.add(store.family)
+        log.warning("hitrate: served without caching: %s", exc)
 
 
 def take_lease(store: Store, token: str, seen: bytes) -> Plan:
@@ -214,7 +225,12 @@ def load_and_fill(
         if skip:
             op, result = None, store.served(value)
         else:
-            op, result = store.fill(token, value, load_time, reply)
+            try:
+                op, result = store.fill(token, value, load_time, reply)
+            except ValueTooLargeError as exc:
+                # Fail open: the caller gets what it loaded; only the cache goes without.
+                _too_large(ctx, store, exc)
+                op, result = None, store.served(value)
     except BaseException as exc:
         if interrupted(exc):
             # A failed loader tells waiters in other processes why; an interrupted one
