@@ -155,7 +155,8 @@ def generations(ctx: Context) -> Plan:
     """Read the prefix's generations hash again (see :mod:`hitrate.generations`); a hash
     without an id (new, or lost) gets one first."""
     key = ctx.keys.generations()
-    ctx.gens.checked_at = ctx.gens.monotonic()  # one reader at a time: the others go on
+    if ctx.gens.checked_at != float("-inf"):  # read before: the others go on with that view
+        ctx.gens.checked_at = ctx.gens.monotonic()  # while one caller reads it again
     reply = yield ("HGETALL", key)
     if not any(k in (b"id", "id") for k in reply):
         yield ("HSETNX", key, "id", new_token())

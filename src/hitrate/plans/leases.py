@@ -151,13 +151,20 @@ def load_down(ctx: Context, store: Store, wait: float, unless: Unless = None) ->
 
 
 def lease_and_fill(
-    ctx: Context, store: Store, policy: Policy, seen: bytes = b"", unless: Unless = None
+    ctx: Context, store: Store, policy: Policy, seen_raw: Any = None, unless: Unless = None
 ) -> Plan:
-    """Miss: take the lease and load, or wait (bounded) for the caller that holds it."""
+    """Miss: take the lease and load, or wait (bounded) for the caller that holds it.
+    *seen_raw*: a value Redis holds that was not fresh for us (logically expired, or of
+    another generation as far as this process knew): the lease is taken despite it - and
+    if the lease reply shows our view of the generations was behind and the value is
+    fresh after all, it is served and the lease given back, instead of loading again."""
     family = store.family
     token = ctx.token()
     deadline: float | None = None
     delay = 0.002
+    seen = b""
+    if seen_raw is not None:
+        _, seen = yield from store.read(seen_raw)
     while True:
         try:
             reply = yield from take_lease(store, token, seen)
@@ -165,12 +172,20 @@ def lease_and_fill(
             return (yield from load_only(ctx, store))
         status = reply[0]
         if status == 2:
+            if seen_raw is not None:  # the lease reply updated our view: look again
+                value, _ = yield from store.read(seen_raw)
+                if value is not MISSING:
+                    with contextlib.suppress(CacheUnavailableError):
+                        yield release(store.rkey, token)
+                    yield Publish(value)
+                    return value
             return (yield from load_and_fill(ctx, store, policy, token, reply, unless))
         if status == 1:
             value, seen = yield from store.read(reply[1])
             if value is not MISSING:
                 yield Publish(value)
                 return value
+            seen_raw = reply[1]
             continue
         # Another caller is loading (3), or a write-through of the key is in flight (4):
         # wait for its fill, polling with backoff.
@@ -426,8 +441,8 @@ def get_or_fetch(
     if joined is TIMEOUT:
         # Another caller here loaded for longer than the lease time: load without filling.
         return (yield from load_unfilled(ctx, store))
-    seen = raw[4:12] if raw is not None else b""  # an entry that is there but not fresh
-    return (yield from lease_and_fill(ctx, store, policy, seen, unless))
+    # raw: an entry that is there but not fresh for us (the lease is taken despite it)
+    return (yield from lease_and_fill(ctx, store, policy, raw, unless))
 
 
 def _refresh(ctx: Context, store: EntryStore, raw: bytes, old: Entry, unless: Unless) -> Plan:
