@@ -118,3 +118,28 @@ def test_close_closes_only_the_clients_the_cache_made(url: str) -> None:
     pool = made.client.connection_pool
     made.close()
     assert all(c._sock is None for c in pool._connections)  # ours: closed
+
+
+def test_verbs_are_ordinary_methods_and_async_ones_coroutine_functions(url: str) -> None:
+    """Verbs are written once, but to Python they are plain methods on Cache and
+    ``async def`` methods on AsyncCache: unbound calls, signatures, autospec mocks and
+    frameworks that dispatch on ``iscoroutinefunction`` all work."""
+    import asyncio
+    import inspect
+    from unittest import mock
+
+    cache = Cache.from_url(url, prefix="verbs")
+    assert Cache.get(cache, "user:1", "d") == "d"
+    assert list(inspect.signature(cache.get).parameters) == ["key", "default", "type"]
+    assert inspect.signature(Cache.invalidate).return_annotation == "int"
+    assert isinstance(mock.create_autospec(Cache, instance=True).get("k"), mock.MagicMock)
+    acache = AsyncCache.from_url(url, prefix="verbs")
+    for verb in (acache.get, acache.set, acache.invalidate, acache.write_through, acache.bump):
+        assert inspect.iscoroutinefunction(verb), verb
+    assert inspect.iscoroutinefunction(acache.leaderboard("b").top)
+    assert not inspect.iscoroutinefunction(cache.get)
+    spec = mock.create_autospec(AsyncCache, instance=True)
+    assert asyncio.run(spec.get("k")) is not None  # an AsyncMock: awaitable
+    assert asyncio.run(acache.get("user:1", "d")) == "d"
+    cache.close()
+    asyncio.run(acache.close())

@@ -80,9 +80,9 @@ def _refuse_awaitable(result: Any) -> None:
     if close is not None:
         close()
     raise ConfigurationError(
-        f"the loader returned {type(result).__name__} {result!r}, which the sync Cache "
-        "cannot await: an async loader needs AsyncCache (or cache.aio) in async code; "
-        "pass a plain function to Cache"
+        f"the function given to the sync Cache (a loader, or write_through's save) returned "
+        f"{type(result).__name__} {result!r}, which it cannot await: async functions need "
+        "AsyncCache (or cache.aio) in async code; pass a plain function to Cache"
     )
 
 

@@ -46,11 +46,34 @@ class Synced(Structure):
 
     __slots__ = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _materialize(cls, awaited=False)
+
 
 class Awaited(Structure):
     """Marker: the verbs of this structure return an awaitable (asyncio)."""
 
     __slots__ = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _materialize(cls, awaited=True)
+
+
+def _materialize(cls: type, *, awaited: bool) -> None:
+    """Give *cls* a real method for every verb it inherits: a plain function on a Synced
+    class, an ``async def`` on an Awaited one. So verbs are ordinary methods to Python
+    (``Cache.get(cache, k)``, ``inspect.signature``, ``mock.create_autospec``, pickling a
+    bound method) and ``inspect.iscoroutinefunction(acache.get)`` is true."""
+    done: set[str] = set()
+    for klass in cls.__mro__:
+        for name, value in list(vars(klass).items()):
+            if name in done:
+                continue
+            done.add(name)
+            if isinstance(value, verb) and name not in cls.__dict__:
+                setattr(cls, name, value.method(cls, name, awaited))
 
 
 class verb(Generic[P, T]):
@@ -73,6 +96,39 @@ class verb(Generic[P, T]):
         self.__name__ = plan.__name__
         self.__qualname__ = plan.__qualname__
         self.__wrapped__ = plan
+
+    def _fn(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The user's function for the plan's CALL (None when the plan makes none)."""
+        if callable(self._call):
+            return self._call(*args, **kwargs)
+        if self._call:
+            name, at = self._call, self._call_at
+            return kwargs[name] if name in kwargs else args[at] if at < len(args) else None
+        return None
+
+    def method(self, owner: type, name: str, awaited: bool) -> Callable[..., Any]:
+        """This verb as a real method of *owner* (see :func:`_materialize`)."""
+        plan, fn = self.plan, self._fn
+        if awaited:
+
+            async def method(obj: Any, *args: Any, **kwargs: Any) -> Any:
+                return await obj._driver.run(plan(obj, *args, **kwargs), fn(args, kwargs))
+
+        else:
+
+            def method(obj: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+                return obj._driver.run(plan(obj, *args, **kwargs), fn(args, kwargs))
+
+        signature = inspect.signature(plan)
+        returns = signature.return_annotation
+        method.__name__ = name
+        method.__qualname__ = f"{owner.__qualname__}.{name}"
+        method.__module__ = owner.__module__
+        method.__doc__ = plan.__doc__
+        method.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            return_annotation=_result_of(returns)
+        )
+        return method
 
     @overload
     def __get__(self, obj: None, owner: type | None = None) -> verb[P, T]: ...
@@ -115,6 +171,15 @@ class verb(Generic[P, T]):
         call.__wrapped__ = plan  # type: ignore[attr-defined]
         call.__signature__ = self._signature  # type: ignore[attr-defined]
         return call
+
+
+def _result_of(annotation: Any) -> Any:
+    """``PlanOf[int]`` (as text, with postponed annotations) -> ``int``: what the verb
+    returns, for its signature."""
+    text = annotation if isinstance(annotation, str) else ""
+    if text.startswith("PlanOf[") and text.endswith("]"):
+        return text[len("PlanOf[") : -1]
+    return inspect.Signature.empty if text else annotation
 
 
 def calling(
