@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 import hitrate
-from hitrate.structures._base import verb
+from hitrate.structures._base import verb_of
 
 # Generous timeouts: a loaded test machine must not turn into silent fail-open.
 TIMEOUTS = {"timeout": 5.0, "connect_timeout": 5.0}
@@ -34,7 +34,7 @@ class Twin:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.inner, name)
-        if not isinstance(getattr(type(self.inner), name, None), verb):
+        if verb_of(getattr(type(self.inner), name, None)) is None:
             return attr
 
         async def call(*args: Any, **kwargs: Any) -> Any:

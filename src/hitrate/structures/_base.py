@@ -21,7 +21,7 @@ from ..ops import Op
 from ..plans import Context
 from ..policy import COUNTER, Policy, TTLLike, to_policy
 
-__all__ = ["Awaited", "PlanOf", "Structure", "Synced", "calling", "verb"]
+__all__ = ["Awaited", "PlanOf", "Structure", "Synced", "calling", "verb", "verb_of"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -125,6 +125,7 @@ class verb(Generic[P, T]):
         method.__qualname__ = f"{owner.__qualname__}.{name}"
         method.__module__ = owner.__module__
         method.__doc__ = plan.__doc__
+        method.__verb__ = self  # type: ignore[attr-defined]  # the one definition it runs
         method.__signature__ = signature.replace(  # type: ignore[attr-defined]
             return_annotation=_result_of(returns)
         )
@@ -171,6 +172,15 @@ class verb(Generic[P, T]):
         call.__wrapped__ = plan  # type: ignore[attr-defined]
         call.__signature__ = self._signature  # type: ignore[attr-defined]
         return call
+
+
+def verb_of(attr: Any) -> verb[Any, Any] | None:
+    """The :class:`verb` a class attribute runs (the one definition shared by the sync
+    and the async class), or None when it is not a verb."""
+    if isinstance(attr, verb):
+        return attr
+    found = getattr(attr, "__verb__", None)
+    return found if isinstance(found, verb) else None
 
 
 def _result_of(annotation: Any) -> Any:
