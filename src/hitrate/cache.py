@@ -60,6 +60,7 @@ class Cache(CacheBase[redis.Redis], Synced):
 
     def _setup(self) -> None:
         self._driver = SyncDriver(self.client, self._ctx, strict=self.strict, breaker=self.breaker)
+        self.get_or_fetch = self._driver.fetch  # type: ignore[method-assign]  # the hot path
         self._twin: AsyncCache | None = None
         self._flusher = self._start_flusher(self._driver.run)
 
@@ -104,7 +105,8 @@ class Cache(CacheBase[redis.Redis], Synced):
         with :class:`~hitrate.SerializationError`. ``unless(value)`` true: the loaded value
         is returned but not cached. A hit costs one GET.
         """
-        return cast(T, self._driver.fetch(key, fetch, ttl, tags, unless, type))
+        # Runs only if called through the class: instances use the driver's method itself.
+        return cast(T, self._driver.fetch(key, fetch, ttl, tags, unless=unless, type=type))
 
     def cached(
         self,
@@ -214,6 +216,7 @@ class Cache(CacheBase[redis.Redis], Synced):
             )  # fmt: skip
             twin._owns_client, twin._flusher = True, None
             twin._driver = AsyncDriver(aclient, self._ctx, strict=self.strict, breaker=self.breaker)
+            twin.get_or_fetch = twin._driver.fetch  # type: ignore[method-assign]
             self._twin = twin
         return self._twin
 
@@ -257,6 +260,7 @@ class AsyncCache(CacheBase[aredis.Redis], Awaited):
     def _setup(self) -> None:
         client = self.client
         self._driver = AsyncDriver(client, self._ctx, strict=self.strict, breaker=self.breaker)
+        self.get_or_fetch = self._driver.fetch  # type: ignore[method-assign]  # the hot path
         # The timer flushes with a small sync client on the same server (see hitrate.flush).
         sync = sync_twin(client) if self._flush_interval else None
         run = None
@@ -317,7 +321,8 @@ class AsyncCache(CacheBase[aredis.Redis], Awaited):
         type: Any = None,
     ) -> Any:
         """See :meth:`Cache.get_or_fetch`; *fetch* may be sync or async."""
-        return await self._driver.fetch(key, fetch, ttl, tags, unless, type)
+        # Runs only if called through the class: instances use the driver's method itself.
+        return await self._driver.fetch(key, fetch, ttl, tags, unless=unless, type=type)
 
     def cached(
         self,

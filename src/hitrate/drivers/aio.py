@@ -155,12 +155,13 @@ class AsyncDriver(_Base):
         self,
         key: str,
         fetch: Callable[[], Any],
-        ttl: TTLLike,
-        tags: Sequence[str],
-        unless: Callable[[Any], object] | None,
-        vtype: Any,
+        ttl: TTLLike = None,
+        tags: Sequence[str] = (),
+        *,
+        unless: Callable[[Any], object] | None = None,
+        type: Any = None,
     ) -> Any:
-        """See :meth:`SyncDriver.fetch`."""
+        """``AsyncCache.get_or_fetch``; see :meth:`SyncDriver.fetch`."""
         ctx = self.ctx
         rkey, family = ctx.keys.locate(key)
         try:
@@ -171,10 +172,10 @@ class AsyncDriver(_Base):
             first = exc
         else:
             policy = ctx.family_policy(family, ttl)
-            value = fresh_value(ctx, key, family, first, policy, vtype)
+            value = fresh_value(ctx, key, family, first, policy, type)
             if value is not MISSING:
                 return value
-        plan = get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=vtype)
+        plan = get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=type)
         return await self.run(plan, fetch, first)
 
     async def run(

@@ -138,13 +138,15 @@ class SyncDriver(_Base):
         self,
         key: str,
         fetch: Callable[[], Any],
-        ttl: TTLLike,
-        tags: Sequence[str],
-        unless: Callable[[Any], object] | None,
-        vtype: Any,
+        ttl: TTLLike = None,
+        tags: Sequence[str] = (),
+        *,
+        unless: Callable[[Any], object] | None = None,
+        type: Any = None,
     ) -> Any:
-        """``get_or_fetch``: one GET, decided by :func:`~hitrate.plans.fresh_value` (a hit
-        ends here), else the plan, handed the GET's reply so it is not sent twice."""
+        """``Cache.get_or_fetch`` (bound to the cache as that method, so a hit costs no extra
+        call): one GET, decided by :func:`~hitrate.plans.fresh_value` (a hit ends here),
+        else the plan, handed the GET's reply so it is not sent twice."""
         ctx = self.ctx
         rkey, family = ctx.keys.locate(key)
         try:
@@ -155,10 +157,10 @@ class SyncDriver(_Base):
             first = exc
         else:
             policy = ctx.family_policy(family, ttl)
-            value = fresh_value(ctx, key, family, first, policy, vtype)
+            value = fresh_value(ctx, key, family, first, policy, type)
             if value is not MISSING:
                 return value
-        plan = get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=vtype)
+        plan = get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=type)
         return self.run(plan, fetch, first)
 
     # -- the trampoline: the shared loop's I/O, done synchronously -------------------------
