@@ -207,7 +207,3 @@ class OwedQueue:
         """Families (``"*"``: the prefix) owed a generation bump."""
         with self._lock:
             return list(self._bumps)
-
-    def families(self) -> set[str]:
-        with self._lock:
-            return set(self._entries.values()) | set(self._unlink.values()) | set(self._bumps)
