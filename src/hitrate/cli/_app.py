@@ -234,12 +234,7 @@ def keys(
     """Some entries of one key family (found by SCAN), with their memory and TTL."""
     with _cache(url, prefix) as cache:
         rows = family_keys(cache.client, cache.keyspace, family, sample)
-    if as_json:
-        typer.echo(json.dumps([r.as_dict() for r in rows], indent=2, ensure_ascii=False))
-    elif not rows:
-        typer.echo(f"no entries in family {family!r} under prefix {prefix!r}")
-    else:
-        console().print(key_table(rows))
+    _show_keys(rows, as_json, f"no entries in family {family!r} under prefix {prefix!r}")
 
 
 @app.command()
@@ -253,12 +248,17 @@ def bigkeys(
     """The largest keys under the prefix by MEMORY USAGE (SCAN, never KEYS)."""
     with _cache(url, prefix) as cache:
         rows = big_keys(cache.client, cache.keyspace, top, sample)
+    _show_keys(rows, as_json, f"no keys under prefix {prefix!r}", with_type=True)
+
+
+def _show_keys(rows: list[Any], as_json: bool, empty: str, with_type: bool = False) -> None:
+    """Rows of keys as JSON, a table, or one line saying there are none."""
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2, ensure_ascii=False))
     elif not rows:
-        typer.echo(f"no keys under prefix {prefix!r}")
+        typer.echo(empty)
     else:
-        console().print(key_table(rows, with_type=True))
+        console().print(key_table(rows, with_type=with_type))
 
 
 def _until_stopped() -> None:
