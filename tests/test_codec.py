@@ -386,7 +386,7 @@ def _with_expiry(raw: bytes, expires_at: float) -> bytes:
 def test_pickle_signature_covers_the_header() -> None:
     codec = hitrate.PickleCodec(SECRET)
     raw = encode_entry(codec, KEY, {"v": 1}, 1000.0, 0.5)
-    assert decode_entry(codec, KEY, raw) == (({"v": 1}), 1000.0, 0.5, 0)
+    assert decode_entry(codec, KEY, raw) == ({"v": 1}, 1000.0, 0.5, 0, ())
     replayed = _with_expiry(raw, 2e9)  # a later expiry for an old value
     flagged = raw[:2] + bytes([FLAG_NONE]) + raw[3:]  # "the value is None"
     load_time = raw[:12] + struct.pack("<f", 9.0) + raw[16:]

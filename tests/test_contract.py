@@ -407,7 +407,7 @@ async def test_brace_and_percent_keys_do_not_collide(c: Api, raw: redis.Redis) -
 
 
 def tag_key(prefix: str, tag: str) -> str:
-    return f"{prefix}:tag:{{{tag}}}"
+    return f"{prefix}:~tag:{{{tag}}}"
 
 
 async def test_invalidate_tag_removes_tagged_entries_only(c: Api) -> None:
@@ -443,6 +443,8 @@ async def test_tag_set_ttl_outlives_entries_and_never_shrinks(
 
     await c.get_or_fetch("doc:longer", Loader(3), ttl=200, tags=["t"])
     assert raw.pttl(tk) >= raw.pttl(c.redis_key("doc:longer")) > 190_000
+    # the tag's version outlives the entries that record it, too
+    assert raw.pttl(tk + ":v") >= raw.pttl(c.redis_key("doc:longer")) > 190_000
 
 
 # -- @cached -------------------------------------------------------------------------------

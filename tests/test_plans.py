@@ -232,11 +232,14 @@ def test_get_or_fetch_miss_takes_lease_loads_and_fills() -> None:
 
 def test_get_or_fetch_with_tags_passes_generations_to_fill() -> None:
     ctx = make_ctx()
-    script = Script(*MISS, ("lease", [2, b"", b"", *GENS, b"g1"]), *loads(1, filled=0))
+    # A tagged call reads the entry and its tags' versions in one round trip.
+    tagged_miss = (("Batch", [None, [b"g1"]]), ("Coalesce", LEAD))
+    script = Script(*tagged_miss, ("lease", [2, b"", b"", *GENS, b"g1"]), *loads(1, filled=0))
     assert script.run(fetch(ctx, ("team",))) == 1
-    assert list(script.op("lease").keys) == [RKEY, LEASE, WRITES, GEN, "t:tag:{team}:gen"]
+    assert script.op("Batch").ops == [("GET", RKEY), ("MGET", "t:~tag:{team}:v")]
+    assert list(script.op("lease").keys) == [RKEY, LEASE, WRITES, GEN, "t:~tag:{team}:v"]
     fill = script.op("fill")
-    assert list(fill.keys) == [RKEY, LEASE, GEN, "t:tag:{team}", "t:tag:{team}:gen"]
+    assert list(fill.keys) == [RKEY, LEASE, GEN, "t:~tag:{team}", "t:~tag:{team}:v"]
     assert tuple(fill.args[3:]) == (1, "user", b"", b"", b"", b"g1", plans.TAG_PRUNE)
     assert counts(ctx).fills_refused == 1
 

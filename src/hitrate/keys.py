@@ -8,7 +8,9 @@ keys put a suffix after the closing brace::
     app:{user:42}:w        write-through bookkeeping, while a write is in flight
     app:{user:42}:err      a loader's failure, shown to callers waiting on its lease
     app:{user:42}:v        the row version of a cached write (write_through(version=...))
-    app:tag:{t}            the set of entries tagged ``t``, and ``app:tag:{t}:gen``
+    app:~tag:{t}           the set of entries tagged ``t`` (for deleting them at once)
+    app:~tag:{t}:v         the tag's version token: an entry records the versions of its
+                           tags and is served only while they are current (see below)
     app:~stats:{app}:...   hit/miss counts flushed by every process (:mod:`hitrate.flush`)
 
 The braces are a Redis Cluster hash tag, so an entry and its sidecars share a slot and one
@@ -27,8 +29,13 @@ The data structures (:mod:`hitrate.structures`) live under roots that start with
     app:~rl:{api:alice}:gcra      rate-limit state of identity "alice" under limiter "api"
 
 They cannot collide with cache entries, whose Redis keys always start with ``app:{``, nor
-with tag keys (``app:tag:``) or the stats hashes (``app:~stats:``), and pattern
-invalidation (``app:{<pattern>}*``) never reaches them. Everything of one structure (or of
+with tag keys (``app:~tag:``) or the stats hashes (``app:~stats:``), and pattern
+invalidation (``app:{<pattern>}*``) never reaches them.
+
+**Prefixes cannot overlap.** Every key of prefix ``app`` starts with ``app:{`` or
+``app:~``, and no part of a prefix may start with ``{`` or ``~``, so another cache's prefix
+(``app:tags``, ``app:v2``) owns keys that start with ``app:<letter>``: the two never share
+a key, and one's SCAN patterns never match the other's keys. Everything of one structure (or of
 one object, or one limiter identity) sits inside one hash tag, so every atomic step is a
 single-slot operation on Redis Cluster. Names, ids and identities get the same brace and
 percent encoding as user keys; where two parts share a tag (``{family:id}``,
@@ -232,6 +239,12 @@ class KeySpace:
             raise ConfigurationError(
                 f"prefix {prefix!r} may not contain braces, glob characters or whitespace"
             )
+        if any(not part or part.startswith("~") for part in prefix.split(":")):
+            raise ConfigurationError(
+                f"prefix {prefix!r}: a prefix's ':'-separated parts must be non-empty and "
+                "not start with '~' (hitrate's own keys live under 'prefix:~...'), so two "
+                "prefixes can never share keys; e.g. prefix='app' or 'app:v2'"
+            )
         self.prefix = prefix
         self.root = prefix + ":"
         self.watch = watch
@@ -310,13 +323,19 @@ class KeySpace:
         return [entry, entry + ":lease", entry + ":w", entry + ":v"]
 
     def tag(self, tag: str) -> str:
+        """``app:~tag:{<tag>}``: the set of entries tagged *tag*."""
         if not isinstance(tag, str) or not tag:
             raise InvalidKeyError(f"tags are non-empty strings, got {tag!r}")
-        return f"{self.root}tag:{{{_encode(tag)}}}"
+        if len(tag) > MAX_KEY_LENGTH:
+            raise InvalidKeyError(
+                f"tag {tag[:40]!r}... is {len(tag)} characters; keep tags under {MAX_KEY_LENGTH}"
+            )
+        return f"{self.root}~tag:{{{_encode(tag)}}}"
 
     @staticmethod
-    def tag_gen(tag_key: str) -> str:
-        return tag_key + ":gen"
+    def tag_version(tag_key: str) -> str:
+        """``app:~tag:{<tag>}:v``: the tag's current version token."""
+        return tag_key + ":v"
 
     def generations(self) -> str:
         """``app:~gen``: namespace generations and fill epochs (:mod:`hitrate.generations`)."""

@@ -6,15 +6,23 @@ Header (little-endian, ``struct`` format ``<BBBxdfI``)::
     0       1     format version (2)
     1       1     codec id (1 json, 2 msgpack, 4 signed pickle; 3 was the old pickle)
     2       1     flags (bit 0: the cached value is None; bit 1: typed, the payload is
-                  decoded with the ``type=`` it was written with)
+                  decoded with the ``type=`` it was written with; bit 2: tagged, a tag
+                  section follows the header)
     3       1     reserved (0)
     4       8     logical expiry, Unix seconds as float64; 0 = none
     12      4     duration of the load that produced it, seconds as float32
     16      4     namespace generation stamp it was written under (``Cache.bump``)
 
+A tagged entry's tag section names each tag with the version token it had when the
+entry's load began: one byte *n*, then *n* times (tag length u16, tag UTF-8, token length
+u8, token). The entry is served only while every one of those tokens is still current
+(:mod:`hitrate.plans.tags`), so a tag invalidation holds even where the tag's member set
+was evicted.
+
 Redis keeps the key a little longer than the logical expiry when a policy has a stale
 window, so one caller can refresh while others are served the old value. The pickle
-codec's payload starts with an HMAC over the key, this header and the body.
+codec's payload starts with an HMAC over the key, this header (with the tag section) and
+the body.
 """
 
 from __future__ import annotations
@@ -28,14 +36,52 @@ from ..errors import ConfigurationError
 from .codecs import Codec, DecodeError
 from .typed import type_spec
 
-__all__ = ["FLAG_NONE", "FLAG_TYPED", "FORMAT_VERSION", "HEADER", "Entry", "decode_entry",
-           "encode_entry"]  # fmt: skip
+__all__ = ["FLAG_NONE", "FLAG_TAGS", "FLAG_TYPED", "FORMAT_VERSION", "HEADER", "MAX_TAGS",
+           "Entry", "decode_entry", "encode_entry"]  # fmt: skip
 
 FORMAT_VERSION = 2
 HEADER = struct.Struct("<BBBxdfI")
 FLAG_NONE = 1
 FLAG_TYPED = 2
-_KNOWN_FLAGS = FLAG_NONE | FLAG_TYPED
+FLAG_TAGS = 4
+_KNOWN_FLAGS = FLAG_NONE | FLAG_TYPED | FLAG_TAGS
+MAX_TAGS = 255  # tags per entry
+_U16 = struct.Struct("<H")
+
+#: ``((tag, version token), ...)`` as recorded in an entry.
+TagVersions = tuple[tuple[str, bytes], ...]
+
+
+def _tag_section(key: str, tags: TagVersions) -> bytes:
+    if len(tags) > MAX_TAGS:
+        raise ConfigurationError(
+            f"key {key!r} has {len(tags)} tags; an entry can carry at most {MAX_TAGS} "
+            "(tag the group, not each member)"
+        )
+    out = [bytes((len(tags),))]
+    for tag, token in tags:
+        name = tag.encode()
+        out += [_U16.pack(len(name)), name, bytes((len(token),)), token]
+    return b"".join(out)
+
+
+def _read_tags(key: str, raw: bytes, at: int) -> tuple[TagVersions, int]:
+    """The tag section starting at offset *at*, and the offset after it."""
+    try:
+        tags = []
+        pos = at + 1
+        for _ in range(raw[at]):
+            (size,) = _U16.unpack_from(raw, pos)
+            name = raw[pos + 2 : pos + 2 + size].decode()
+            pos += 2 + size
+            end = pos + 1 + raw[pos]
+            tags.append((name, bytes(raw[pos + 1 : end])))
+            pos = end
+        if pos > len(raw):
+            raise IndexError(pos)
+        return tuple(tags), pos
+    except (IndexError, struct.error, UnicodeDecodeError):
+        raise DecodeError(f"{key!r} holds a damaged tag section") from None
 
 
 class Entry(NamedTuple):
@@ -45,6 +91,7 @@ class Entry(NamedTuple):
     expires_at: float  # logical expiry, Unix seconds; 0.0 = never
     load_time: float  # seconds the load that produced it took
     gen: int = 0  # namespace generation stamp it was written under
+    tags: TagVersions = ()  # its tags, each with the version it was loaded under
 
 
 def encode_entry(
@@ -55,6 +102,7 @@ def encode_entry(
     load_time: float,
     type: Any = None,
     gen: int = 0,
+    tags: TagVersions = (),
 ) -> bytes:
     """Header + payload, or :class:`~hitrate.SerializationError` (before anything is
     written) for a value a hit would not give back equal and of the same type.
@@ -77,7 +125,11 @@ def encode_entry(
             body, typed = dumps_typed(value, key, spec)
             if typed:
                 flags = FLAG_TYPED
+    if tags:
+        flags |= FLAG_TAGS
     header = HEADER.pack(FORMAT_VERSION, codec.id, flags, expires_at, load_time, gen)
+    if tags:
+        header += _tag_section(key, tags)
     if seal is not None:
         return header + seal(header, body, key)  # type: ignore[no-any-return]
     return header + body
@@ -96,12 +148,16 @@ def decode_entry(codec: Codec, key: str, raw: bytes, type: Any = None) -> Entry:
             f"{FORMAT_VERSION}/{codec.id}: another version of the app, left alone",
             foreign=True,
         )
-    payload = raw[HEADER.size :]
+    start = HEADER.size
+    tags: TagVersions = ()
+    if flags & FLAG_TAGS:
+        tags, start = _read_tags(key, raw, start)
+    payload = raw[start:]
     unseal = getattr(codec, "unseal", None)
     if unseal is not None:
-        payload = unseal(raw[: HEADER.size], payload, key)
+        payload = unseal(raw[:start], payload, key)
     if flags & FLAG_NONE:
-        return Entry(None, expires_at, load_time, gen)
+        return Entry(None, expires_at, load_time, gen, tags)
     loads = codec.loads_raw if unseal else codec.loads  # type: ignore[attr-defined]
     try:
         if type is None:
@@ -127,4 +183,4 @@ def decode_entry(codec: Codec, key: str, raw: bytes, type: Any = None) -> Entry:
         raise DecodeError(f"{key!r}: {exc}", foreign=True) from None
     except Exception as exc:
         raise DecodeError(f"{key!r}: {exc}") from None
-    return Entry(value, expires_at, load_time, gen)
+    return Entry(value, expires_at, load_time, gen, tags)

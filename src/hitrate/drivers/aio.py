@@ -163,6 +163,9 @@ class AsyncDriver(_Base):
     ) -> Any:
         """``AsyncCache.get_or_fetch``; see :meth:`SyncDriver.fetch`."""
         ctx = self.ctx
+        if tags:  # the plan reads the entry and its tags' versions in one round trip
+            plan = get_or_fetch(ctx, key, ttl, tuple(tags), unless=unless, vtype=type)
+            return await self.run(plan, fetch)
         rkey, family = ctx.keys.locate(key)
         try:
             first: Any = await self.redis(("GET", rkey))
@@ -175,7 +178,7 @@ class AsyncDriver(_Base):
             value = fresh_value(ctx, key, family, first, policy, type)
             if value is not MISSING:
                 return value
-        plan = get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=type)
+        plan = get_or_fetch(ctx, key, ttl, checked=True, unless=unless, vtype=type)
         return await self.run(plan, fetch, first)
 
     async def run(

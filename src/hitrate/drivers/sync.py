@@ -148,6 +148,9 @@ class SyncDriver(_Base):
         call): one GET, decided by :func:`~hitrate.plans.fresh_value` (a hit ends here),
         else the plan, handed the GET's reply so it is not sent twice."""
         ctx = self.ctx
+        if tags:  # the plan reads the entry and its tags' versions in one round trip
+            plan = get_or_fetch(ctx, key, ttl, tuple(tags), unless=unless, vtype=type)
+            return self.run(plan, fetch)
         rkey, family = ctx.keys.locate(key)
         try:
             first: Any = self.redis(("GET", rkey))
@@ -160,7 +163,7 @@ class SyncDriver(_Base):
             value = fresh_value(ctx, key, family, first, policy, type)
             if value is not MISSING:
                 return value
-        plan = get_or_fetch(ctx, key, ttl, tuple(tags), checked=True, unless=unless, vtype=type)
+        plan = get_or_fetch(ctx, key, ttl, checked=True, unless=unless, vtype=type)
         return self.run(plan, fetch, first)
 
     # -- the trampoline: the shared loop's I/O, done synchronously -------------------------

@@ -3,7 +3,7 @@
 -- KEYS[2]  lease key                      app:{user:42}:lease
 -- KEYS[3]  write-bookkeeping hash         app:{user:42}:w (see write_begin.lua)
 -- KEYS[4]  the prefix's generations hash  app:~gen (see keys.py)
--- KEYS[5..] tag generation keys of the tags this fill will carry (app:tag:{t}:gen)
+-- KEYS[5..] version keys of the tags this fill will carry (app:~tag:{t}:v)
 -- ARGV[1]  lease token (random, unique to this caller)
 -- ARGV[2]  lease time in milliseconds
 -- ARGV[3]  "" to return the entry when there is one; otherwise this is a refresh of a
@@ -23,8 +23,10 @@
 --   ep_*: the fill epochs (prefix-wide and the family's), which pattern invalidation and
 --         bump change; fill.lua refuses the fill when one changed meanwhile
 --   ns_*, id: the namespace generations and hash id the entry is stamped with
---   taggen...: the current value of each tag generation key ("" when absent), which
---              fill.lua compares so a tag invalidated meanwhile refuses the fill
+--   version...: the current version token of each tag (one is made for a tag that has
+--              none: never used, expired or evicted); the entry records them, and is
+--              served only while they are current, and fill.lua compares them so a tag
+--              invalidated meanwhile refuses the fill
 local g = redis.call('HMGET', KEYS[4], 'ep:*', 'ep:' .. ARGV[4], 'ns:*', 'ns:' .. ARGV[4], 'id')
 if not g[5] then
   redis.call('HSETNX', KEYS[4], 'id', ARGV[5])
@@ -32,7 +34,14 @@ if not g[5] then
 end
 local out = {0, '', '', g[1] or '', g[2] or '', g[3] or '', g[4] or '', g[5]}
 for i = 5, #KEYS do
-  out[#out + 1] = redis.call('GET', KEYS[i]) or ''
+  local v = redis.call('GET', KEYS[i])
+  if not v then
+    -- Long enough for the fill (it is refused after the lease time anyway), which keeps
+    -- the version as long as the entries that record it.
+    v = ARGV[5] .. '.' .. (i - 4)
+    redis.call('SET', KEYS[i], v, 'PX', tonumber(ARGV[2]) + 60000)
+  end
+  out[#out + 1] = v
 end
 local value = redis.call('GET', KEYS[1])
 if value and (ARGV[3] == '' or string.sub(value, 5, 12) ~= ARGV[3]) then

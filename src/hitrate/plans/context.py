@@ -102,11 +102,13 @@ class Context:
         load_time: float = 0.0,
         gen: int | None = None,
         vtype: Any = None,
+        tags: tuple[tuple[str, bytes], ...] = (),
     ) -> tuple[bytes, int]:
         """Entry bytes and Redis expiry in ms (0 = none); raises before anything is written.
 
         ``b""`` means "store nothing": a ``None`` under a policy with ``negative_ttl=0``.
-        *gen* is the namespace stamp (default: this process's view of the key's family).
+        *gen* is the namespace stamp (default: this process's view of the key's family);
+        *tags*: each tag with its current version (see :mod:`hitrate.plans.tags`).
         """
         if value is None and not policy.negative_ttl:
             return b"", 0
@@ -114,7 +116,7 @@ class Context:
         expires_at = self.clock() + ttl if ttl is not None else 0.0
         if gen is None:
             gen = self.gens.stamp(family_of(key))
-        data = encode_entry(self.codec, key, value, expires_at, load_time, vtype, gen)
+        data = encode_entry(self.codec, key, value, expires_at, load_time, vtype, gen, tags)
         if len(data) > self.max_value_size:
             raise ValueTooLargeError(
                 f"value for key {key!r} is {len(data)} bytes encoded, over max_value_size="

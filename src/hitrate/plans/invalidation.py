@@ -144,17 +144,20 @@ def invalidate_pattern(ctx: Context, pattern: str, count: int = 1000) -> Plan:
 
 def _invalidate_tag(ctx: Context, tag: str) -> Plan:
     tag_key = ctx.keys.tag(tag)
-    gen_key = ctx.keys.tag_gen(tag_key)
-    gen_ms = 24 * 3600 * 1000
-    _, members = yield Batch([("SET", gen_key, ctx.token(), "PX", gen_ms), ("SMEMBERS", tag_key)])
+    version = ctx.keys.tag_version(tag_key)
+    version_ms = 24 * 3600 * 1000  # any lifetime will do: a missing version is a new one
+    renew = ("SET", version, ctx.token(), "PX", version_ms)
+    _, members = yield Batch([renew, ("SMEMBERS", tag_key)])
     entries = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
     deleted = yield from _invalidate_entries(ctx, entries, tag_key=tag_key)
     return deleted, len(entries)
 
 
 def invalidate_tag(ctx: Context, tag: str) -> Plan:
-    """Bump the tag's generation (fills whose lease predates this are refused), then
-    invalidate every entry the tag names and remove it from the tag set."""
+    """Give the tag a new version (so no entry recording the old one is served again, and
+    fills whose lease predates this are refused: see :mod:`hitrate.plans.tags`), then
+    delete at once the entries its member set names (it may have been evicted: the new
+    version alone is enough)."""
     ctx.keys.tag(tag)  # a bad tag is an error now, not an owed invalidation
     ctx.wrote()
     try:

@@ -26,7 +26,7 @@ from ..codec import DecodeError, Entry, decode_entry
 from ..errors import CacheUnavailableError, LoaderError, ValueTooLargeError
 from ..generations import new_token
 from ..keys import family_of
-from ..ops import CALL, LEAD, TIMEOUT, Coalesce, Eval, Plan, Publish, Sleep, Spawn
+from ..ops import CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
 from ..policy import Policy, TTLLike
 from .context import (
     DOWN_ROUNDS,
@@ -38,6 +38,7 @@ from .context import (
     generations,
     interrupted,
 )
+from .tags import Versions, covers, current, version_keys, versions
 
 __all__ = ["EntryStore", "Store", "fresh_value", "get_or_fetch", "lease_and_fill", "load_down"]
 
@@ -285,7 +286,7 @@ class EntryStore:
     """A cache entry: one Redis string (``lease.lua``, ``fill.lua``), with tags, fill
     epochs and namespace generations."""
 
-    __slots__ = ("ctx", "family", "key", "policy", "rkey", "tags", "vtype")
+    __slots__ = ("ctx", "family", "key", "known", "policy", "rkey", "tags", "vtype")
 
     @property
     def label(self) -> str:
@@ -303,20 +304,30 @@ class EntryStore:
     ) -> None:
         self.ctx, self.key, self.rkey, self.family = ctx, key, rkey, family
         self.policy, self.tags, self.vtype = policy, tags, vtype
+        # Tag versions read at or after every entry read so far, so valid to judge them
+        # (from a lease reply, which reads both at once); None after a poll.
+        self.known: Versions | None = None
 
     def lease(self, token: str, seen: bytes) -> Eval:
         keys = self.ctx.keys
-        gens = [keys.tag_gen(keys.tag(t)) for t in self.tags]
         return Eval(
             scripts.LEASE,
-            [self.rkey, keys.lease(self.rkey), keys.writes(self.rkey), keys.generations(), *gens],
+            [
+                self.rkey,
+                keys.lease(self.rkey),
+                keys.writes(self.rkey),
+                keys.generations(),
+                *version_keys(self.ctx, self.tags),
+            ],
             (token, math.ceil(self.policy.lease * 1000), seen, self.family, new_token()),
         )
 
     def leased(self, reply: Sequence[Any]) -> None:
         self.ctx.gens.saw(self.family, reply[5], reply[6], reply[7])
+        self.known = dict(zip(self.tags, reply[8:], strict=False))
 
     def poll(self) -> Any:
+        self.known = None  # the entry polled may be newer than the versions we know
         return ("MGET", self.rkey, self.rkey + ":lease", self.rkey + ":err")
 
     def read(self, raw: Any) -> Plan:
@@ -325,7 +336,11 @@ class EntryStore:
         if entry is None:
             return MISSING, b""
         if ctx.fresh(entry, self.family):
-            return entry.value, b""
+            if not entry.tags:
+                return entry.value, b""
+            self.known = yield from versions(ctx, (t for t, _ in entry.tags), self.known)
+            if current(entry, self.known):
+                return entry.value, b""
         return MISSING, raw[4:12]  # there but not fresh for us: take the lease despite it
 
     def fill(
@@ -333,14 +348,20 @@ class EntryStore:
     ) -> tuple[Eval | None, Any]:
         ctx, keys = self.ctx, self.ctx.keys
         gen = ctx.gens.saw(self.family, reply[5], reply[6], reply[7])
-        data, px = ctx.encode(self.key, value, self.policy, load_time, gen, self.vtype)
+        tags = tuple(zip(self.tags, reply[8:], strict=False))  # each with its version
+        data, px = ctx.encode(self.key, value, self.policy, load_time, gen, self.vtype, tags)
         if not data:  # a None this policy does not cache
             return None, value
         tag_keys = [keys.tag(t) for t in self.tags]
-        gen_keys = [keys.tag_gen(t) for t in tag_keys]
         op = Eval(
             scripts.FILL,
-            [self.rkey, keys.lease(self.rkey), keys.generations(), *tag_keys, *gen_keys],
+            [
+                self.rkey,
+                keys.lease(self.rkey),
+                keys.generations(),
+                *tag_keys,
+                *version_keys(ctx, self.tags),
+            ],
             (
                 token,
                 data,
@@ -369,18 +390,27 @@ def _xfetch(
 
 
 def fresh_value(
-    ctx: Context, key: str, family: str, raw: bytes | None, policy: Policy, vtype: Any = None
+    ctx: Context,
+    key: str,
+    family: str,
+    raw: bytes | None,
+    policy: Policy,
+    vtype: Any = None,
+    known: Versions | None = None,
 ) -> Any:
     """What a GET reply serves at once: the cached value (a hit, counted), or
     :data:`MISSING` when ``get_or_fetch`` must do more: a miss, undecodable bytes, a stale
-    entry, an entry of an older generation, an early refresh that XFetch says is due, or a
-    generation view due to be read again. No Redis; the plan below and the drivers' hit
-    fast path (``Cache.get_or_fetch``) both decide with it."""
+    entry, an entry of an older generation, a tagged entry whose tag versions are not
+    *known* (read with or after it) or not current, an early refresh that XFetch says is
+    due, or a generation view due to be read again. No Redis; the plan below and the
+    drivers' hit fast path (``Cache.get_or_fetch``) both decide with it."""
     if raw is None:
         return MISSING
     try:
         entry = decode_entry(ctx.codec, key, raw, vtype)
     except DecodeError:
+        return MISSING
+    if entry.tags and not (covers(known, entry) and current(entry, known or {})):
         return MISSING
     gens = ctx.gens
     if entry.gen != gens.stamp(family) or gens.due():
@@ -415,20 +445,37 @@ def get_or_fetch(
     rkey = ctx.keys.entry(key)
     family = family_of(key)
     policy = ctx.policy(key, ttl)
+    tags = tuple(dict.fromkeys(tags))
     store = EntryStore(ctx, key, rkey, family, policy, tags, vtype)
     try:
-        raw = yield ("GET", rkey)
+        if tags:  # the entry and its tags' versions in one round trip, in that order
+            raw, found = yield Batch([("GET", rkey), ("MGET", *version_keys(ctx, tags))])
+            store.known = dict(zip(tags, found, strict=True))
+        else:
+            raw = yield ("GET", rkey)
         if ctx.gens.due():
             yield from generations(ctx)
             checked = False
     except CacheUnavailableError:
         return (yield from load_down(ctx, store, policy.lease, unless))
     if not checked:
-        value = fresh_value(ctx, key, family, raw, policy, vtype)
+        value = fresh_value(ctx, key, family, raw, policy, vtype, store.known)
         if value is not MISSING:
             return value
     if raw is not None:
         entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family, vtype)
+        if entry is not None and entry.tags:
+            judged = not checked and covers(store.known, entry)
+            try:
+                store.known = yield from versions(ctx, (t for t, _ in entry.tags), store.known)
+            except CacheUnavailableError:
+                return (yield from load_down(ctx, store, policy.lease, unless))
+            if not current(entry, store.known):
+                entry = None  # a tag was invalidated since its load: a miss
+            elif not judged:
+                value = fresh_value(ctx, key, family, raw, policy, vtype, store.known)
+                if value is not MISSING:
+                    return value
         if (
             entry is not None
             and entry.gen == ctx.gens.stamp(family)

@@ -1,5 +1,5 @@
-"""Reads: ``get`` and ``get_many`` (one round trip each; the generation view is read
-again first when it is due)."""
+"""Reads: ``get`` and ``get_many`` (one round trip each, plus one for the tag versions
+when a tagged entry was found; the generation view is read again first when it is due)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..errors import CacheUnavailableError
 from ..keys import family_of
 from ..ops import Batch, Plan
 from .context import MGET_CHUNK, Context, _check_generations, _decode
+from .tags import current, versions
 
 __all__ = ["get", "get_many"]
 
@@ -28,6 +29,15 @@ def get(ctx: Context, key: str, default: Any, vtype: Any = None) -> Plan:
     if raw is not None:
         entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family, vtype)
         if entry is not None and ctx.fresh(entry, family):
+            if entry.tags:
+                try:
+                    known = yield from versions(ctx, (t for t, _ in entry.tags))
+                except CacheUnavailableError:
+                    ctx.stats.incr(family, "fail_open")
+                    return default
+                if not current(entry, known):
+                    ctx.stats.miss(family)
+                    return default
             ctx.stats.hit(family)
             return entry.value
     ctx.stats.miss(family)
@@ -53,6 +63,7 @@ def get_many(ctx: Context, keys: Iterable[str], vtype: Any = None) -> Plan:
             ctx.stats.incr(family_of(k), "fail_open")
         return {}
     found: dict[str, Any] = {}
+    tagged: list[tuple[str, Entry]] = []
     bad: list[str] = []
     for key, rkey, raw in zip(wanted, rkeys, raws, strict=True):
         family = family_of(key)
@@ -65,10 +76,24 @@ def get_many(ctx: Context, keys: Iterable[str], vtype: Any = None) -> Plan:
                     bad.append(rkey)
             else:
                 if ctx.fresh(entry, family):
+                    if entry.tags:
+                        tagged.append((key, entry))
+                        continue
                     found[key] = entry.value
                     ctx.stats.hit(family)
                     continue
         ctx.stats.miss(family)
+    if tagged:  # served only if their tags' versions are current: one more round trip
+        try:
+            known = yield from versions(ctx, (t for _, e in tagged for t, _ in e.tags))
+        except CacheUnavailableError:
+            known = {}
+        for key, entry in tagged:
+            if current(entry, known):
+                found[key] = entry.value
+                ctx.stats.hit(family_of(key))
+            else:
+                ctx.stats.miss(family_of(key))
     if bad:
         with contextlib.suppress(CacheUnavailableError):
             yield ("UNLINK", *bad)
