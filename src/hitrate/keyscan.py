@@ -119,6 +119,8 @@ def big_keys(client: Any, keys: KeySpace, top: int = 10, budget: int = 0) -> lis
 
     batch: list[str] = []
     for rkey in _scan(client, keys.root + "*", budget):
+        if not rkey.startswith((keys.root + "{", keys.root + "~")):
+            continue  # another cache's, under a longer prefix (app:v2 under app)
         batch.append(rkey)
         if len(batch) >= BATCH:
             consider(batch)

@@ -59,13 +59,18 @@ def unique_prefix(name: str = "test") -> str:
 
 
 def delete_prefix(url: str, prefix: str) -> int:
-    """Delete every key under ``prefix:`` by SCAN + UNLINK; returns how many."""
+    """Delete every key of the cache with *prefix* (``prefix:{...`` and ``prefix:~...``,
+    not another cache's under a longer prefix) by SCAN + UNLINK; returns how many."""
     import redis
 
     client = redis.Redis.from_url(url)
     deleted = 0
     try:
-        batch = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        batch = [
+            key
+            for pattern in (f"{prefix}:{{*", f"{prefix}:~*")
+            for key in client.scan_iter(match=pattern, count=1000)
+        ]
         for i in range(0, len(batch), 500):
             deleted += client.unlink(*batch[i : i + 500])
     finally:
