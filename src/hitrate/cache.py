@@ -261,8 +261,9 @@ class AsyncCache(CacheBase[aredis.Redis], Awaited):
         client = self.client
         self._driver = AsyncDriver(client, self._ctx, strict=self.strict, breaker=self.breaker)
         self.get_or_fetch = self._driver.fetch  # type: ignore[method-assign]  # the hot path
-        # The timer flushes with a small sync client on the same server (see hitrate.flush).
-        sync = sync_twin(client) if self._flush_interval else None
+        # The timer flushes and delivers owed work with a small sync client on the same
+        # server (see hitrate.flush).
+        sync = sync_twin(client)
         run = None
         if sync is not None:
             run = SyncDriver(sync, self._ctx, strict=False, breaker=self.breaker).run

@@ -17,7 +17,7 @@ from .breaker import Breaker
 from .codec import Codec, make_codec
 from .counting import Counters, NullCounters
 from .errors import ConfigurationError
-from .flush import Flusher, register
+from .flush import Flusher, register, wake
 from .generations import Generations
 from .keys import FamilyWatch, KeySpace, check_family_names, escape_glob
 from .keys import key as join_key
@@ -141,18 +141,22 @@ class CacheBase(Generic[ClientT]):
     def _start_flusher(
         self, run: Callable[[Any], Any] | None, on_close: Callable[[], None] | None = None
     ) -> Flusher | None:
-        """Flush this cache's counts to Redis on the shared timer (see :mod:`hitrate.flush`)."""
-        if run is None or isinstance(self._ctx.stats, NullCounters):
+        """Flush this cache's counts to Redis, and deliver its owed work, on the shared
+        timer (see :mod:`hitrate.flush`)."""
+        if run is None:
             return None
+        counting = not isinstance(self._ctx.stats, NullCounters)
         flusher = Flusher(
             run,
-            self._ctx.stats,
+            self._ctx.stats if counting else None,
             self.prefix,
+            owed=self._ctx.owed,
             interval=self._flush_interval,
             clock=self._ctx.clock,
             on_close=on_close,
         )
         weakref.finalize(self, flusher.retire)  # an unclosed cache still flushes its counts
+        self._ctx.owed.on_pending = wake
         return register(flusher)
 
     def _stats_plan(self, minutes: int | None, history: int, sample: int) -> Any:

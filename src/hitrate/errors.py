@@ -89,14 +89,21 @@ class CacheUnavailableError(HitrateError, ConnectionError):
     ``cause`` says what went wrong in words a person can act on (no operation or key in
     it, so one outage has one cause); ``outage`` is True when Redis as a whole cannot
     serve (these count toward opening the circuit breaker), False for
-    :class:`CommandRefusedError`.
+    :class:`CommandRefusedError`. ``refused`` is True when Redis answered and refused the
+    command itself (``WRONGTYPE``, ``NOPERM``): sending it again will not help until
+    something changes, so work owed since an outage is dropped (and logged), not retried.
     """
 
     outage: bool = True
+    refused: bool = False
 
-    def __init__(self, message: str = "", *, cause: str | None = None) -> None:
+    def __init__(
+        self, message: str = "", *, cause: str | None = None, refused: bool | None = None
+    ) -> None:
         super().__init__(message)
         self.cause = cause if cause is not None else message
+        if refused is not None:
+            self.refused = refused
 
 
 class CircuitOpenError(CacheUnavailableError):
@@ -129,6 +136,7 @@ class CommandRefusedError(CacheUnavailableError):
     """
 
     outage = False
+    refused = True
 
 
 # Server states that refuse every command for a while, whatever the key: outages.
@@ -246,7 +254,8 @@ def translate(exc: BaseException, what: str, where: str = "Redis") -> CacheUnava
         return exc
     cause = _misconfiguration(exc, where)
     if cause is not None:
-        return MisconfiguredError(f"{cause} (during {what})", cause=cause)
+        refused = isinstance(exc, rexc.NoPermissionError)
+        return MisconfiguredError(f"{cause} (during {what})", cause=cause, refused=refused)
     state = next((w for cls, w in _STATE_WORDS.items() if isinstance(exc, cls)), None)
     if state is None and isinstance(exc, rexc.ResponseError):
         found = _SERVER_STATES.search(str(exc))

@@ -18,6 +18,11 @@ loss); one that Redis had already applied (a timeout after the write) is recogni
 number and skipped, so nothing is counted twice. The ``{app}`` hash tag keeps one cache's
 stats keys in one Cluster slot, as its script needs.
 
+The same thread delivers each cache's owed invalidations and lease releases
+(:mod:`hitrate.owed`) every :data:`~hitrate.owed.RETRY_INTERVAL` seconds while any are
+queued, whether or not the cache counts, so they reach Redis soon after it is back even in
+a process that makes no further call.
+
 When: every ``flush_interval`` seconds (``Cache(..., flush_interval=5.0)``; 0 turns the
 timer off), in one daemon thread shared by all caches of the process and started with the
 first cache; then by ``stats()``, on ``close()``, at interpreter exit (``atexit``), and when
@@ -41,6 +46,7 @@ from typing import Any
 from .counting import COUNTERS, LOAD_BUCKETS, Counters, FamilyCounts
 from .errors import CacheUnavailableError
 from .ops import Batch, Eval, Plan
+from .owed import RETRY_INTERVAL, OwedQueue
 from .scripts import script
 
 __all__ = [
@@ -51,6 +57,7 @@ __all__ = [
     "minute_key",
     "stats_root",
     "totals_key",
+    "wake",
 ]
 
 log = logging.getLogger("hitrate")
@@ -116,22 +123,32 @@ def flush_plan(counters: Counters, prefix: str, clock: Callable[[], float] = tim
     return True
 
 
+def _poke() -> Plan:
+    """One PING: the driver delivers what is owed before it (see :mod:`hitrate.owed`)."""
+    yield ("PING",)
+
+
 class Flusher:
     """Flushes one cache's counters: on a timer (in the shared thread), on demand, and a
-    last time on :meth:`close`. *run* runs a plan synchronously (a sync driver's ``run``)."""
+    last time on :meth:`close`; and delivers its owed work while any is queued. *run* runs
+    a plan synchronously (a sync driver's ``run``); *counters* is None for a cache that
+    does not count."""
 
     def __init__(
         self,
         run: Callable[[Plan], Any],
-        counters: Counters,
+        counters: Counters | None,
         prefix: str,
         *,
+        owed: OwedQueue | None = None,
         interval: float = 5.0,
         clock: Callable[[], float] = time.time,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self._run = run
         self.counters = counters
+        self.owed = owed
+        self.owed_due = 0.0
         self.prefix = prefix
         self.interval = interval
         self.clock = clock
@@ -142,8 +159,21 @@ class Flusher:
         self._on_close = on_close
         self._lock = threading.Lock()
 
+    def deliver_owed(self) -> None:
+        """Send what is owed, if anything (retried by the timer while it fails)."""
+        if self.owed is None or not self.owed.pending:
+            return
+        self.owed_due = time.monotonic() + RETRY_INTERVAL
+        try:
+            self._run(_poke())
+        except Exception as exc:  # strict mode raises; the timer never should
+            log.debug("hitrate: delivering owed invalidations failed: %s", exc)
+
     def flush(self) -> bool:
         """Flush now; False if Redis could not be reached (the counts are kept)."""
+        if self.counters is None:
+            self.deliver_owed()
+            return True
         with self._lock:
             plan = flush_plan(self.counters, self.prefix, self.clock)
             try:
@@ -221,7 +251,21 @@ class _Scheduler:
                 if flusher.retired:
                     flusher.close()
                     continue
-                if flusher.interval <= 0:
+                owed = flusher.owed
+                if owed is not None and owed.pending:
+                    # First try a retry interval after the failure (the call that failed
+                    # has just tried), then every interval until it is delivered.
+                    if not flusher.owed_due:
+                        flusher.owed_due = time.monotonic() + RETRY_INTERVAL
+                    elif time.monotonic() >= flusher.owed_due:
+                        flusher.deliver_owed()
+                    if owed.pending:
+                        wait = min(wait, max(0.0, flusher.owed_due - time.monotonic()))
+                    else:
+                        flusher.owed_due = 0.0
+                else:
+                    flusher.owed_due = 0.0
+                if flusher.interval <= 0 or flusher.counters is None:
                     continue
                 now = time.monotonic()
                 if now >= flusher.due:
@@ -240,6 +284,11 @@ def register(flusher: Flusher) -> Flusher:
     return flusher
 
 
+def wake() -> None:
+    """Have the timer look at its caches now (something was just owed)."""
+    _scheduler.wake.set()
+
+
 def _at_exit() -> None:
     for flusher in list(_scheduler.flushers):
         flusher.close()
@@ -253,5 +302,6 @@ def _after_fork() -> None:
     _scheduler.flushers = set()
     for flusher in flushers:
         flusher._lock = threading.Lock()
-        flusher.counters.after_fork()
+        if flusher.counters is not None:
+            flusher.counters.after_fork()
         register(flusher)

@@ -1,21 +1,32 @@
 """Invalidations owed to Redis: the ones that could not be delivered while it was down.
 
 One queue per cache (shared by its sync and async drivers, its data structures and its
-stats), kept in process. The drivers deliver it **before** the next Redis command of any
-call is sent, so the first read after an outage never returns a value whose invalidation
-was owed. Items leave the queue only once Redis confirmed them, so a call that is
-cancelled while it delivers loses nothing; delivery goes in bounded chunks.
+stats), kept in process. It also holds fill leases that could not be given back (the fill
+or release failed, or was interrupted): released when Redis answers again, so callers in
+other processes do not wait out the lease time for a fill that will never come.
+
+The drivers deliver it **before** the next Redis command of any call is sent, so the
+first read after an outage never returns a value whose invalidation was owed. Items leave
+the queue only once Redis confirmed them, so a call that is cancelled while it delivers
+loses nothing; delivery goes in bounded chunks.
 
 The queue is bounded. Past :data:`MAX_OWED` keys, the family of a key that does not fit
 is owed a **generation bump** instead (every entry of that family becomes unreachable: see
 ``Cache.bump``), and past :data:`MAX_BUMPS` families the whole prefix is: more than was
 asked, never less. Each overflow is logged once on the ``hitrate`` logger.
+
+A chunk that Redis *refuses* (``WRONGTYPE`` at a key another program wrote, ``NOPERM``
+for a user without SCAN) is dropped with a WARNING rather than retried after every call.
+Besides the drivers, a timer delivers the queue (every :data:`RETRY_INTERVAL` seconds
+while it is not empty), so an invalidation owed during an outage reaches Redis soon after
+it is back even if this process makes no further call.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import CacheUnavailableError
@@ -27,6 +38,8 @@ log = logging.getLogger("hitrate")
 MAX_OWED = 10_000  # keys (entries and object hashes) kept for delivery
 MAX_BUMPS = 64  # families kept for a generation bump before the whole prefix is bumped
 MAX_TAGS = 1_000  # tags kept; a tag names entries of any family: past this, a prefix bump
+MAX_LEASES = 10_000  # lease releases kept; past this they are left to expire (lease time)
+RETRY_INTERVAL = 0.5  # seconds between the timer's delivery attempts while items are owed
 ALL = "*"  # the family name that stands for the whole prefix
 
 
@@ -42,13 +55,16 @@ class Chunk:
     keys to unlink (object hashes and their leases), tags, families to bump."""
 
     entries: tuple[str, ...] = ()
+    leases: tuple[tuple[str, str], ...] = ()  # (entry or object key, lease token)
     unlink: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     bumps: tuple[str, ...] = ()
     scan: tuple[str, int] | None = None  # (object family, SCAN cursor) to delete by SCAN
 
     def __bool__(self) -> bool:
-        return bool(self.entries or self.unlink or self.tags or self.bumps or self.scan)
+        return bool(
+            self.entries or self.leases or self.unlink or self.tags or self.bumps or self.scan
+        )
 
 
 class OwedQueue:
@@ -58,6 +74,7 @@ class OwedQueue:
         self._lock = threading.Lock()
         self._limit = limit
         self._entries: dict[str, str] = {}  # entry key -> family (insertion ordered)
+        self._leases: dict[tuple[str, str], None] = {}  # (key, token) of leases to give back
         self._unlink: dict[str, str] = {}  # other Redis key -> family
         self._tags: dict[str, None] = {}
         self._bumps: dict[str, None] = {}
@@ -65,6 +82,15 @@ class OwedQueue:
         self._overflowed = False
         self._delivering = threading.Lock()
         self.pending = False
+        #: Called when the queue stops being empty (the retry timer's wake-up).
+        self.on_pending: Callable[[], None] | None = None
+
+    def _owe(self) -> None:
+        """Something was queued (the lock is held)."""
+        if not self.pending:
+            self.pending = True
+            if self.on_pending is not None:
+                self.on_pending()
 
     def claim(self) -> bool:
         """Become the one caller delivering the queue (never blocks); then :meth:`release`."""
@@ -77,6 +103,7 @@ class OwedQueue:
         with self._lock:
             return (
                 len(self._entries)
+                + len(self._leases)
                 + len(self._unlink)
                 + len(self._tags)
                 + len(self._bumps)
@@ -119,7 +146,14 @@ class OwedQueue:
         with self._lock:
             if rkey not in self._entries and not self._full(family):
                 self._entries[rkey] = family
-            self.pending = True
+            self._owe()
+
+    def lease(self, rkey: str, token: str) -> None:
+        """The fill lease *token* on *rkey* (an entry or object key) is owed a release."""
+        with self._lock:
+            if len(self._leases) < MAX_LEASES:
+                self._leases[(rkey, token)] = None
+                self._owe()
 
     def unlink(self, rkeys: list[str], family: str) -> None:
         """These Redis keys (an object hash and its lease) are owed a delete. Past the
@@ -134,7 +168,7 @@ class OwedQueue:
                 else:
                     self._overflow_log(family)
                     self._scans[family] = 0
-            self.pending = True
+            self._owe()
 
     def tag(self, tag: str) -> None:
         with self._lock:
@@ -143,18 +177,20 @@ class OwedQueue:
                     self._tags[tag] = None
                 else:
                     self._full(ALL)
-            self.pending = True
+            self._owe()
 
     def bump(self, family: str) -> None:
         """Every entry of *family* (``"*"``: the whole prefix) is owed unreachability."""
         with self._lock:
             self._bump(family)
-            self.pending = True
+            self._owe()
 
     def peek(self, size: int = 500) -> Chunk:
         """The next chunk to deliver, without removing it (see :meth:`done`)."""
         with self._lock:
-            if self._bumps:  # bumps first: they cover the most
+            if self._leases:  # leases first: callers elsewhere may be waiting on them
+                return Chunk(leases=tuple(list(self._leases)[:size]))
+            if self._bumps:  # then bumps: they cover the most
                 return Chunk(bumps=tuple(self._bumps))
             if self._entries:
                 return Chunk(entries=tuple(list(self._entries)[:size]))
@@ -173,15 +209,15 @@ class OwedQueue:
         with self._lock:
             for rkey in chunk.entries:
                 self._entries.pop(rkey, None)
+            for lease in chunk.leases:
+                self._leases.pop(lease, None)
             for rkey in chunk.unlink:
                 self._unlink.pop(rkey, None)
             for tag in chunk.tags:
                 self._tags.pop(tag, None)
             for family in chunk.bumps:
                 self._bumps.pop(family, None)
-            self.pending = bool(
-                self._entries or self._unlink or self._tags or self._bumps or self._scans
-            )
+            self.pending = self._any()
 
     def scanned(self, family: str, cursor: int) -> None:
         """The SCAN delete of *family*'s objects reached *cursor* (0: finished)."""
@@ -190,9 +226,17 @@ class OwedQueue:
                 self._scans[family] = cursor
             else:
                 self._scans.pop(family, None)
-            self.pending = bool(
-                self._entries or self._unlink or self._tags or self._bumps or self._scans
-            )
+            self.pending = self._any()
+
+    def _any(self) -> bool:
+        return bool(
+            self._entries
+            or self._leases
+            or self._unlink
+            or self._tags
+            or self._bumps
+            or self._scans
+        )
 
     def entries(self) -> list[str]:
         """The Redis keys of the cache entries owed an invalidation, oldest first."""

@@ -135,12 +135,17 @@ class AsyncDriver(_Base):
         try:
             plan = owed_plan(self.ctx)
             send: Any = None
+            throw: CacheUnavailableError | None = None
             while True:
                 try:
-                    op = plan.send(send)
+                    op = plan.throw(throw) if throw is not None else plan.send(send)
                 except StopIteration:
                     return
-                send = await self._send(op)
+                send, throw = None, None
+                try:
+                    send = await self._send(op)
+                except CacheUnavailableError as exc:  # the plan decides: drop, or raise
+                    throw = exc
         finally:
             self.ctx.owed.release()
 

@@ -119,12 +119,17 @@ class SyncDriver(_Base):
         try:
             plan = owed_plan(self.ctx)
             send: Any = None
+            throw: CacheUnavailableError | None = None
             while True:
                 try:
-                    op = plan.send(send)
+                    op = plan.throw(throw) if throw is not None else plan.send(send)
                 except StopIteration:
                     return
-                send = self._send(op)  # a failure ends the plan and goes to the caller
+                send, throw = None, None
+                try:
+                    send = self._send(op)
+                except CacheUnavailableError as exc:  # the plan decides: drop, or raise
+                    throw = exc
         finally:
             self.ctx.owed.release()
 

@@ -3,6 +3,7 @@ tag, whole families by generation bump, and the owed queue's delivery."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,9 +12,13 @@ from ..errors import CacheUnavailableError
 from ..generations import ALL, family_of_pattern, new_token
 from ..keys import family_of
 from ..ops import Batch, Eval, Plan
+from ..owed import Chunk
 from .context import BATCH_CHUNK, SCRIPT_CHUNK, Context
+from .leases import release
 
 __all__ = ["bump", "invalidate", "invalidate_pattern", "invalidate_tag", "owed"]
+
+log = logging.getLogger("hitrate")
 
 
 def _invalidate_entries(
@@ -78,35 +83,76 @@ def bump(ctx: Context, family: str | None) -> Plan:
 
 
 def owed(ctx: Context, chunk_size: int = 500) -> Plan:
-    """Deliver the invalidations owed since Redis was unreachable, a chunk at a time; each
-    chunk leaves the queue only once Redis confirmed it (see :mod:`hitrate.owed`). A
-    failure is raised: the driver then fails the call that triggered delivery open."""
+    """Deliver the invalidations (and lease releases) owed since Redis was unreachable, a
+    chunk at a time; each chunk leaves the queue only once Redis confirmed it (see
+    :mod:`hitrate.owed`). A chunk Redis refuses (WRONGTYPE, NOPERM) is dropped and
+    logged: sending it again would not help. Any other failure is raised: the driver then
+    fails the call that triggered delivery open, and the queue is kept."""
     queue = ctx.owed
     while True:
         chunk = queue.peek(chunk_size)
         if not chunk:
             return
-        if chunk.bumps:
-            fields: list[str] = []
-            for name in chunk.bumps:
-                fields += ["ns:" + name, new_token(), "ep:" + name, new_token()]
-            yield ("HSET", ctx.keys.generations(), *fields)
-            for name in chunk.bumps:
-                ctx.gens.bumped(name, fields[fields.index("ns:" + name) + 1])
-        elif chunk.entries:
-            yield from _invalidate_entries(ctx, chunk.entries, owed=True)
-        elif chunk.unlink:
-            yield Batch([("UNLINK", k) for k in chunk.unlink])
-        elif chunk.tags:
-            yield from _invalidate_tag(ctx, chunk.tags[0])
-        elif chunk.scan is not None:
-            family, cursor = chunk.scan
+        try:
+            yield from _deliver(ctx, chunk)
+        except CacheUnavailableError as exc:
+            if not exc.refused:
+                raise
+            _dropped(ctx, chunk, exc)
+            if chunk.scan is not None:
+                queue.scanned(chunk.scan[0], 0)
+        queue.done(chunk)
+
+
+def _deliver(ctx: Context, chunk: Chunk) -> Plan:
+    if chunk.leases:
+        yield Batch([release(rkey, token) for rkey, token in chunk.leases])
+    elif chunk.bumps:
+        fields: list[str] = []
+        for name in chunk.bumps:
+            fields += ["ns:" + name, new_token(), "ep:" + name, new_token()]
+        yield ("HSET", ctx.keys.generations(), *fields)
+        for name in chunk.bumps:
+            ctx.gens.bumped(name, fields[fields.index("ns:" + name) + 1])
+    elif chunk.entries:
+        yield from _invalidate_entries(ctx, chunk.entries, owed=True)
+    elif chunk.unlink:
+        yield Batch([("UNLINK", k) for k in chunk.unlink])
+    elif chunk.tags:
+        yield from _invalidate_tag(ctx, chunk.tags[0])
+    elif chunk.scan is not None:
+        family, cursor = chunk.scan
+        while True:
             cursor, found = yield ("SCAN", cursor, "MATCH", ctx.keys.objects(family), "COUNT", 1000)
             if found:
                 yield ("UNLINK", *found)
-            queue.scanned(family, int(cursor))
-            continue
-        queue.done(chunk)
+            ctx.owed.scanned(family, int(cursor))
+            if int(cursor) == 0:
+                return
+
+
+def _dropped(ctx: Context, chunk: Chunk, exc: CacheUnavailableError) -> None:
+    """Counted every time; logged once per cause."""
+    what = (
+        f"{len(chunk.leases)} lease releases"
+        if chunk.leases
+        else f"generation bumps of {', '.join(chunk.bumps)}"
+        if chunk.bumps
+        else f"invalidations of {len(chunk.entries) + len(chunk.unlink)} keys"
+        if chunk.entries or chunk.unlink
+        else f"invalidation of tag {chunk.tags[0]!r}"
+        if chunk.tags
+        else "a SCAN delete of cached objects"
+    )
+    ctx.stats.incr("~owed", "errors")
+    told = ctx.warned.setdefault("owed_refused", set())
+    if exc.cause not in told and len(told) < 64:
+        told.add(exc.cause)
+        log.warning(
+            "hitrate: dropped owed %s: Redis refused them (%s); they will not be retried",
+            what,
+            exc.cause,
+        )
 
 
 def invalidate_pattern(ctx: Context, pattern: str, count: int = 1000) -> Plan:

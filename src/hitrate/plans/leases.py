@@ -14,7 +14,6 @@ read and written: a :class:`Store`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -96,6 +95,19 @@ def release(rkey: str, token: str, text: str = "") -> Eval:
     )
 
 
+def give_back(ctx: Context, rkey: str, token: str, text: str = "") -> Plan:
+    """Release the lease; if that cannot reach Redis (or is itself interrupted), the
+    release is owed (see :mod:`hitrate.owed`), so no caller elsewhere waits out the lease
+    time for a fill that will never come. Returns whether it was still ours (None: owed)."""
+    try:
+        return (yield release(rkey, token, text))
+    except BaseException as exc:
+        ctx.owed.lease(rkey, token)
+        if isinstance(exc, CacheUnavailableError):
+            return None
+        raise
+
+
 def _too_large(ctx: Context, store: Store, exc: ValueTooLargeError) -> None:
     """Counted every time; logged once per family and cache."""
     ctx.stats.incr(store.family, "fail_open")
@@ -105,17 +117,18 @@ def _too_large(ctx: Context, store: Store, exc: ValueTooLargeError) -> None:
         log.warning("hitrate: served without caching: %s", exc)
 
 
-def take_lease(store: Store, token: str, seen: bytes) -> Plan:
-    """The store's lease script. Interrupted (cancelled, KeyboardInterrupt) while the
-    script may have granted the lease, it gives the lease back before passing it on."""
+def take_lease(ctx: Context, store: Store, token: str, seen: bytes) -> Plan:
+    """The store's lease script. Failed or interrupted (cancelled, KeyboardInterrupt) while
+    the script may have granted the lease, it gives the lease back (or owes that) before
+    passing the exception on."""
     try:
         reply = yield store.lease(token, seen)
     except CacheUnavailableError:
+        ctx.owed.lease(store.rkey, token)  # the reply may be what was lost
         raise
     except BaseException as exc:
         if interrupted(exc):
-            with contextlib.suppress(CacheUnavailableError):
-                yield release(store.rkey, token)
+            yield from give_back(ctx, store.rkey, token)
         raise
     store.leased(reply)
     return reply
@@ -168,7 +181,7 @@ def lease_and_fill(
         _, seen = yield from store.read(seen_raw)
     while True:
         try:
-            reply = yield from take_lease(store, token, seen)
+            reply = yield from take_lease(ctx, store, token, seen)
         except CacheUnavailableError:
             return (yield from load_only(ctx, store))
         status = reply[0]
@@ -176,8 +189,7 @@ def lease_and_fill(
             if seen_raw is not None:  # the lease reply updated our view: look again
                 value, _ = yield from store.read(seen_raw)
                 if value is not MISSING:
-                    with contextlib.suppress(CacheUnavailableError):
-                        yield release(store.rkey, token)
+                    yield from give_back(ctx, store.rkey, token)
                     yield Publish(value)
                     return value
             return (yield from load_and_fill(ctx, store, policy, token, reply, unless))
@@ -252,8 +264,7 @@ def load_and_fill(
             # A failed loader tells waiters in other processes why; an interrupted one
             # just gives the lease back: waiters load for themselves.
             text = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else ""
-            with contextlib.suppress(CacheUnavailableError):
-                yield release(rkey, token, text)
+            yield from give_back(ctx, rkey, token, text)
         raise
     try:
         if op is None:  # nothing to store, or unless= said no: give the lease back
@@ -264,11 +275,11 @@ def load_and_fill(
         filled = yield op
     except CacheUnavailableError:
         ctx.stats.incr(family, "fail_open")
+        ctx.owed.lease(rkey, token)  # the fill may not have run: the lease is owed back
         return result
     except BaseException as exc:
         if interrupted(exc):  # the fill may not have run: the lease goes back if still ours
-            with contextlib.suppress(CacheUnavailableError):
-                yield release(rkey, token)
+            yield from give_back(ctx, rkey, token)
         raise
     if filled:
         # Filled under a lease nothing revoked: no write completed since our load began.
@@ -502,7 +513,7 @@ def _refresh(ctx: Context, store: EntryStore, raw: bytes, old: Entry, unless: Un
         ctx.stats.incr(family, "stale_hits")
     token = ctx.token()
     try:
-        reply = yield from take_lease(store, token, raw[4:12])
+        reply = yield from take_lease(ctx, store, token, raw[4:12])
     except CacheUnavailableError:
         return old.value
     if reply[0] == 1:  # refreshed meanwhile by another caller: serve the new value
@@ -513,6 +524,5 @@ def _refresh(ctx: Context, store: EntryStore, raw: bytes, old: Entry, unless: Un
         if not (yield Spawn(fill, store.rkey)):
             # This process already refreshes the key, or its refresh queue is full.
             fill.close()
-            with contextlib.suppress(CacheUnavailableError):
-                yield release(store.rkey, token)
+            yield from give_back(ctx, store.rkey, token)
     return old.value
