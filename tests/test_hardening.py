@@ -196,10 +196,12 @@ def test_background_refresh_runs_with_the_callers_context_once(url: str, prefix:
     cache = Cache.from_url(url, prefix=prefix, clock=clock)
     policy = Policy(10, stale=600)
     seen: list[str] = []
+    all_served = threading.Event()
 
     def load() -> str:
         seen.append(REQUEST.get())
-        time.sleep(0.2)
+        if len(seen) > 1:  # the refresh lasts until every caller was served
+            all_served.wait(10)
         return f"v{len(seen)}"
 
     assert cache.get_or_fetch("user:1", load, ttl=policy) == "v1"
@@ -215,6 +217,7 @@ def test_background_refresh_runs_with_the_callers_context_once(url: str, prefix:
         t.start()
     for t in threads:
         t.join()
+    all_served.set()
     cache.close()  # waits for the background refresh
     assert results == ["v1"] * 16
     assert len(seen) == 2  # one load, then one refresh for 16 stale reads

@@ -35,9 +35,7 @@ def _wait_until(check: object, within: float) -> float:
     raise AssertionError(f"not within {within} s")
 
 
-def test_a_lease_whose_fill_was_skipped_by_the_breaker_is_given_back(
-    url: str, prefix: str
-) -> None:
+def test_a_lease_whose_fill_was_skipped_by_the_breaker_is_given_back(url: str, prefix: str) -> None:
     """The holder's breaker opened while it loaded, so its fill was skipped: the lease is
     owed and released when the breaker lets a probe through, and a caller in another
     process loads after about the breaker's cooldown, not after the 10 s lease time."""

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar, Unpack, cast, overload
 
@@ -16,6 +17,7 @@ import redis
 import redis.asyncio as aredis
 
 from . import health
+from .batching import ID, AsyncCachedMany, CachedMany, V, key_template
 from .cachebase import CacheBase
 from .connect import (
     MAX_CONNECTIONS,
@@ -27,7 +29,7 @@ from .connect import (
 )
 from .decorators import AsyncCacheDecorator, CacheDecorator, KeyArg, cached_async, cached_sync
 from .drivers import AsyncDriver, SyncDriver
-from .errors import CacheUnavailableError
+from .errors import CacheUnavailableError, ConfigurationError
 from .flush import Flusher, flush_plan
 from .health import Health
 from .policy import TTLLike
@@ -137,6 +139,27 @@ class Cache(CacheBase[redis.Redis], Synced):
             get_user.invalidate(user_id=42)
         """
         return cached_sync(self, ttl, key, tags, unless, name, type)
+
+    def cached_many(
+        self, key: str, ttl: TTLLike = None, *, tags: Sequence[str] = (), type: Any = None
+    ) -> Callable[[Callable[[list[ID]], Mapping[ID, V]]], CachedMany[ID, V]]:
+        """Batch cache-aside for a function that loads many ids at once: the wrapper takes
+        ids and returns ``{id: value}``, calling the function once with just the ids that
+        missed (see :mod:`hitrate.batching`)::
+
+            @cache.cached_many(key="user:{id}")
+            def load_users(ids: list[int]) -> dict[int, dict]: ...
+        """
+        key_template(key)  # a bad template is an error now, not at the first call
+
+        def decorate(func: Callable[[list[ID]], Mapping[ID, V]]) -> CachedMany[ID, V]:
+            if inspect.iscoroutinefunction(func):
+                raise ConfigurationError(
+                    f"{func.__qualname__} is async: use AsyncCache.cached_many (cache.aio)"
+                )
+            return CachedMany(self, func, key, ttl, tags, type)
+
+        return decorate
 
     def stats(self, *, minutes: int | None = None, history: int = 0, sample: int = 10_000) -> Stats:
         """Hit rate and counts per key family from every process (this one's are flushed
@@ -337,6 +360,21 @@ class AsyncCache(CacheBase[aredis.Redis], Awaited):
     ) -> AsyncCacheDecorator:
         """See :meth:`Cache.cached`; wraps ``async def`` functions."""
         return cached_async(self, ttl, key, tags, unless, name, type)
+
+    def cached_many(
+        self, key: str, ttl: TTLLike = None, *, tags: Sequence[str] = (), type: Any = None
+    ) -> Callable[[Callable[[list[ID]], Awaitable[Mapping[ID, V]]]], AsyncCachedMany[ID, V]]:
+        """See :meth:`Cache.cached_many`; for coroutine functions."""
+        key_template(key)
+
+        def decorate(
+            func: Callable[[list[ID]], Awaitable[Mapping[ID, V]]],
+        ) -> AsyncCachedMany[ID, V]:
+            if not inspect.iscoroutinefunction(func):
+                raise ConfigurationError(f"{func.__qualname__} is not async: use Cache.cached_many")
+            return AsyncCachedMany(self, func, key, ttl, tags, type)
+
+        return decorate
 
     async def stats(
         self, *, minutes: int | None = None, history: int = 0, sample: int = 10_000

@@ -9,7 +9,7 @@ import functools
 import random
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar, cast
 
 from . import plans
@@ -202,6 +202,30 @@ class CacheBase(Generic[ClientT]):
     ) -> PlanOf[bool]:
         """Cache several values in one round trip; nothing is written if one cannot be."""
         return bool((yield from plans.set_many(self._ctx, mapping, ttl, type)))
+
+    @calling("fetch_many")
+    def get_or_fetch_many(
+        self,
+        keys: Iterable[str],
+        fetch_many: Callable[[list[str]], Mapping[str, Any] | Awaitable[Mapping[str, Any]]],
+        ttl: TTLLike = None,
+        tags: Sequence[str] = (),
+        *,
+        unless: Callable[[Any], object] | None = None,
+        type: Any = None,
+    ) -> PlanOf[dict[str, Any]]:
+        """Batch cache-aside: ``{key: value}`` for every key, the cached ones from one
+        round trip, the others from ONE ``fetch_many(missing_keys)`` call (sync, or async
+        on an AsyncCache) returning ``{key: value}`` - a key it leaves out is ``None``,
+        cached as "not found" when the policy has a ``negative_ttl``. The misses' leases
+        are taken in one round trip and filled in one; keys another caller is loading are
+        waited for, as with :meth:`get_or_fetch`, whose guarantees hold for each key."""
+        return cast(
+            dict[str, Any],
+            (yield from plans.get_or_fetch_many(
+                self._ctx, keys, ttl, tags, unless=unless, vtype=type
+            )),
+        )  # fmt: skip
 
     @calling(_save_value)
     def write_through(

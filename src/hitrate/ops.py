@@ -5,6 +5,8 @@
 * :class:`Batch` -> several commands/scripts in one round trip (a pipeline), list of replies
 * :data:`CALL` -> call the user's function (the loader, or the save of a write-through);
   its return value is sent back, its exception thrown into the plan
+* :class:`CallWith` -> the same, with arguments the plan decided (``get_or_fetch_many``
+  calls its loader with the keys that missed)
 * :class:`Sleep` -> wait (``time.sleep`` or ``asyncio.sleep``)
 * :class:`Spawn` -> run another plan in the background (a worker thread, or an asyncio
   task) with the same user function and the caller's ``contextvars``; sends back ``True``,
@@ -37,6 +39,7 @@ from .scripts import LuaScript
 __all__ = [
     "ALONE",
     "CALL",
+    "CallWith",
     "LEAD",
     "TIMEOUT",
     "Batch",
@@ -99,5 +102,11 @@ class _Call:
 
 CALL: Final = _Call()
 
-Op = tuple[Any, ...] | Eval | Batch | Sleep | Coalesce | Publish | Spawn | _Call
+
+@dataclass(frozen=True, slots=True)
+class CallWith:
+    args: tuple[Any, ...]
+
+
+Op = tuple[Any, ...] | Eval | Batch | Sleep | Coalesce | Publish | Spawn | _Call | CallWith
 Plan = Generator[Op, Any, Any]

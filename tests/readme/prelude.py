@@ -37,6 +37,7 @@ __all__ = [
     "math",
     "n",
     "now",
+    "ids",
     "oid",
     "row",
     "send_welcome",
@@ -62,6 +63,12 @@ class DB:
     def price(self, sku: str, region: str) -> float | None:
         return None if sku == "gone" else 9.5
 
+    def users_by_keys(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        return {k: self.load_user(int(k.split(":")[1])) for k in keys}
+
+    def users_by_ids(self, ids: list[int]) -> dict[int, dict[str, Any]]:
+        return {i: self.load_user(i) for i in ids if i != 3}
+
 
 class AsyncDB:
     async def load_user(self, user_id: int) -> dict[str, Any]:
@@ -72,6 +79,7 @@ db = DB()
 adb = AsyncDB()
 cache: Cache = Cache.__new__(Cache)  # bound to a private server by the test that runs them
 user_id = 42
+ids = [1, 2, 3]
 row: dict[str, Any] = {"id": 42, "name": "Ada", "version": 1}
 cfg: dict[str, Any] = {"theme": "dark"}
 tenant_id = "acme:eu"  # a ":" inside an id: hitrate.key keeps tenants apart

@@ -5,6 +5,7 @@ bookkeeping (see :mod:`hitrate.drivers`)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Generator
@@ -22,7 +23,20 @@ from ..errors import (
 )
 from ..health import refused, server_url
 from ..keys import family_of
-from ..ops import ALONE, CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
+from ..ops import (
+    ALONE,
+    CALL,
+    LEAD,
+    TIMEOUT,
+    Batch,
+    CallWith,
+    Coalesce,
+    Eval,
+    Plan,
+    Publish,
+    Sleep,
+    Spawn,
+)
 from ..owed import OwedDeliveryInProgress
 from ..plans import Context
 
@@ -155,11 +169,12 @@ class _Base:
                         throw = exc
                     except BaseException as exc:  # interrupted: the plan cleans up first
                         throw = exc
-                elif op is CALL:
+                elif op is CALL or isinstance(op, CallWith):
                     assert call is not None
                     called_seq = ctx.write_seq
+                    fn = functools.partial(call, *op.args) if isinstance(op, CallWith) else call
                     try:
-                        send = yield (CALL_USER, call)
+                        send = yield (CALL_USER, fn)
                     except BaseException as exc:
                         throw = exc
                 elif isinstance(op, Sleep):

@@ -14,7 +14,7 @@ from ..errors import (
     CacheUnavailableError,
 )
 from ..ops import Batch, Eval, Plan, Spawn
-from ..plans import MISSING, Context, fresh_value, get_or_fetch
+from ..plans import LEAN_AT, MISSING, Context, fresh_value, get_or_fetch
 from ..plans import owed as owed_plan
 from ..policy import TTLLike
 from ._common import (
@@ -168,10 +168,13 @@ class AsyncDriver(_Base):
     ) -> Any:
         """``AsyncCache.get_or_fetch``; see :meth:`SyncDriver.fetch`."""
         ctx = self.ctx
-        if tags:  # the plan reads the entry and its tags' versions in one round trip
-            plan = get_or_fetch(ctx, key, ttl, tuple(tags), unless=unless, vtype=type)
-            return await self.run(plan, fetch)
         rkey, family = ctx.keys.locate(key)
+        if tags or ctx.lean.get(family, 0) >= LEAN_AT:
+            # Tagged: the plan reads the entry and its tags' versions in one round trip.
+            # Misses likely: it starts with the lease script (see Context.likely_miss).
+            leasing = ctx.likely_miss(family)
+            plan = get_or_fetch(ctx, key, ttl, tags, unless=unless, vtype=type, leasing=leasing)
+            return await self.run(plan, fetch)
         try:
             first: Any = await self.redis(("GET", rkey))
         except CacheUnavailableError as exc:

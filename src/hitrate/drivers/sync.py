@@ -17,7 +17,7 @@ from ..errors import (
     CacheUnavailableError,
 )
 from ..ops import Batch, Eval, Plan, Spawn
-from ..plans import MISSING, Context, fresh_value, get_or_fetch
+from ..plans import LEAN_AT, MISSING, Context, fresh_value, get_or_fetch
 from ..plans import owed as owed_plan
 from ..policy import TTLLike
 from ._common import (
@@ -153,10 +153,13 @@ class SyncDriver(_Base):
         call): one GET, decided by :func:`~hitrate.plans.fresh_value` (a hit ends here),
         else the plan, handed the GET's reply so it is not sent twice."""
         ctx = self.ctx
-        if tags:  # the plan reads the entry and its tags' versions in one round trip
-            plan = get_or_fetch(ctx, key, ttl, tuple(tags), unless=unless, vtype=type)
-            return self.run(plan, fetch)
         rkey, family = ctx.keys.locate(key)
+        if tags or ctx.lean.get(family, 0) >= LEAN_AT:
+            # Tagged: the plan reads the entry and its tags' versions in one round trip.
+            # Misses likely: it starts with the lease script (see Context.likely_miss).
+            leasing = ctx.likely_miss(family)
+            plan = get_or_fetch(ctx, key, ttl, tags, unless=unless, vtype=type, leasing=leasing)
+            return self.run(plan, fetch)
         try:
             first: Any = self.redis(("GET", rkey))
         except CacheUnavailableError as exc:

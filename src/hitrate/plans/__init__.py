@@ -15,9 +15,11 @@ An interruption (cancellation, ``KeyboardInterrupt``) is thrown in the same way,
 gives its lease back and closes its write window before it goes on.
 """
 
+from .batch import get_or_fetch_many
 from .context import (
     BATCH_CHUNK,
     ERROR_TEXT_MS,
+    LEAN_AT,
     MGET_CHUNK,
     MISSING,
     SCRIPT_CHUNK,
@@ -34,6 +36,7 @@ from .writes import set_, set_many, write_through
 __all__ = [
     "BATCH_CHUNK",
     "ERROR_TEXT_MS",
+    "LEAN_AT",
     "MGET_CHUNK",
     "MISSING",
     "SCRIPT_CHUNK",
@@ -47,6 +50,7 @@ __all__ = [
     "get",
     "get_many",
     "get_or_fetch",
+    "get_or_fetch_many",
     "interrupted",
     "invalidate",
     "invalidate_pattern",

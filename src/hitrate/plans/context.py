@@ -22,7 +22,15 @@ from ..ops import Plan
 from ..owed import OwedQueue
 from ..policy import Policy, TTLLike, to_policy
 
-__all__ = ["BATCH_CHUNK", "MGET_CHUNK", "MISSING", "SCRIPT_CHUNK", "Context", "interrupted"]
+__all__ = [
+    "BATCH_CHUNK",
+    "LEAN_AT",
+    "MGET_CHUNK",
+    "MISSING",
+    "SCRIPT_CHUNK",
+    "Context",
+    "interrupted",
+]
 
 #: Sizes of the chunks that multi-key verbs are cut into (one command or script call
 #: each, pipelined), so no single command blocks the server for long.
@@ -48,6 +56,8 @@ MISSING: Final = _Missing()
 ERROR_TEXT_MS = 2000  # how long a loader's failure is shown to waiters in other processes
 TAG_PRUNE = 2  # tag-set members checked (and dropped if their entry is gone) per tagged fill
 DOWN_ROUNDS = 3  # in-process single-flight rounds while Redis is unreachable
+LEAN_CAP = 8  # how far misses can lead hits in Context.lean
+LEAN_AT = 2  # ... and how far they must lead for get_or_fetch to lease first
 
 
 def interrupted(exc: BaseException) -> bool:
@@ -77,6 +87,29 @@ class Context:
     write_seq: int = 0
     #: What this cache has already logged, by kind (each thing is logged once).
     warned: dict[str, set[str]] = field(default_factory=dict)
+    #: Per family: recent misses minus hits of ``get_or_fetch``, between 0 and
+    #: :data:`LEAN_CAP` (see :meth:`likely_miss`).
+    lean: dict[str, int] = field(default_factory=dict)
+
+    def likely_miss(self, family: str) -> bool:
+        """Have recent ``get_or_fetch`` calls of *family* missed more than they hit? Then
+        a call starts with the lease script (a miss in two round trips) rather than GET
+        (a hit in one, a miss in three). One dict lookup on the hit path."""
+        return self.lean.get(family, 0) >= LEAN_AT
+
+    def missed(self, family: str) -> None:
+        """A ``get_or_fetch`` miss: counted, and weighs toward leasing first."""
+        self.stats.miss(family)
+        lean = self.lean
+        score = lean.get(family, 0)
+        if score < LEAN_CAP and (score or len(lean) < 1024):
+            lean[family] = score + 1
+
+    def served(self, family: str) -> None:
+        """A hit of a call that leased first: weighs toward GET first."""
+        score = self.lean.get(family, 0)
+        if score:
+            self.lean[family] = score - 1
 
     def wrote(self) -> None:
         self.write_seq += 1

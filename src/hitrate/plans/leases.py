@@ -165,25 +165,36 @@ def load_down(ctx: Context, store: Store, wait: float, unless: Unless = None) ->
 
 
 def lease_and_fill(
-    ctx: Context, store: Store, policy: Policy, seen_raw: Any = None, unless: Unless = None
+    ctx: Context,
+    store: Store,
+    policy: Policy,
+    seen_raw: Any = None,
+    unless: Unless = None,
+    *,
+    leased: tuple[str, Sequence[Any]] | None = None,
 ) -> Plan:
     """Miss: take the lease and load, or wait (bounded) for the caller that holds it.
     *seen_raw*: a value Redis holds that was not fresh for us (logically expired, or of
     another generation as far as this process knew): the lease is taken despite it - and
     if the lease reply shows our view of the generations was behind and the value is
-    fresh after all, it is served and the lease given back, instead of loading again."""
+    fresh after all, it is served and the lease given back, instead of loading again.
+    *leased*: ``(token, reply)`` of a lease script the caller already ran (status 2, 3
+    or 4: the lease-first miss of :func:`get_or_fetch`)."""
     family = store.family
-    token = ctx.token()
+    token = ctx.token() if leased is None else leased[0]
     deadline: float | None = None
     delay = 0.002
     seen = b""
     if seen_raw is not None:
         _, seen = yield from store.read(seen_raw)
     while True:
-        try:
-            reply = yield from take_lease(ctx, store, token, seen)
-        except CacheUnavailableError:
-            return (yield from load_only(ctx, store))
+        if leased is not None:
+            reply, leased = leased[1], None
+        else:
+            try:
+                reply = yield from take_lease(ctx, store, token, seen)
+            except CacheUnavailableError:
+                return (yield from load_only(ctx, store))
         status = reply[0]
         if status == 2:
             if seen_raw is not None:  # the lease reply updated our view: look again
@@ -448,16 +459,22 @@ def get_or_fetch(
     checked: bool = False,
     unless: Unless = None,
     vtype: Any = None,
+    leasing: bool = False,
 ) -> Plan:
     """Cache-aside with leases. ``checked``: the driver already ran :func:`fresh_value` on
     the GET reply it replays (the hit fast path), so the XFetch draw is not made twice
     (unless the generation view had to be read again first). ``unless(value)`` true: the
-    loaded value is returned but not cached (nor shared with waiting callers)."""
+    loaded value is returned but not cached (nor shared with waiting callers).
+    ``leasing``: a miss is likely (see :meth:`Context.likely_miss`), so the first command
+    is the lease script, which returns the entry when there is one: a miss then costs two
+    round trips (lease, fill), like GET + SET, instead of three."""
     rkey = ctx.keys.entry(key)
     family = family_of(key)
     policy = ctx.policy(key, ttl)
     tags = tuple(dict.fromkeys(tags))
     store = EntryStore(ctx, key, rkey, family, policy, tags, vtype)
+    if leasing:
+        return (yield from _lease_first(ctx, store, policy, unless))
     try:
         if tags:  # the entry and its tags' versions in one round trip, in that order
             raw, found = yield Batch([("GET", rkey), ("MGET", *version_keys(ctx, tags))])
@@ -474,32 +491,81 @@ def get_or_fetch(
         if value is not MISSING:
             return value
     if raw is not None:
-        entry: Entry | None = yield from _decode(ctx, key, rkey, raw, family, vtype)
-        if entry is not None and entry.tags:
-            judged = not checked and covers(store.known, entry)
-            try:
-                store.known = yield from versions(ctx, (t for t, _ in entry.tags), store.known)
-            except CacheUnavailableError:
-                return (yield from load_down(ctx, store, policy.lease, unless))
-            if not current(entry, store.known):
-                entry = None  # a tag was invalidated since its load: a miss
-            elif not judged:
-                value = fresh_value(ctx, key, family, raw, policy, vtype, store.known)
-                if value is not MISSING:
-                    return value
-        if (
-            entry is not None
-            and entry.gen == ctx.gens.stamp(family)
-            and ctx.clock() < entry.expires_at + policy.stale
-        ):
-            # Still fresh but XFetch says refresh early, or inside the stale window.
-            return (yield from _refresh(ctx, store, raw, entry, unless))
-    ctx.stats.miss(family)
+        try:
+            value = yield from _not_fresh(ctx, store, raw, checked, unless)
+        except CacheUnavailableError:
+            return (yield from load_down(ctx, store, policy.lease, unless))
+        if value is not MISSING:
+            return value
+    ctx.missed(family)
     joined = yield Coalesce(rkey, policy.lease)
     if joined is TIMEOUT:
         # Another caller here loaded for longer than the lease time: load without filling.
         return (yield from load_unfilled(ctx, store))
     # raw: an entry that is there but not fresh for us (the lease is taken despite it)
+    return (yield from lease_and_fill(ctx, store, policy, raw, unless))
+
+
+def _not_fresh(ctx: Context, store: EntryStore, raw: bytes, checked: bool, unless: Unless) -> Plan:
+    """An entry is there that :func:`fresh_value` did not serve. A tagged entry whose tag
+    versions were not known with it is judged again once they are; an entry still fresh
+    for which XFetch says refresh early, or inside its stale window, is served while one
+    caller refreshes it. Otherwise :data:`MISSING`: load."""
+    key, family, policy = store.key, store.family, store.policy
+    entry: Entry | None = yield from _decode(ctx, key, store.rkey, raw, family, store.vtype)
+    if entry is None:
+        return MISSING
+    if entry.tags:
+        judged = not checked and covers(store.known, entry)
+        store.known = yield from versions(ctx, (t for t, _ in entry.tags), store.known)
+        if not current(entry, store.known):
+            return MISSING  # a tag was invalidated since its load
+        if not judged:
+            value = fresh_value(ctx, key, family, raw, policy, store.vtype, store.known)
+            if value is not MISSING:
+                return value
+    if entry.gen == ctx.gens.stamp(family) and ctx.clock() < entry.expires_at + policy.stale:
+        return (yield from _refresh(ctx, store, raw, entry, unless))
+    return MISSING
+
+
+def _lease_first(ctx: Context, store: EntryStore, policy: Policy, unless: Unless) -> Plan:
+    """:func:`get_or_fetch` when a miss is likely: one caller per key in this process runs
+    the lease script straight away; it serves the entry it returns (a hit), or loads and
+    fills under the lease it grants (a miss in two round trips), or waits for the holder."""
+    family = store.family
+    try:
+        if ctx.gens.due():
+            yield from generations(ctx)
+    except CacheUnavailableError:
+        return (yield from load_down(ctx, store, policy.lease, unless))
+    joined = yield Coalesce(store.rkey, policy.lease)
+    if joined is TIMEOUT:
+        ctx.missed(family)
+        return (yield from load_unfilled(ctx, store))
+    token = ctx.token()
+    try:
+        reply = yield from take_lease(ctx, store, token, b"")
+    except CacheUnavailableError:  # loaded once here; callers that joined share it
+        value = yield from load_only(ctx, store)
+        if unless is None or not unless(value):
+            yield Publish(value, loaded=True)
+        return value
+    if reply[0] != 1:
+        ctx.missed(family)
+        return (yield from lease_and_fill(ctx, store, policy, None, unless, leased=(token, reply)))
+    raw = reply[1]
+    value = fresh_value(ctx, store.key, family, raw, policy, store.vtype, store.known)
+    if value is MISSING:
+        try:
+            value = yield from _not_fresh(ctx, store, raw, False, unless)
+        except CacheUnavailableError:
+            return (yield from load_only(ctx, store))
+    if value is not MISSING:
+        ctx.served(family)
+        yield Publish(value)
+        return value
+    ctx.missed(family)
     return (yield from lease_and_fill(ctx, store, policy, raw, unless))
 
 
