@@ -34,7 +34,7 @@ OPTION_NAMES: Final = frozenset(
     {
         "policies", "strict", "secrets", "timeout", "connect_timeout", "max_connections",
         "pool_timeout", "flush_interval", "count", "max_value_size", "generation_check",
-        "write_window",
+        "write_window", "clock",
     }
 )  # fmt: skip
 #: Django's own option names, read by ``BaseCache`` (culling does not apply to Redis).
