@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sdist import extract  # noqa: E402
+from _sdist import extract
 
 #: Tests of BaseCacheTests that do not apply, and why (also listed in docs/frameworks.md).
 SKIPPED = {
@@ -31,14 +30,14 @@ SKIPPED = {
     "test_cull_delete_when_store_empty": "as test_cull; Django's RedisCache skips it too",
 }
 
-SETTINGS = '''
+SETTINGS = """
 SECRET_KEY = "django-suite-secret-key-for-signing-cache-entries"
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "cache"]
 USE_TZ = False
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 CACHES = {"default": {"BACKEND": "hitrate.contrib.django.HitrateCache", "LOCATION": URL}}
-'''
+"""
 
 TESTS = '''
 from django.test import TestCase, override_settings
@@ -89,15 +88,12 @@ def main() -> int:
 def run(version: str, flavour: str, names: list[str], verbosity: int) -> int:
     import unittest
 
-    from django.test.runner import DiscoverRunner
-
     from cache.test_hitrate import HitrateCacheTests  # type: ignore[import-not-found]
+    from django.test.runner import DiscoverRunner
 
     for name, reason in SKIPPED.items():
         setattr(HitrateCacheTests, name, unittest.skip(reason)(getattr(HitrateCacheTests, name)))
-    labels = [f"cache.test_hitrate.HitrateCacheTests.{n}" for n in names] or [
-        "cache.test_hitrate"
-    ]
+    labels = [f"cache.test_hitrate.HitrateCacheTests.{n}" for n in names] or ["cache.test_hitrate"]
     print(f"Django {version} BaseCacheTests on HitrateCache ({flavour} server)")
     runner = DiscoverRunner(verbosity=verbosity, interactive=False)
     runner.setup_test_environment()
@@ -111,9 +107,7 @@ def run(version: str, flavour: str, names: list[str], verbosity: int) -> int:
     ran = result.testsRun
     bad = len(result.failures) + len(result.errors)
     skipped = len(result.skipped)
-    print(textwrap.dedent(f"""
-        Django's BaseCacheTests on HitrateCache: {ran - bad - skipped} passed, {bad} failed,
-        {skipped} skipped:"""))
+    print("\nskipped:" if skipped else "")
     for test, reason in result.skipped:
         print(f"  {test.id().rsplit('.', 1)[-1]}: {reason}")
     print(f"{ran - bad - skipped} passed, {bad} failed, {skipped} skipped")

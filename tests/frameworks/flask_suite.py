@@ -21,7 +21,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sdist import extract  # noqa: E402
+from _sdist import extract
 
 #: The test files run with the app's cache on hitrate.
 FILES = ["test_cache.py", "test_memoize.py", "test_view.py", "test_templates.py",

@@ -213,18 +213,22 @@ class HitrateCache(BaseCache):  # type: ignore[misc]  # Django has no type hints
     def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> float | None:
         """Seconds a write with *timeout* lives (None: forever; 0: not at all)."""
         ttl = self._ttl(timeout)
-        if ttl is EXPIRED:
+        if isinstance(ttl, _Expired):
             return 0
         if ttl is None:
-            return self.default_timeout
-        return FOREVER.ttl if ttl is FOREVER else float(ttl)  # type: ignore[arg-type]
+            return None if self.default_timeout is None else float(self.default_timeout)
+        if isinstance(ttl, Policy):
+            return ttl.ttl
+        return float(ttl)  # type: ignore[arg-type]  # seconds, as _ttl makes them
 
     # -- Django's API -------------------------------------------------------------------------
     def add(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
     ) -> bool:
         made, ttl = self._key(key, version), self._ttl(timeout)
-        if ttl is EXPIRED:  # as Django's Redis backend: True if it was absent, nothing kept
+        if isinstance(
+            ttl, _Expired
+        ):  # as Django's Redis backend: True if it was absent, nothing kept
             pickle.dumps(value, pickle.HIGHEST_PROTOCOL)  # an unpicklable value still raises
             return not self._sync_ops().has(made)
         return bool(self._sync_ops().add(made, wrap(value), ttl))
@@ -237,7 +241,7 @@ class HitrateCache(BaseCache):  # type: ignore[misc]  # Django has no type hints
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
     ) -> None:
         made, ttl = self._key(key, version), self._ttl(timeout)
-        if ttl is EXPIRED:
+        if isinstance(ttl, _Expired):
             pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
             self.hitrate.invalidate(made)
         else:
@@ -245,7 +249,7 @@ class HitrateCache(BaseCache):  # type: ignore[misc]  # Django has no type hints
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         made, ttl = self._key(key, version), self._ttl(timeout)
-        if ttl is EXPIRED:
+        if isinstance(ttl, _Expired):
             return bool(self.hitrate.invalidate(made))
         return bool(self._sync_ops().touch(made, ttl))
 
@@ -270,7 +274,7 @@ class HitrateCache(BaseCache):  # type: ignore[misc]  # Django has no type hints
             return []
         made = {self._key(key, version): wrap(value) for key, value in data.items()}
         ttl = self._ttl(timeout)
-        if ttl is EXPIRED:
+        if isinstance(ttl, _Expired):
             pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
             self.hitrate.invalidate(*made)
             return []
@@ -296,7 +300,7 @@ class HitrateCache(BaseCache):  # type: ignore[misc]  # Django has no type hints
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
     ) -> bool:
         made, ttl = self._key(key, version), self._ttl(timeout)
-        if ttl is EXPIRED:
+        if isinstance(ttl, _Expired):
             pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
             return not await self._async_ops().has(made)
         return bool(await self._async_ops().add(made, wrap(value), ttl))
@@ -309,7 +313,7 @@ class HitrateCache(BaseCache):  # type: ignore[misc]  # Django has no type hints
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
     ) -> None:
         made, ttl = self._key(key, version), self._ttl(timeout)
-        if ttl is EXPIRED:
+        if isinstance(ttl, _Expired):
             pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
             await self.ahitrate.invalidate(made)
         else:
@@ -319,7 +323,7 @@ class HitrateCache(BaseCache):  # type: ignore[misc]  # Django has no type hints
         self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
     ) -> bool:
         made, ttl = self._key(key, version), self._ttl(timeout)
-        if ttl is EXPIRED:
+        if isinstance(ttl, _Expired):
             return bool(await self.ahitrate.invalidate(made))
         return bool(await self._async_ops().touch(made, ttl))
 
@@ -344,7 +348,7 @@ class HitrateCache(BaseCache):  # type: ignore[misc]  # Django has no type hints
             return []
         made = {self._key(key, version): wrap(value) for key, value in data.items()}
         ttl = self._ttl(timeout)
-        if ttl is EXPIRED:
+        if isinstance(ttl, _Expired):
             pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
             await self.ahitrate.invalidate(*made)
             return []
@@ -376,7 +380,7 @@ class HitrateCache(BaseCache):  # type: ignore[misc]  # Django has no type hints
         or written while it loaded. Unlike :meth:`get_or_set`, a ``None`` from *fetch* is
         cached only for the policy's ``negative_ttl``."""
         made, ttl = self._key(key, version), self._ttl(timeout)
-        if ttl is EXPIRED:
+        if isinstance(ttl, _Expired):
             return fetch()
         return unwrap(self.hitrate.get_or_fetch(made, fetch, ttl, tags))
 
@@ -390,7 +394,7 @@ class HitrateCache(BaseCache):  # type: ignore[misc]  # Django has no type hints
     ) -> Any:
         """See :meth:`get_or_fetch`; *fetch* may be sync or async."""
         made, ttl = self._key(key, version), self._ttl(timeout)
-        if ttl is EXPIRED:
+        if isinstance(ttl, _Expired):
             result = fetch()
             return await result if hasattr(result, "__await__") else result
         return unwrap(await self.ahitrate.get_or_fetch(made, fetch, ttl, tags))

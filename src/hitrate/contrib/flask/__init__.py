@@ -8,7 +8,7 @@ try:
     from .backend import HitrateCache
     from .extension import Hitrate
 except ImportError as exc:
-    if exc.name is None or not exc.name.split(".")[0] in ("flask", "flask_caching", "cachelib"):
+    if exc.name is None or exc.name.split(".")[0] not in ("flask", "flask_caching", "cachelib"):
         raise
     raise missing_extra("hitrate.contrib.flask", "Flask and Flask-Caching", "flask", exc) from exc
 

@@ -63,7 +63,8 @@ class HitrateCache(BaseCache):
         ignore_delete_many_errors: bool = False,
     ) -> None:
         super().__init__(
-            default_timeout=default_timeout, ignore_delete_many_errors=ignore_delete_many_errors
+            default_timeout=self._to_seconds(default_timeout),
+            ignore_delete_many_errors=ignore_delete_many_errors,
         )
         self.hitrate = cache
         self._ops = SyncOps(cache._ctx, cache._driver)
@@ -125,7 +126,7 @@ class HitrateCache(BaseCache):
 
     def set(self, key: str, value: Any, timeout: int | dt.timedelta | None = None) -> bool:
         ttl = self._ttl(timeout)
-        if ttl is EXPIRED:
+        if isinstance(ttl, _Expired):
             pickle.dumps(value, pickle.HIGHEST_PROTOCOL)  # an unpicklable value still raises
             self.hitrate.invalidate(key)
             return True
@@ -133,7 +134,7 @@ class HitrateCache(BaseCache):
 
     def add(self, key: str, value: Any, timeout: int | dt.timedelta | None = None) -> bool:
         ttl = self._ttl(timeout)
-        if ttl is EXPIRED:
+        if isinstance(ttl, _Expired):
             return not self._ops.has(key)
         return bool(self._ops.add(key, wrap(value), ttl))
 
@@ -143,7 +144,7 @@ class HitrateCache(BaseCache):
         if not mapping:
             return []
         ttl = self._ttl(timeout)
-        if ttl is EXPIRED:
+        if isinstance(ttl, _Expired):
             self.hitrate.invalidate(*mapping)
             return list(mapping)
         data = {key: wrap(value) for key, value in mapping.items()}
