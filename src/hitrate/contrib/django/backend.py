@@ -226,9 +226,7 @@ class HitrateCache(BaseCache):  # type: ignore[misc]  # Django has no type hints
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
     ) -> bool:
         made, ttl = self._key(key, version), self._ttl(timeout)
-        if isinstance(
-            ttl, _Expired
-        ):  # as Django's Redis backend: True if it was absent, nothing kept
+        if isinstance(ttl, _Expired):  # as Django's Redis backend: True if it was absent
             pickle.dumps(value, pickle.HIGHEST_PROTOCOL)  # an unpicklable value still raises
             return not self._sync_ops().has(made)
         return bool(self._sync_ops().add(made, wrap(value), ttl))
