@@ -303,12 +303,12 @@ def test_an_unpicklable_value_raises_pickles_error_naming_the_key(dj: HitrateCac
     with pytest.raises(TypeError) as info:
         dj.set("lock", threading.Lock())
     assert any("'lock#v1'" in note for note in getattr(info.value, "__notes__", []))
+
+    class Refuses:
+        def __getstate__(self) -> Any:
+            raise pickle.PickleError("no")
+
     with pytest.raises(pickle.PickleError):
-
-        class Refuses:
-            def __getstate__(self) -> Any:
-                raise pickle.PickleError("no")
-
         dj.add("x", Refuses())
 
 
@@ -362,8 +362,9 @@ def test_async_methods_are_native_not_thread_wrappers(dj: HitrateCache) -> None:
 def test_versioned_keys_keep_families_and_never_collide() -> None:
     assert versioned_key("user:42", "", 1) == "user:42#v1"
     assert versioned_key("django.contrib.sessions.cacheabc", "", 1).startswith("sessions:")
-    keys = ["a", "a#v1", "sessions:django.contrib.sessions.cachex", "django.contrib.sessions.cachex",
-            "sessions:sessions:django.contrib.sessions.cachex", "template.cache.x", "template:template.cache.x"]  # fmt: skip
+    session = "django.contrib.sessions.cachex"
+    keys = ["a", "a#v1", session, f"sessions:{session}", f"sessions:sessions:{session}",
+            "template.cache.x", "template:template.cache.x"]  # fmt: skip
     made = {versioned_key(k, "", v) for k in keys for v in (1, 2, 12)}
     assert len(made) == len(keys) * 3
 

@@ -55,7 +55,7 @@ def _allowed(request: HttpRequest) -> bool:
     return bool(user is not None and user.is_active and user.is_staff)
 
 
-def _guard(view: Callable[[HttpRequest], HttpResponse]) -> Callable[..., HttpResponse]:
+def _guard(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not _allowed(request):
             return HttpResponse("hitrate dashboard: staff only", status=403, headers=HEADERS)

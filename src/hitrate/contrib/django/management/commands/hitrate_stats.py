@@ -13,7 +13,7 @@ from .....errors import HitrateError
 from ...backend import HitrateCache
 
 
-class Command(BaseCommand):
+class Command(BaseCommand):  # type: ignore[misc]  # Django has no type hints
     help = "Hit rate per key family of a hitrate.contrib.django.HitrateCache, from every process."
 
     def add_arguments(self, parser: CommandParser) -> None:
