@@ -399,3 +399,25 @@ def test_dashboard_views_and_stats_command(dj: HitrateCache) -> None:
     out = io.StringIO()
     call_command("hitrate_stats", "--json", stdout=out)
     assert json.loads(out.getvalue())["prefix"] == dj.hitrate.prefix
+
+
+def test_readme_django_examples_run(url: str, prefix: str) -> None:
+    from tests.readme.frameworks import blocks, run
+
+    settings_block, usage = blocks("Django")
+    ns: dict[str, Any] = {}
+    run(settings_block.replace('"redis://localhost:6379/0"', repr(url)), ns, "README settings")
+    caches_setting = ns["CACHES"]
+    caches_setting["default"]["KEY_PREFIX"] = prefix
+    built: list[str] = []
+
+    def build_report() -> dict[str, int]:
+        built.append("report")
+        return {"orders": 3}
+
+    ns.update(row={"id": 42}, cfg={"theme": "dark"}, build_report=build_report)
+    with override_settings(CACHES=caches_setting):
+        run(usage, ns, "README usage")
+        assert ns["report"] == {"orders": 3} and ns["user"] == {"id": 42}
+        assert caches["default"].get("hits:home") == 1
+    close_shared()

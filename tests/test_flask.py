@@ -182,3 +182,28 @@ def test_async_view_teardown_closes_its_connections(url: str, prefix: str) -> No
     with app.app_context():
         hitrate.close()
     asyncio.run(asyncio.sleep(0))
+
+
+def test_readme_flask_examples_run(url: str, prefix: str) -> None:
+    from hitrate import REFERENCE
+    from tests.readme.frameworks import blocks, run
+    from tests.readme.prelude import db
+
+    backend_block, extension_block = blocks("Flask")
+    app = flask.Flask(__name__)
+    ns: dict[str, Any] = {"app": app, "secret": SECRET, "flask_caching": flask_caching,
+                          "USER": USER, "REFERENCE": REFERENCE, "Any": Any, "db": db}  # fmt: skip
+
+    def local(block: str) -> str:
+        return block.replace('"redis://localhost:6379/0"', repr(url)).replace(
+            '"shop"', repr(prefix)
+        )
+
+    run(local(backend_block), ns, "README Flask-Caching")
+    assert backend_of(app, ns["cache"]).hitrate.prefix == prefix
+    run(local(extension_block), ns, "README Hitrate(app)")
+    client = app.test_client()
+    assert client.get("/users/7").json["id"] == 7 and client.get("/a/users/7").json["id"] == 7
+    with app.app_context():
+        ns["hitrate"].close()
+        backend_of(app, ns["cache"]).hitrate.close()
