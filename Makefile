@@ -25,7 +25,7 @@ endif
 MADE_BY := $(if $(wildcard $(VENV)),$(or $(lastword $(shell $(PY) -c '$(PROBE)' 2>/dev/null)),broken))
 STALE := $(filter-out $(WANT),$(MADE_BY))
 
-.PHONY: demo test lint typecheck unit bench clean FORCE
+.PHONY: demo test test-frameworks lint typecheck unit bench clean FORCE
 
 $(PY): $(if $(STALE),FORCE)
 	$(if $(STALE),@echo "$(VENV) was made by $(STALE) (not $(WANT)): making it again" >&2)
@@ -57,3 +57,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+
+# The frameworks' own test suites on hitrate's backends (Django's BaseCacheTests,
+# Flask-Caching's tests), fetched from their sdists with pip the first time.
+test-frameworks: $(STAMP)
+	$(PY) tests/frameworks/django_suite.py
+	$(PY) tests/frameworks/flask_suite.py

@@ -30,6 +30,16 @@ def run_without(modules: list[str], code: str) -> subprocess.CompletedProcess[st
             "from hitrate.dashboard import create_app",
             "hitrate.dashboard needs starlette and uvicorn: pip install 'hitrate[dashboard]'",
         ),
+        (
+            ["django"],
+            "from hitrate.contrib.django import HitrateCache",
+            "hitrate.contrib.django needs Django: pip install 'hitrate[django]'",
+        ),
+        (
+            ["flask_caching"],
+            "from hitrate.contrib.flask import HitrateCache",
+            "hitrate.contrib.flask needs Flask and Flask-Caching: pip install 'hitrate[flask]'",
+        ),
     ],
 )
 def test_importing_without_the_extra_says_what_to_install(
