@@ -153,3 +153,39 @@ def test_a_release_interrupted_twice_is_owed(url: str, prefix: str) -> None:
     assert not raw.exists(lease_key)
     raw.close()
     cache.close()
+
+
+def test_a_forked_child_is_not_locked_out_by_a_delivery_in_the_parent(
+    url: str, prefix: str
+) -> None:
+    import os
+
+    cache = Cache.from_url(url, prefix=prefix)
+    assert cache._ctx.owed.claim()  # a delivery in progress in this process at fork time
+    cache._ctx.owed.lease(cache._ctx.keys.entry("user:9"), "some-token")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its calls use Redis (after delivering what is owed)
+        ok = cache.set("user:9", "child") and cache.get("user:9") == "child"
+        os.write(write, b"ok" if ok else b"locked out")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 100)
+    os.waitpid(pid, 0)
+    cache._ctx.owed.release()
+    assert answer == b"ok"
+    cache.close()
+
+
+def test_a_collected_cache_still_delivers_what_it_owes(url: str, prefix: str) -> None:
+    import gc
+
+    reader = Cache.from_url(url, prefix=prefix)
+    writer = Cache.from_url(url, prefix=prefix, count=False)
+    writer.set("user:5", "old")
+    _open(writer)
+    writer.invalidate("user:5")  # owed while "Redis is down"
+    del writer
+    gc.collect()
+    _wait_until(lambda: reader.get("user:5") is None, within=5.0)
+    reader.close()

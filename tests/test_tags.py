@@ -144,3 +144,65 @@ def test_prefixes_cannot_overlap(url: str) -> None:
     raw.close()
     a.close()
     b.close()
+
+
+def test_an_untagged_write_replaces_the_tags_whatever_was_evicted(url: str, prefix: str) -> None:
+    """A value written without tags (set, write_through, an untagged fill) carries none:
+    invalidate_tag leaves it alone, whether or not the tag's member set was evicted."""
+    cache = Cache.from_url(url, prefix=prefix)
+    raw = _raw(url)
+    for evicted in (False, True):
+        cache.get_or_fetch("post:1", lambda: "tagged", tags=["feed"])
+        cache.set("post:1", "untagged")
+        if evicted:
+            raw.delete(f"{prefix}:~tag:{{feed}}")
+        cache.invalidate_tag("feed")
+        assert cache.get("post:1") == "untagged", f"evicted={evicted}"
+        cache.invalidate("post:1")
+    raw.close()
+    cache.close()
+
+
+def test_a_damaged_tag_section_is_a_miss_and_is_deleted(url: str, prefix: str) -> None:
+    from hitrate.codec import make_codec
+    from hitrate.codec.entry import HEADER
+
+    cache = Cache.from_url(url, prefix=prefix)
+    raw = _raw(url)
+    rkey = cache._ctx.keys.entry("post:1")
+    codec = make_codec("json")
+    header = HEADER.pack(2, codec.id, 4, 0.0, 0.0, 0)
+    for section in (b"\x01\x00\x00" + b"\x01t", b"\x01\xff\xff" + b"a" * 70000):
+        raw.set(rkey, header + section + b'"x"')
+        assert cache.get("post:1") is None
+        assert not raw.exists(rkey)  # not one of ours: deleted, not served
+        raw.set(rkey, header + section + b'"x"')
+        assert cache.get_many(["post:1", "post:2"]) == {}
+        assert cache.get_or_fetch("post:1", lambda: "loaded", tags=["feed"]) == "loaded"
+    raw.close()
+    cache.close()
+
+
+def test_tags_that_cannot_be_stored_are_refused_before_loading(url: str, prefix: str) -> None:
+    from hitrate import ConfigurationError, InvalidKeyError
+
+    cache = Cache.from_url(url, prefix=prefix)
+    raw = _raw(url)
+    loads: list[int] = []
+
+    def load() -> str:
+        loads.append(1)
+        return "v"
+
+    with pytest.raises(ConfigurationError, match="at most 255"):
+        cache.get_or_fetch("k:1", load, tags=[f"t{i}" for i in range(256)])
+    with pytest.raises(InvalidKeyError, match="bytes"):
+        cache.get_or_fetch("k:1", load, tags=["\U0001f600" * 16384])
+    with pytest.raises(InvalidKeyError, match="list of tags"):
+        cache.get_or_fetch("k:1", load, tags="group")
+    with pytest.raises(InvalidKeyError, match="list of tags"):
+        cache.cached(key="k:{x}", tags="group")
+    assert loads == []
+    assert not list(raw.scan_iter(match=f"{prefix}:~tag:*"))
+    raw.close()
+    cache.close()

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Se
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .errors import ConfigurationError, InvalidKeyError
-from .keys import _text, encode_part
+from .keys import _text, encode_part, tags_of
 from .policy import TTLLike
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class _Many(Generic[ID, V]):
         self.func = func
         self.key = key_template(key)
         self.ttl = ttl
-        self.tags = tuple(tags)
+        self.tags = tags_of(tags)
         self.value_type = value_type
         for name in ("__module__", "__name__", "__qualname__", "__doc__"):
             setattr(self, name, getattr(func, name, None))

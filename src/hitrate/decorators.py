@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 from .arghash import key_builder
 from .codec import codec_type_from_annotation
 from .errors import ConfigurationError
+from .keys import tags_of
 from .policy import Policy, TTLLike
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def cached_sync(
     """``Cache.cached``: plain functions run through ``cache``, ``async def`` through
     ``cache.aio``."""
     _check(ttl, unless)
-    tags = tuple(tags)
+    tags = tags_of(tags)
 
     def decorate(func: Callable[..., Any]) -> Any:
         if inspect.iscoroutinefunction(func):
@@ -163,7 +164,7 @@ def cached_async(
 ) -> AsyncCacheDecorator:
     """``AsyncCache.cached``: coroutine functions only."""
     _check(ttl, unless)
-    tags = tuple(tags)
+    tags = tags_of(tags)
 
     def decorate(func: Callable[..., Any]) -> Any:
         if not inspect.iscoroutinefunction(func):

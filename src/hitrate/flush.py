@@ -65,6 +65,7 @@ log = logging.getLogger("hitrate")
 TOTALS_TTL = 30 * 24 * 3600  # seconds; renewed by every flush, so it lasts while in use
 MINUTE_TTL = 25 * 3600  # per-minute buckets are kept at least 24 hours
 SEQ_TTL = 6 * 3600  # a batch re-sent later than this after a timeout may count twice
+DRAIN_SECONDS = 60.0  # how long a garbage-collected cache keeps trying to deliver owed work
 BUCKET_NAMES = (*(f"load_le_{b!r}" for b in LOAD_BUCKETS), "load_le_inf")
 STATS_FLUSH = script("stats_flush")
 
@@ -155,6 +156,7 @@ class Flusher:
         self.hooks: list[Callable[[], None]] = []  # called after each flush (Prometheus)
         self.due = time.monotonic() + interval
         self.retired = False
+        self.drain_until = 0.0
         self.closed = False
         self._on_close = on_close
         self._lock = threading.Lock()
@@ -191,9 +193,27 @@ class Flusher:
         return ok
 
     def retire(self) -> None:
-        """The cache was garbage-collected unclosed: flush once more, then stop."""
+        """The cache was garbage-collected unclosed: flush once more, then stop (after the
+        owed work is delivered, or :data:`DRAIN_SECONDS` have passed)."""
         self.retired = True
+        self.drain_until = time.monotonic() + DRAIN_SECONDS
         _scheduler.wake.set()
+
+    def draining(self) -> bool:
+        """Retired, but owed work is still to be delivered (and there is time left)."""
+        if self.owed is None or not self.owed.pending:
+            return False
+        if time.monotonic() < self.drain_until:
+            return True
+        log.warning(
+            "hitrate: a cache of prefix %r was garbage-collected with %d invalidations owed "
+            "that Redis did not take within %.0f s; they are dropped (the entries expire "
+            "with their TTL)",
+            self.prefix,
+            len(self.owed),
+            DRAIN_SECONDS,
+        )
+        return False
 
     def close(self) -> None:
         """Stop the timer, flush a last time, release the flusher's own client (idempotent)."""
@@ -202,6 +222,15 @@ class Flusher:
         self.closed = True
         _scheduler.remove(self)
         self.flush()
+        if self.owed is not None and self.owed.pending and not self.retired:
+            self.deliver_owed()
+            if self.owed.pending:
+                log.warning(
+                    "hitrate: cache of prefix %r closed with %d invalidations owed that "
+                    "Redis did not take; they are dropped (the entries expire with their TTL)",
+                    self.prefix,
+                    len(self.owed),
+                )
         if self._on_close is not None:
             try:
                 self._on_close()
@@ -248,7 +277,7 @@ class _Scheduler:
                     return
             wait = 60.0
             for flusher in flushers:
-                if flusher.retired:
+                if flusher.retired and not flusher.draining():
                     flusher.close()
                     continue
                 owed = flusher.owed
@@ -265,7 +294,7 @@ class _Scheduler:
                         flusher.owed_due = 0.0
                 else:
                     flusher.owed_due = 0.0
-                if flusher.interval <= 0 or flusher.counters is None:
+                if flusher.interval <= 0 or flusher.counters is None or flusher.retired:
                     continue
                 now = time.monotonic()
                 if now >= flusher.due:
@@ -304,4 +333,6 @@ def _after_fork() -> None:
         flusher._lock = threading.Lock()
         if flusher.counters is not None:
             flusher.counters.after_fork()
+        if flusher.owed is not None:
+            flusher.owed.after_fork()
         register(flusher)

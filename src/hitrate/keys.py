@@ -53,7 +53,15 @@ from collections.abc import Iterable
 
 from .errors import ConfigurationError, InvalidKeyError
 
-__all__ = ["FamilyWatch", "KeySpace", "check_family_names", "escape_glob", "family_of", "key"]
+__all__ = [
+    "FamilyWatch",
+    "KeySpace",
+    "check_family_names",
+    "escape_glob",
+    "family_of",
+    "key",
+    "tags_of",
+]
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 MAX_KEY_LENGTH = 16 * 1024
@@ -120,6 +128,16 @@ def key(*parts: object) -> str:
             raise InvalidKeyError(f"key parts must not be empty: key{parts!r}")
         out.append(encode_part(text))
     return ":".join(out)
+
+
+def tags_of(tags: Iterable[str]) -> tuple[str, ...]:
+    """``tags=`` as a tuple without repeats; one string is refused (it would be split into
+    one-letter tags)."""
+    if isinstance(tags, str | bytes):
+        raise InvalidKeyError(
+            f"tags= takes a list of tags, got the string {tags!r}: write tags=[{tags!r}]"
+        )
+    return tuple(dict.fromkeys(tags))
 
 
 def _encode(text: str) -> str:
@@ -326,9 +344,9 @@ class KeySpace:
         """``app:~tag:{<tag>}``: the set of entries tagged *tag*."""
         if not isinstance(tag, str) or not tag:
             raise InvalidKeyError(f"tags are non-empty strings, got {tag!r}")
-        if len(tag) > MAX_KEY_LENGTH:
+        if len(tag) > MAX_KEY_LENGTH // 4 and len(tag.encode(errors="replace")) > MAX_KEY_LENGTH:
             raise InvalidKeyError(
-                f"tag {tag[:40]!r}... is {len(tag)} characters; keep tags under {MAX_KEY_LENGTH}"
+                f"tag {tag[:40]!r}... is over {MAX_KEY_LENGTH} bytes as UTF-8; keep tags shorter"
             )
         return f"{self.root}~tag:{{{_encode(tag)}}}"
 

@@ -92,6 +92,12 @@ class OwedQueue:
             if self.on_pending is not None:
                 self.on_pending()
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads (a delivery in progress, a lock held)
+        are not here, so their locks are made anew; what was owed stays owed."""
+        self._lock = threading.Lock()
+        self._delivering = threading.Lock()
+
     def claim(self) -> bool:
         """Become the one caller delivering the queue (never blocks); then :meth:`release`."""
         return self._delivering.acquire(blocking=False)

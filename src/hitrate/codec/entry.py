@@ -37,7 +37,7 @@ from .codecs import Codec, DecodeError
 from .typed import type_spec
 
 __all__ = ["FLAG_NONE", "FLAG_TAGS", "FLAG_TYPED", "FORMAT_VERSION", "HEADER", "MAX_TAGS",
-           "Entry", "decode_entry", "encode_entry"]  # fmt: skip
+           "MAX_TAG_BYTES", "Entry", "decode_entry", "encode_entry"]  # fmt: skip
 
 FORMAT_VERSION = 2
 HEADER = struct.Struct("<BBBxdfI")
@@ -46,6 +46,7 @@ FLAG_TYPED = 2
 FLAG_TAGS = 4
 _KNOWN_FLAGS = FLAG_NONE | FLAG_TYPED | FLAG_TAGS
 MAX_TAGS = 255  # tags per entry
+MAX_TAG_BYTES = 16 * 1024  # UTF-8 bytes per tag name
 _U16 = struct.Struct("<H")
 
 #: ``((tag, version token), ...)`` as recorded in an entry.
@@ -72,6 +73,8 @@ def _read_tags(key: str, raw: bytes, at: int) -> tuple[TagVersions, int]:
         pos = at + 1
         for _ in range(raw[at]):
             (size,) = _U16.unpack_from(raw, pos)
+            if not 0 < size <= MAX_TAG_BYTES:
+                raise IndexError(size)
             name = raw[pos + 2 : pos + 2 + size].decode()
             pos += 2 + size
             end = pos + 1 + raw[pos]

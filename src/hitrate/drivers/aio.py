@@ -13,6 +13,7 @@ from ..breaker import Breaker
 from ..errors import (
     CacheUnavailableError,
 )
+from ..keys import tags_of
 from ..ops import Batch, Eval, Plan, Spawn
 from ..plans import LEAN_AT, MISSING, Context, fresh_value, get_or_fetch
 from ..plans import owed as owed_plan
@@ -170,6 +171,7 @@ class AsyncDriver(_Base):
         ctx = self.ctx
         rkey, family = ctx.keys.locate(key)
         if tags or ctx.lean.get(family, 0) >= LEAN_AT:
+            tags = tags_of(tags)
             # Tagged: the plan reads the entry and its tags' versions in one round trip.
             # Misses likely: it starts with the lease script (see Context.likely_miss).
             leasing = ctx.likely_miss(family)

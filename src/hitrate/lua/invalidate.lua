@@ -3,6 +3,9 @@
 -- version key. With ARGV[2] == "tag", KEYS[1] is a tag set instead and the groups follow;
 -- each entry is then also taken out of that set in this same atomic step, so an entry
 -- filled again meanwhile is either deleted here or stays tagged for the next invalidation.
+-- An entry written since without tags (set, write_through, an untagged fill: flag bit 2
+-- clear) no longer carries the tag and is left alone, as it would be if the set had been
+-- evicted; its lease is still revoked (more than asked, never less).
 -- ARGV[1]  a fresh random token: written as the write epoch of every entry that has a
 --          write-through in flight, so that write sees it was overlapped and deletes
 --          instead of caching a value that may be older than ours.
@@ -18,8 +21,15 @@ if ARGV[2] == 'tag' then
   tagset = KEYS[1]
   first = 2
 end
+local function untagged(key)
+  local v = redis.pcall('GET', key)
+  return type(v) == 'string' and string.byte(v, 1) == 2
+    and bit.band(string.byte(v, 3) or 0, 4) == 0
+end
 for i = first, #KEYS, 4 do
-  deleted = deleted + redis.call('UNLINK', KEYS[i])
+  if not (tagset and untagged(KEYS[i])) then
+    deleted = deleted + redis.call('UNLINK', KEYS[i])
+  end
   redis.call('UNLINK', KEYS[i + 1], KEYS[i + 3])
   if ARGV[2] == 'owed' then
     redis.call('UNLINK', KEYS[i + 2])

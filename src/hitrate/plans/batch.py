@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..errors import CacheUnavailableError, ValueTooLargeError
+from ..keys import tags_of
 from ..ops import Batch, CallWith, Eval, Plan, Sleep
 from .context import MGET_CHUNK, MISSING, Context, generations, interrupted
 from .leases import EntryStore, _too_large, give_back, release
@@ -47,7 +48,7 @@ def get_or_fetch_many(
     wanted = list(dict.fromkeys(keys))
     if not wanted:
         return {}
-    tags = tuple(dict.fromkeys(tags))
+    tags = tags_of(tags)
     stores = []
     for key in wanted:
         rkey, family = ctx.keys.locate(key)

@@ -22,9 +22,10 @@ from typing import Any, Protocol
 
 from .. import scripts
 from ..codec import DecodeError, Entry, decode_entry
-from ..errors import CacheUnavailableError, LoaderError, ValueTooLargeError
+from ..codec.entry import MAX_TAGS
+from ..errors import CacheUnavailableError, ConfigurationError, LoaderError, ValueTooLargeError
 from ..generations import new_token
-from ..keys import family_of
+from ..keys import family_of, tags_of
 from ..ops import CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
 from ..policy import Policy, TTLLike
 from .context import (
@@ -200,8 +201,9 @@ def lease_and_fill(
             if seen_raw is not None:  # the lease reply updated our view: look again
                 value, _ = yield from store.read(seen_raw)
                 if value is not MISSING:
+                    # Served to this caller, whose read came first; not published: an
+                    # invalidation may have deleted it since, before others arrived.
                     yield from give_back(ctx, store.rkey, token)
-                    yield Publish(value)
                     return value
             return (yield from load_and_fill(ctx, store, policy, token, reply, unless))
         if status == 1:
@@ -325,6 +327,11 @@ class EntryStore:
         vtype: Any = None,
     ) -> None:
         self.ctx, self.key, self.rkey, self.family = ctx, key, rkey, family
+        if len(tags) > MAX_TAGS:  # refused before any lease is taken or loader called
+            raise ConfigurationError(
+                f"key {key!r} has {len(tags)} tags; an entry can carry at most {MAX_TAGS} "
+                "(tag the group, not each member)"
+            )
         self.policy, self.tags, self.vtype = policy, tags, vtype
         # Tag versions read at or after every entry read so far, so valid to judge them
         # (from a lease reply, which reads both at once); None after a poll.
@@ -471,7 +478,7 @@ def get_or_fetch(
     rkey = ctx.keys.entry(key)
     family = family_of(key)
     policy = ctx.policy(key, ttl)
-    tags = tuple(dict.fromkeys(tags))
+    tags = tags_of(tags)
     store = EntryStore(ctx, key, rkey, family, policy, tags, vtype)
     if leasing:
         return (yield from _lease_first(ctx, store, policy, unless))
