@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -41,7 +42,7 @@ def filled(url: str, prefix: str) -> str:
         for _ in range(3):
             cache.get("user:1")
             cache.get("user:2")
-        cache.get_or_fetch("config:site", lambda: {"theme": "x" * 5000})
+        cache.get_or_fetch("config:site", lambda: {"theme": secrets.token_urlsafe(4000)})
         for _ in range(19):
             cache.get("config:site")
     return prefix
@@ -57,7 +58,7 @@ def busy(url: str, prefix: str) -> str:
             cache.get(f"user:absent:{i}")
         for i in range(75):
             cache.get(f"user:{i % 2 + 1}")
-        cache.get_or_fetch("config:site", lambda: {"theme": "x" * 5000})
+        cache.get_or_fetch("config:site", lambda: {"theme": secrets.token_urlsafe(4000)})
         for i in range(4):
             cache.get(f"config:absent:{i}")
         for _ in range(95):

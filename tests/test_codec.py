@@ -449,3 +449,45 @@ def test_pickle_values_outside_entries_are_signed_too() -> None:
     entry_payload = encode_entry(codec, "f", 2, 0.0, 0.0)[HEADER.size :]
     with pytest.raises(DecodeError):
         codec.loads(entry_payload, "f")  # an entry's signature does not sign a bare value
+
+
+# -- the compact format, format 2 still read, zstd ------------------------------------------
+
+
+def test_a_typical_entry_has_a_13_byte_header() -> None:
+    body = b'{"id":42}'
+    raw = encode_entry(JSON, KEY, {"id": 42}, 1_800_000_000.25, 0.0, gen=7)
+    assert raw.endswith(body) and len(raw) - len(body) == 13
+    entry = decode_entry(JSON, KEY, raw)
+    assert entry == ({"id": 42}, 1_800_000_000.25, 0.0, 7, ())
+    # the load time is kept (in ms) when given: XFetch reads it
+    raw = encode_entry(JSON, KEY, 1, 1_800_000_000.0, 0.0421, gen=7)
+    assert decode_entry(JSON, KEY, raw).load_time == pytest.approx(0.042)
+    assert len(encode_entry(JSON, KEY, 1, 0.0, 0.0)) == 3 + 1  # no expiry, no generation
+
+
+def test_format_2_entries_are_still_read() -> None:
+    from hitrate.codec.entry import HEADER
+
+    old = HEADER.pack(2, JSON.id, 0, 1_800_000_000.5, 0.25, 9) + b'"v"'
+    assert decode_entry(JSON, KEY, old) == ("v", 1_800_000_000.5, 0.25, 9, ())
+
+
+def test_large_payloads_are_compressed_and_damaged_ones_refused() -> None:
+    from hitrate.codec.entry import FLAG_ZSTD
+
+    value = {"rows": [{"name": f"user {i}", "plan": "pro"} for i in range(200)]}
+    plain = encode_entry(JSON, KEY, value, 0.0, 0.0)
+    packed = encode_entry(JSON, KEY, value, 0.0, 0.0, compress_over=1024)
+    assert packed[2] & FLAG_ZSTD and len(packed) * 5 < len(plain)
+    assert decode_entry(JSON, KEY, packed).value == value
+    small = encode_entry(JSON, KEY, {"a": 1}, 0.0, 0.0, compress_over=1024)
+    assert not small[2] & FLAG_ZSTD  # under the threshold: as it is
+    noise = encode_entry(JSON, KEY, uuid.uuid4().hex * 40, 0.0, 0.0, compress_over=64)
+    assert decode_entry(JSON, KEY, noise).value  # stored plain if zstd saves < 10 %
+    with pytest.raises(DecodeError, match="compressed") as info:
+        decode_entry(JSON, KEY, packed[:3] + b"\x28\xb5\x2f\xfd garbage")
+    assert not info.value.foreign  # corrupt: deleted, not left alone
+    sealed = hitrate.PickleCodec(SECRET)
+    raw = encode_entry(sealed, KEY, value, 0.0, 0.0, compress_over=1024)
+    assert raw[2] & FLAG_ZSTD and decode_entry(sealed, KEY, raw).value == value

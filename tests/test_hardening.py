@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import random
+import secrets
 import threading
 import time
 from typing import Any
@@ -536,7 +537,7 @@ def test_an_oversized_loader_result_is_served_not_cached(
     """Fail-open covers values the cache cannot hold: every caller gets what the loader
     returned (16 threads, one load), nothing is cached, it is counted and logged once."""
     cache = Cache.from_url(url, prefix=prefix, max_value_size=64 * 1024)
-    big = "x" * (256 * 1024)
+    big = secrets.token_urlsafe(200 * 1024)  # compression cannot bring it under 64 KiB
     loads: list[int] = []
     gate = threading.Barrier(16)
 

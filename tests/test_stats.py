@@ -174,6 +174,8 @@ def test_stats_per_family(cache: Cache, url: str, prefix: str) -> None:
     assert stats.sample is not None and stats.sample.complete  # a small database: exact
     assert (user.keys, config.keys) == (3, 1)
     assert user.memory_bytes is not None and user.memory_bytes > 3 * 200
+    assert user.bytes_per_entry == round(user.memory_bytes / 3)
+    assert stats.family("user").as_dict()["bytes_per_entry"] == user.bytes_per_entry
     assert stats.memory_used and stats.memory_used_bytes > 0 and stats.keys >= 4
     assert stats.keyspace_hits > 0  # the server's own, every client
     assert stats.taken_at > 0

@@ -57,6 +57,7 @@ class CacheBase(Generic[ClientT]):
         pickle_secret: bytes | None = None,
         secrets: Sequence[bytes] | None = None,
         max_value_size: int = 1024 * 1024,
+        compress_over: int = 1024,
         strict: bool = False,
         breaker: Breaker | None = None,
         rng: random.Random | None = None,
@@ -76,6 +77,8 @@ class CacheBase(Generic[ClientT]):
         per key family (``{"user": USER}``); ``default_ttl`` for the others. ``codec``:
         ``"json"`` (default), ``"msgpack"`` or ``"pickle"`` (signed with ``secrets=[new,
         old]`` or ``pickle_secret``). ``max_value_size``: larger encoded values are refused.
+        ``compress_over``: payloads of at least this many bytes are stored zstd-compressed
+        when that saves a tenth or more (0: never).
         ``strict``: raise instead of failing open. ``breaker``: the circuit breaker.
         ``rng``, ``clock``: randomness (jitter, XFetch) and wall clock, for tests.
         ``write_window``: the longest expected ``write_through`` save, seconds. ``count``:
@@ -93,6 +96,14 @@ class CacheBase(Generic[ClientT]):
             )
         if not isinstance(max_value_size, int) or max_value_size < 64:
             raise ConfigurationError("max_value_size must be an int of at least 64 bytes")
+        if (
+            not isinstance(compress_over, int)
+            or isinstance(compress_over, bool)
+            or compress_over < 0
+        ):
+            raise ConfigurationError(
+                "compress_over must be a size in bytes >= 0 (0: never compress)"
+            )
         if not isinstance(flush_interval, int | float) or flush_interval < 0:
             raise ConfigurationError("flush_interval must be seconds >= 0 (0: no timer)")
         self._flush_interval = float(flush_interval)
@@ -107,6 +118,7 @@ class CacheBase(Generic[ClientT]):
             default_policy=default,
             policies={name: to_policy(p, default) for name, p in (policies or {}).items()},
             max_value_size=max_value_size,
+            compress_over=compress_over,
             write_window=write_window,
             rng=rng or random.Random(),
             clock=clock,

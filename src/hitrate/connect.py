@@ -49,6 +49,7 @@ class CacheOptions(TypedDict, total=False):
     pickle_secret: bytes | None
     secrets: Sequence[bytes] | None
     max_value_size: int
+    compress_over: int
     strict: bool
     breaker: Breaker | None
     rng: random.Random | None

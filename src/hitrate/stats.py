@@ -135,6 +135,13 @@ class FamilyStats:
     def verdict(self) -> Verdict:
         return verdict_for(self.hit_rate, self.hits + self.misses)
 
+    @property
+    def bytes_per_entry(self) -> int | None:
+        """Average memory of one entry of the family (MEMORY USAGE, sampled), or None."""
+        if not self.keys or self.memory_bytes is None:
+            return None
+        return round(self.memory_bytes / self.keys)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "family": self.family,
@@ -158,6 +165,7 @@ class FamilyStats:
             "load_p99": self.load_p99,
             "keys": self.keys,
             "memory_bytes": self.memory_bytes,
+            "bytes_per_entry": self.bytes_per_entry,
             "load_buckets": list(self.load_buckets),
         }
 

@@ -1,17 +1,24 @@
-"""The entry format: one Redis string per cached value, a 20-byte header then the payload.
+"""The entry format: one Redis string per cached value, a small header then the payload.
 
-Header (little-endian, ``struct`` format ``<BBBxdfI``)::
+Format 3 (written; little-endian)::
 
     offset  size  field
-    0       1     format version (2)
+    0       1     format version (3)
     1       1     codec id (1 json, 2 msgpack, 4 signed pickle; 3 was the old pickle)
-    2       1     flags (bit 0: the cached value is None; bit 1: typed, the payload is
-                  decoded with the ``type=`` it was written with; bit 2: tagged, a tag
-                  section follows the header)
-    3       1     reserved (0)
-    4       8     logical expiry, Unix seconds as float64; 0 = none
-    12      4     duration of the load that produced it, seconds as float32
-    16      4     namespace generation stamp it was written under (``Cache.bump``)
+    2       1     flags: bit 0 the cached value is None; bit 1 typed (the payload is
+                  decoded with the ``type=`` it was written with); bit 2 tagged (a tag
+                  section follows); bit 3 expiry; bit 4 load time; bit 5 generation;
+                  bit 6 the payload is zstd-compressed
+    then, each only when its flag is set, in this order:
+          6       logical expiry: Unix seconds u32, then milliseconds u16
+          2       duration of the load that produced it, milliseconds u16 (only written
+                  for policies with XFetch early refresh, which is what reads it)
+          4       namespace generation stamp it was written under (``Cache.bump``)
+          ...     the tag section
+
+A typical entry's header is 13 bytes (expiry and generation). Format 2 entries (a fixed
+20-byte header ``<BBBxdfI``: version, codec, flags, reserved, expiry float64, load time
+float32, generation u32) are still read, so a deploy does not empty the cache.
 
 A tagged entry's tag section names each tag with the version token it had when the
 entry's load began: one byte *n*, then *n* times (tag length u16, tag UTF-8, token length
@@ -19,10 +26,13 @@ u8, token). The entry is served only while every one of those tokens is still cu
 (:mod:`hitrate.plans.tags`), so a tag invalidation holds even where the tag's member set
 was evicted.
 
+A payload of at least ``compress_over`` bytes (``Cache(compress_over=...)``, 1 KiB by
+default; 0: never) is compressed with zstd when that saves at least a tenth of it.
+
 Redis keeps the key a little longer than the logical expiry when a policy has a stale
 window, so one caller can refresh while others are served the old value. The pickle
-codec's payload starts with an HMAC over the key, this header (with the tag section) and
-the body.
+codec's payload starts with an HMAC over the key, the header (with the tag section) and
+the (compressed) body.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import struct
 from typing import Any, NamedTuple
 
 import msgspec
+import zstandard
 
 from ..errors import ConfigurationError
 from .codecs import Codec, DecodeError
@@ -39,12 +50,28 @@ from .typed import type_spec
 __all__ = ["FLAG_NONE", "FLAG_TAGS", "FLAG_TYPED", "FORMAT_VERSION", "HEADER", "MAX_TAGS",
            "MAX_TAG_BYTES", "Entry", "decode_entry", "encode_entry"]  # fmt: skip
 
-FORMAT_VERSION = 2
-HEADER = struct.Struct("<BBBxdfI")
+FORMAT_VERSION = 3
+HEADER = struct.Struct("<BBBxdfI")  # format 2, still read
 FLAG_NONE = 1
 FLAG_TYPED = 2
 FLAG_TAGS = 4
-_KNOWN_FLAGS = FLAG_NONE | FLAG_TYPED | FLAG_TAGS
+FLAG_EXPIRY = 8
+FLAG_LOAD = 16
+FLAG_GEN = 32
+FLAG_ZSTD = 64
+_KNOWN_FLAGS = FLAG_NONE | FLAG_TYPED | FLAG_TAGS | FLAG_EXPIRY | FLAG_LOAD | FLAG_GEN | FLAG_ZSTD
+_V2_FLAGS = FLAG_NONE | FLAG_TYPED | FLAG_TAGS
+#: The fixed fields after the first three bytes, by which of them are present.
+_FIELDS = {
+    mask: struct.Struct(
+        "<"
+        + ("IH" if mask & FLAG_EXPIRY else "")
+        + ("H" if mask & FLAG_LOAD else "")
+        + ("I" if mask & FLAG_GEN else "")
+    )
+    for mask in range(0, 64, 8)
+}
+MAX_DECOMPRESSED = 256 * 1024 * 1024  # a planted zstd bomb is refused past this
 MAX_TAGS = 255  # tags per entry
 MAX_TAG_BYTES = 16 * 1024  # UTF-8 bytes per tag name
 _U16 = struct.Struct("<H")
@@ -106,12 +133,15 @@ def encode_entry(
     type: Any = None,
     gen: int = 0,
     tags: TagVersions = (),
+    compress_over: int = 0,
 ) -> bytes:
     """Header + payload, or :class:`~hitrate.SerializationError` (before anything is
     written) for a value a hit would not give back equal and of the same type.
 
     ``type`` (a class or annotation such as ``list[User]``): encode for typed decoding and
-    refuse a value that is not of that type. ``None`` is stored as a flag.
+    refuse a value that is not of that type. ``None`` is stored as a flag. *load_time* 0
+    is not stored (only XFetch reads it); *compress_over*: zstd for payloads of at least
+    that many bytes (0: never).
     """
     flags = 0
     seal = getattr(codec, "seal", None)  # a signing codec signs header and body together
@@ -128,9 +158,24 @@ def encode_entry(
             body, typed = dumps_typed(value, key, spec)
             if typed:
                 flags = FLAG_TYPED
+        if compress_over and len(body) >= compress_over:
+            packed = _compress(body)
+            if len(packed) * 10 <= len(body) * 9:
+                flags, body = flags | FLAG_ZSTD, packed
+    fields: list[int] = []
+    if expires_at:
+        seconds = int(expires_at)
+        fields += [seconds, min(999, round((expires_at - seconds) * 1000))]
+        flags |= FLAG_EXPIRY
+    if load_time > 0:
+        fields.append(min(65535, max(1, round(load_time * 1000))))
+        flags |= FLAG_LOAD
+    if gen:
+        fields.append(gen)
+        flags |= FLAG_GEN
     if tags:
         flags |= FLAG_TAGS
-    header = HEADER.pack(FORMAT_VERSION, codec.id, flags, expires_at, load_time, gen)
+    header = bytes((FORMAT_VERSION, codec.id, flags)) + _FIELDS[flags & 56].pack(*fields)
     if tags:
         header += _tag_section(key, tags)
     if seal is not None:
@@ -138,20 +183,59 @@ def encode_entry(
     return header + body
 
 
-def decode_entry(codec: Codec, key: str, raw: bytes, type: Any = None) -> Entry:
-    """Parse an entry; raises :class:`DecodeError` for anything that is not one of ours
-    (``foreign=True`` when it is a well-formed entry of another codec, format or type)."""
+def _compress(body: bytes) -> bytes:
+    return zstandard.compress(body, 3)
+
+
+def _decompress(key: str, body: bytes) -> bytes:
     try:
-        version, codec_id, flags, expires_at, load_time, gen = HEADER.unpack_from(raw)
-    except struct.error:
+        return zstandard.ZstdDecompressor().decompress(body, max_output_size=MAX_DECOMPRESSED)
+    except zstandard.ZstdError as exc:
+        raise DecodeError(f"{key!r} holds a damaged compressed payload ({exc})") from None
+
+
+def _header(codec: Codec, key: str, raw: bytes) -> tuple[int, float, float, int, int]:
+    """``(flags, expiry, load time, generation, offset after the fixed fields)`` of a
+    format 3 or 2 entry."""
+    try:
+        version, codec_id, flags = raw[0], raw[1], raw[2]
+        if version == FORMAT_VERSION:
+            known = _KNOWN_FLAGS
+            fields = _FIELDS[flags & 56]
+            values = fields.unpack_from(raw, 3)
+            start = 3 + fields.size
+        elif version == 2:
+            known = _V2_FLAGS
+            _, _, _, expires_at, load_time, gen = HEADER.unpack_from(raw)
+            start = HEADER.size
+        else:
+            known = -1
+    except (IndexError, struct.error):
         raise DecodeError(f"{key!r} holds {len(raw)} bytes, too short for an entry") from None
-    if version != FORMAT_VERSION or codec_id != codec.id or flags & ~_KNOWN_FLAGS:
+    if known == -1 and not 0 < version < 16:  # not a format of ours at all: garbage
+        raise DecodeError(f"{key!r} holds bytes that are not a cache entry")
+    if known == -1 or codec_id != codec.id or flags & ~known:
         raise DecodeError(
             f"{key!r} holds format {version} codec {codec_id} flags {flags}, expected "
             f"{FORMAT_VERSION}/{codec.id}: another version of the app, left alone",
             foreign=True,
         )
-    start = HEADER.size
+    if version == FORMAT_VERSION:
+        expires_at = load_time = 0.0
+        gen = i = 0
+        if flags & FLAG_EXPIRY:
+            expires_at, i = values[0] + values[1] / 1000, 2
+        if flags & FLAG_LOAD:
+            load_time, i = values[i] / 1000, i + 1
+        if flags & FLAG_GEN:
+            gen = values[i]
+    return flags, expires_at, load_time, gen, start
+
+
+def decode_entry(codec: Codec, key: str, raw: bytes, type: Any = None) -> Entry:
+    """Parse an entry; raises :class:`DecodeError` for anything that is not one of ours
+    (``foreign=True`` when it is a well-formed entry of another codec, format or type)."""
+    flags, expires_at, load_time, gen, start = _header(codec, key, raw)
     tags: TagVersions = ()
     if flags & FLAG_TAGS:
         tags, start = _read_tags(key, raw, start)
@@ -161,6 +245,8 @@ def decode_entry(codec: Codec, key: str, raw: bytes, type: Any = None) -> Entry:
         payload = unseal(raw[:start], payload, key)
     if flags & FLAG_NONE:
         return Entry(None, expires_at, load_time, gen, tags)
+    if flags & FLAG_ZSTD:
+        payload = _decompress(key, payload)
     loads = codec.loads_raw if unseal else codec.loads  # type: ignore[attr-defined]
     try:
         if type is None:

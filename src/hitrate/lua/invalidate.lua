@@ -23,8 +23,8 @@ if ARGV[2] == 'tag' then
 end
 local function untagged(key)
   local v = redis.pcall('GET', key)
-  return type(v) == 'string' and string.byte(v, 1) == 2
-    and bit.band(string.byte(v, 3) or 0, 4) == 0
+  local format = type(v) == 'string' and string.byte(v, 1)
+  return (format == 2 or format == 3) and bit.band(string.byte(v, 3) or 0, 4) == 0
 end
 for i = first, #KEYS, 4 do
   if not (tagset and untagged(KEYS[i])) then

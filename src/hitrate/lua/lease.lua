@@ -7,9 +7,9 @@
 -- ARGV[1]  lease token (random, unique to this caller)
 -- ARGV[2]  lease time in milliseconds
 -- ARGV[3]  "" to return the entry when there is one; otherwise this is a refresh of a
---          stale or early-expiring entry, and ARGV[3] is the expiry field (bytes 5-12 of
---          the header) of the entry the caller saw: the lease is taken only if that entry
---          is still the one stored, so an entry refreshed a moment ago is not refreshed again
+--          stale or early-expiring entry (or one not fresh for the caller), and ARGV[3] is
+--          the entry the caller saw: the lease is taken only if that entry is still the
+--          one stored, so an entry refreshed a moment ago is not refreshed again
 -- ARGV[4]  the key's family
 -- ARGV[5]  a fresh random token: the generations hash's id if it has none (it is new, or
 --          was lost: a new id retires every entry stamped under the old one)
@@ -44,7 +44,7 @@ for i = 5, #KEYS do
   out[#out + 1] = v
 end
 local value = redis.call('GET', KEYS[1])
-if value and (ARGV[3] == '' or string.sub(value, 5, 12) ~= ARGV[3]) then
+if value and (ARGV[3] == '' or value ~= ARGV[3]) then
   out[1], out[2] = 1, value
   return out
 end

@@ -75,6 +75,7 @@ class Context:
     default_policy: Policy
     policies: Mapping[str, Policy]
     max_value_size: int = 1024 * 1024
+    compress_over: int = 1024
     write_window: float = 30.0
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
@@ -90,6 +91,7 @@ class Context:
     #: Per family: recent misses minus hits of ``get_or_fetch``, between 0 and
     #: :data:`LEAN_CAP` (see :meth:`likely_miss`).
     lean: dict[str, int] = field(default_factory=dict)
+    _made: dict[tuple[int, float], Policy] = field(default_factory=dict, repr=False)
 
     def likely_miss(self, family: str) -> bool:
         """Have recent ``get_or_fetch`` calls of *family* missed more than they hit? Then
@@ -119,9 +121,18 @@ class Context:
 
     def family_policy(self, family: str, ttl: TTLLike) -> Policy:
         base = self.policies.get(family, self.default_policy)
-        if ttl is None or ttl is base:
-            return base
-        return ttl if isinstance(ttl, Policy) else to_policy(ttl, base)
+        if ttl is None or ttl is base or isinstance(ttl, Policy):
+            return base if ttl is None else ttl
+        # A number (or timedelta) per call: the Policy made of it is kept, not rebuilt on
+        # every hit.
+        if not isinstance(ttl, int | float) or isinstance(ttl, bool):
+            return to_policy(ttl, base)  # a timedelta, or a type to_policy refuses
+        made = self._made.get((id(base), ttl))
+        if made is None:
+            made = to_policy(ttl, base)
+            if len(self._made) < 1024:  # bases live as long as the cache: ids are stable
+                self._made[(id(base), ttl)] = made
+        return made
 
     @staticmethod
     def token() -> str:
@@ -149,7 +160,10 @@ class Context:
         expires_at = self.clock() + ttl if ttl is not None else 0.0
         if gen is None:
             gen = self.gens.stamp(family_of(key))
-        data = encode_entry(self.codec, key, value, expires_at, load_time, vtype, gen, tags)
+        load_time = load_time if policy.early else 0.0  # only XFetch reads it
+        data = encode_entry(
+            self.codec, key, value, expires_at, load_time, vtype, gen, tags, self.compress_over
+        )
         if len(data) > self.max_value_size:
             raise ValueTooLargeError(
                 f"value for key {key!r} is {len(data)} bytes encoded, over max_value_size="

@@ -370,7 +370,7 @@ class EntryStore:
             self.known = yield from versions(ctx, (t for t, _ in entry.tags), self.known)
             if current(entry, self.known):
                 return entry.value, b""
-        return MISSING, raw[4:12]  # there but not fresh for us: take the lease despite it
+        return MISSING, raw  # there but not fresh for us: take the lease despite it
 
     def fill(
         self, token: str, value: Any, load_time: float, reply: Sequence[Any]
@@ -586,7 +586,7 @@ def _refresh(ctx: Context, store: EntryStore, raw: bytes, old: Entry, unless: Un
         ctx.stats.incr(family, "stale_hits")
     token = ctx.token()
     try:
-        reply = yield from take_lease(ctx, store, token, raw[4:12])
+        reply = yield from take_lease(ctx, store, token, raw)
     except CacheUnavailableError:
         return old.value
     if reply[0] == 1:  # refreshed meanwhile by another caller: serve the new value
