@@ -47,6 +47,7 @@ class Row(Base):
     __tablename__ = "rows"
     id: Mapped[int] = mapped_column(primary_key=True)
     version: Mapped[int] = mapped_column(nullable=False)
+    note: Mapped[str] = mapped_column(default="")
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
 
 
