@@ -196,9 +196,7 @@ def row_orm(cache: Cache, maker: sessionmaker[Session]) -> ORMCache:
     return orm
 
 
-def test_write_through_caches_the_committed_row(
-    cache: Cache, maker: sessionmaker[Session]
-) -> None:
+def test_write_through_caches_the_committed_row(cache: Cache, maker: sessionmaker[Session]) -> None:
     row_orm(cache, maker)
     with maker() as s:
         s.add(Row(id=2, version=0))
@@ -224,8 +222,9 @@ def test_write_through_never_writes_a_superseded_row(
     database's version. A plain cache.set at that point (the naive write-through) would
     leave version 1 cached."""
     orm = row_orm(cache, maker)
-    from hitrate.contrib.sqlalchemy.rules import Changes, Write
     from sqlalchemy import inspect as sa_inspect
+
+    from hitrate.contrib.sqlalchemy.rules import Changes, Write
 
     late = Changes(writes={"row:1": ({"id": 1, "version": 1}, Write(sa_inspect(Row), (1,), 1))})
     with maker() as s:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import event, select, tuple_
+from sqlalchemy import Connection, event, select, tuple_
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
@@ -38,6 +38,10 @@ __all__ = ["ORMCache"]
 
 T = TypeVar("T")
 PENDING = "hitrate.pending"
+
+
+def _version(write: Write) -> Callable[[Any], Any]:
+    return lambda _: write.version
 
 
 class _Superseded(Exception):
@@ -197,8 +201,6 @@ class ORMCache:
         if isinstance(cache, AsyncCache):
             await_only(self._adeliver(session, cache, changes))
             return
-        for family in sorted(changes.families):
-            cache.bump(family)
         if changes.keys:
             cache.invalidate(*sorted(changes.keys))
         for tag in sorted(changes.tags):
@@ -206,12 +208,10 @@ class ORMCache:
         for key, (value, write) in changes.writes.items():
             with contextlib.suppress(_Superseded):
                 cache.write_through(
-                    key, value, self._checker(session, write), version=lambda _, w=write: w.version
+                    key, value, self._checker(session, write), version=_version(write)
                 )
 
     async def _adeliver(self, session: Session, cache: AsyncCache, changes: Changes) -> None:
-        for family in sorted(changes.families):
-            await cache.bump(family)
         if changes.keys:
             await cache.invalidate(*sorted(changes.keys))
         for tag in sorted(changes.tags):
@@ -223,7 +223,7 @@ class ORMCache:
                 return await greenlet_spawn(check, v)
 
             with contextlib.suppress(_Superseded):
-                await cache.write_through(key, value, save, version=lambda _, w=write: w.version)
+                await cache.write_through(key, value, save, version=_version(write))
 
     @staticmethod
     def _checker(session: Session, write: Write) -> Callable[[Any], Any]:
@@ -234,8 +234,13 @@ class ORMCache:
             mapper = write.mapper
             version_col = mapper.version_id_col
             where = [c == v for c, v in zip(mapper.primary_key, write.ident, strict=True)]
-            with session.get_bind(mapper).connect() as conn:
-                current = conn.execute(select(version_col).where(*where)).scalar()
+            query = select(cast(Any, version_col)).where(*where)
+            bind = session.get_bind(mapper)
+            if isinstance(bind, Connection):  # a session joined to the caller's connection
+                current = bind.execute(query).scalar()
+            else:
+                with bind.connect() as conn:
+                    current = conn.execute(query).scalar()
             if current != write.version:
                 raise _Superseded
             return value
@@ -295,7 +300,8 @@ class ORMCache:
             frozen = rows.load(ctx, key, doc, orm.all_mappers)
         except (ValueError, KeyError, TypeError, IndexError):
             return None  # written by another version of the models: run it on the database
-        return merge_frozen_result(orm.session, orm.statement, frozen, load=False)()
+        merged = merge_frozen_result(orm.session, orm.statement, frozen, load=False)  # type: ignore[no-untyped-call]
+        return merged()
 
     def _bulk(self, orm: ORMExecuteState) -> Any:
         """``update(User).where(...)`` / ``delete(...)``: read the rows it will touch (and,

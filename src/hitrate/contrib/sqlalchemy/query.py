@@ -87,7 +87,7 @@ def _stable(part: Any) -> str:
 def query_key(orm: ORMExecuteState) -> str:
     """``sql:<blake2b>`` of the statement's SQL for the session's dialect, its parameters
     and its loader options: the same in every process."""
-    stmt = orm.statement
+    stmt: Any = orm.statement
     bind = orm.session.get_bind(**orm.bind_arguments)
     compiled = stmt.compile(dialect=bind.dialect)
     params: dict[str, Any] = dict(compiled.params)

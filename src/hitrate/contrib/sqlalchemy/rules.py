@@ -7,7 +7,7 @@ import string
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Mapper
@@ -53,23 +53,17 @@ class Changes:
 
     keys: set[str] = field(default_factory=set)
     tags: set[str] = field(default_factory=set)
-    families: set[str] = field(default_factory=set)
     writes: dict[str, Any] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.keys or self.tags or self.families or self.writes)
+        return bool(self.keys or self.tags or self.writes)
 
     def update(self, other: Changes) -> None:
         self.keys |= other.keys
         self.tags |= other.tags
-        self.families |= other.families
         for key, value in other.writes.items():
             self.writes[key] = value
         self.keys -= set(self.writes)
-
-    def add_key(self, key: str) -> None:
-        self.writes.pop(key, None)
-        self.keys.add(key)
 
 
 class Rule:
@@ -137,10 +131,6 @@ class Rule:
                 keys.add(target)
         return keys, tags
 
-    def key_families(self) -> set[str]:
-        """The families of the rule's key templates (``user`` for ``user:{id}``)."""
-        return {t.split(":", 1)[0] for t in self.templates if not t.startswith("tag:")}
-
     def changes(self, obj: Any, *, deleted: bool) -> Changes:
         """What a flushed change of *obj* touches: its keys and tags rendered with the new
         values and, for attributes the flush changed, with the old ones too (a user moving
@@ -161,10 +151,11 @@ class Rule:
         if self.write_through is not None and not deleted:
             value = self.write_through(obj)
             mapper = self.mapper
+            version_col = cast(Any, mapper.version_id_col)  # checked in __init__
             write = Write(
                 mapper,
                 tuple(mapper.primary_key_from_instance(obj)),
-                state.dict.get(mapper.get_property_by_column(mapper.version_id_col).key),
+                state.dict.get(mapper.get_property_by_column(version_col).key),
             )
             for key in self.render(new, obj)[0]:
                 out.writes[key] = (value, write)
