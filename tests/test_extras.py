@@ -30,6 +30,16 @@ def run_without(modules: list[str], code: str) -> subprocess.CompletedProcess[st
             "from hitrate.dashboard import create_app",
             "hitrate.dashboard needs starlette and uvicorn: pip install 'hitrate[dashboard]'",
         ),
+        (
+            ["sqlalchemy"],
+            "import hitrate.contrib.sqlalchemy",
+            "hitrate.contrib.sqlalchemy needs SQLAlchemy: pip install 'hitrate[sqlalchemy]'",
+        ),
+        (
+            ["fastapi"],
+            "import hitrate.contrib.fastapi",
+            "hitrate.contrib.fastapi needs fastapi: pip install 'hitrate[fastapi]'",
+        ),
     ],
 )
 def test_importing_without_the_extra_says_what_to_install(
