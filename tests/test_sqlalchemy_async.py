@@ -109,6 +109,18 @@ async def test_sync_cache_with_async_sessions(
     assert cache.get("user:1") is None
 
 
+async def test_async_write_through(
+    acache: AsyncCache, amaker: async_sessionmaker[AsyncSession]
+) -> None:
+    orm = ORMCache(acache)
+    orm.model(Row, "row:{id}", write_through=lambda row: {"id": row.id, "version": row.version})
+    orm.attach(amaker)
+    async with amaker() as s:
+        (await s.get_one(Row, 2)).note = "changed"
+        await s.commit()
+    assert await acache.get("row:2") == {"id": 2, "version": 2}  # inserted at 1, updated
+
+
 async def test_async_no_stale_reads(
     acache: AsyncCache, aorm: ORMCache, amaker: async_sessionmaker[AsyncSession]
 ) -> None:

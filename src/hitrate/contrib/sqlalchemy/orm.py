@@ -178,12 +178,7 @@ class ORMCache:
             return
         held = pending.pop(txn, None)
         if held is not None and txn.nested:  # a savepoint released: its parent holds them
-            parent = txn.parent
-            while parent.parent is not None and not parent.nested:
-                if parent in pending:
-                    break
-                parent = parent.parent
-            pending.setdefault(parent, Changes()).update(held)
+            pending.setdefault(txn.parent, Changes()).update(held)
 
     # -- delivering --------------------------------------------------------------------------
     def _after_commit(self, session: Session) -> None:
