@@ -90,6 +90,45 @@ async def load(base: str, path: str, clients: int, seconds: float, keys: int) ->
     return latencies
 
 
+async def in_process(
+    url: str, prefix: str, work_ms: float, n: int, rounds: int
+) -> dict[str, float]:
+    """µs per request when the app is called directly (no socket, no load generator):
+    the CPU each route costs, the median of *rounds* runs of *n* sequential requests."""
+    app = make_app(url, prefix + "-inproc", work_ms)
+    out: dict[str, list[float]] = {"/cached": [], "/plain": []}
+    async with app.router.lifespan_context(app) as state:
+
+        async def call(path: str) -> None:
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+                "query_string": b"", "root_path": "", "headers": [(b"host", b"bench")],
+                "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": dict(state),
+            }  # fmt: skip
+            sent: list[Any] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: Any) -> None:
+                sent.append(message)
+
+            await app(scope, receive, send)
+
+        for k in range(10):  # fill and warm
+            await call(f"/cached/{k}")
+            await call(f"/plain/{k}")
+        for r in range(rounds):
+            for path in ["/cached", "/plain"] if r % 2 == 0 else ["/plain", "/cached"]:
+                t0 = time.perf_counter()
+                for i in range(n):
+                    await call(f"{path}/{i % 10}")
+                out[path].append((time.perf_counter() - t0) / n * 1e6)
+    delete_prefix(url, prefix + "-inproc")
+    return {path: statistics.median(v) for path, v in out.items()}
+
+
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(len(s) * p))] * 1000
@@ -104,12 +143,14 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--keys", type=int, default=100)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--inproc-n", type=int, default=2000)
     args = ap.parse_args()
 
     server = None if args.url else EmbeddedServer.start()
     url = args.url or server.url  # type: ignore[union-attr]
     prefix = f"bench-http-{uuid.uuid4().hex[:8]}"
     port = free_port()
+    inproc = asyncio.run(in_process(url, prefix, args.work_ms, args.inproc_n, args.rounds))
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", url, prefix, str(args.work_ms), str(port)],
     )
@@ -159,6 +200,7 @@ def main() -> None:
         "uncached": p,
         "rps_ratio": c["rps"] / p["rps"],
         "p50_overhead_ms": c["p50_ms"] - p["p50_ms"],
+        "in_process_us": inproc,
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
     }
@@ -178,6 +220,11 @@ def main() -> None:
     print(
         f"req/s cached / uncached: {summary['rps_ratio']:.2f}x; "
         f"p50 difference per request: {summary['p50_overhead_ms']:+.2f} ms"
+    )
+    ci, pi = inproc["/cached"], inproc["/plain"]
+    print(
+        f"in process (no socket, one request at a time): cached hit {ci:.0f} µs, "
+        f"uncached {pi:.0f} µs per request ({ci - pi:+.0f} µs)"
     )
 
 

@@ -92,9 +92,23 @@ class ResponseCache:
         self.app = app
         self.cache = cache
         self.rules = dict(rules or {})
+        self._seen: dict[tuple[int, str], tuple[HttpRule, Mapping[str, Any]] | None] = {}
 
     # -- which rule ------------------------------------------------------------------------
     def _rule(self, scope: Scope) -> tuple[HttpRule, Mapping[str, Any]] | None:
+        """The rule of this path (remembered for the last 4,096 paths: routing is fixed)."""
+        seen = (id(scope.get("app")), scope.get("root_path", "") + scope["path"])
+        try:
+            return self._seen[seen]
+        except KeyError:
+            pass
+        found = self._find_rule(scope)
+        if len(self._seen) >= 4096:
+            self._seen.clear()
+        self._seen[seen] = found
+        return found
+
+    def _find_rule(self, scope: Scope) -> tuple[HttpRule, Mapping[str, Any]] | None:
         for pattern, rule in self.rules.items():
             if fnmatch.fnmatchcase(scope["path"], pattern):
                 return rule, {}
