@@ -160,6 +160,22 @@ def test_bulk_update_and_delete_name_their_rows(
     assert present(cache) == ALL
 
 
+def test_bulk_insert(cache: Cache, orm: ORMCache, maker: sessionmaker[Session]) -> None:
+    from sqlalchemy import insert
+
+    seed(cache)
+    cache.set("user:7", None)  # a cached "not found"
+    stmt = select(User.name).where(User.team_id == 2).options(FromCache(key="names"))
+    with maker() as s:
+        assert s.scalars(stmt).all() == ["cy"]
+        s.execute(insert(User), [{"id": 7, "name": "gus", "team_id": 2}])
+        s.commit()
+    assert present(cache) == ALL - {"members:2"}
+    assert cache.get("user:7", hitrate.MISSING) is hitrate.MISSING
+    with maker() as s:
+        assert sorted(s.scalars(stmt).all()) == ["cy", "gus"]  # the table tag
+
+
 def test_callable_rule(cache: Cache, maker: sessionmaker[Session]) -> None:
     orm = ORMCache(cache)
     orm.model(Team, lambda team: [f"team:{team.id}", f"teamname:{team.name}"])

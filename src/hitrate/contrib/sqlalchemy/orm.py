@@ -254,7 +254,29 @@ class ORMCache:
             return self._cached_select(orm, opt)
         if orm.is_update or orm.is_delete:
             return self._bulk(orm)
+        if orm.is_insert:
+            return self._bulk_insert(orm)
         return None
+
+    def _bulk_insert(self, orm: ORMExecuteState) -> Any:
+        """``insert(User)`` statements: the table's tag, and the rule's targets for each
+        row whose given values fill its templates (a generated id cannot be named)."""
+        mapper = orm.bind_mapper
+        if mapper is None:
+            return None
+        result = orm.invoke_statement()
+        changes = Changes(tags={table_tag(t.name) for t in mapper.tables})
+        rule = self._rule_for(mapper)
+        params: Any = orm.parameters
+        given: list[Any] = params if isinstance(params, list) else [params or {}]
+        if rule is not None:
+            for values in given:
+                with contextlib.suppress(KeyError, IndexError):
+                    keys, tags = rule.render(values)
+                    changes.keys |= keys
+                    changes.tags |= tags
+        self._hold(orm.session, changes)
+        return result
 
     def _cached_select(self, orm: ORMExecuteState, opt: Any) -> Any:
         cache = self.cache
