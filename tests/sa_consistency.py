@@ -67,18 +67,30 @@ def run(
     seconds: float = 2.0,
     commit_delay: float = 0.002,
     seed: int = 1,
+    min_writes: int = 20,
 ) -> list[Op]:
-    """Readers and writers for *seconds*; returns the log. Writers wait *commit_delay*
-    between their flush and their commit (a commit's round trip)."""
+    """Readers and writers for *seconds*, and on (up to 4 times as long, for a loaded
+    machine) until the writers have committed *min_writes* times; returns the log.
+    Writers wait *commit_delay* between their flush and their commit (a commit's round
+    trip)."""
     log: list[Op] = []
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
+    started = time.monotonic()
+    done = threading.Event()
+    committed = [0]
     errors: list[BaseException] = []
+
+    def writing() -> bool:
+        now = time.monotonic()
+        if now < started + seconds or (committed[0] < min_writes and now < started + 4 * seconds):
+            return True
+        done.set()
+        return False
 
     def reader(n: int) -> None:
         rng = random.Random(seed * 1000 + n)
         try:
-            while time.monotonic() < stop:
+            while not done.is_set() and (writers or time.monotonic() < started + seconds):
                 k = rng.choice(KEYS)
                 t0 = time.monotonic()
                 version = read_one(cache, maker, k, n % 2)
@@ -90,7 +102,7 @@ def run(
     def writer(n: int) -> None:
         rng = random.Random(seed * 2000 + n)
         try:
-            while time.monotonic() < stop:
+            while writing():
                 k = rng.choice(KEYS)
                 t0 = time.monotonic()
                 with maker() as s:
@@ -105,9 +117,12 @@ def run(
                     s.commit()
                 with lock:
                     log.append(Op("write", str(k), t0, time.monotonic(), version))
+                    committed[0] += 1
                 time.sleep(rng.uniform(0, 0.004))
         except BaseException as exc:  # pragma: no cover - reported by the test
             errors.append(exc)
+        finally:
+            done.set()
 
     threads = [threading.Thread(target=reader, args=(i,)) for i in range(readers)]
     threads += [threading.Thread(target=writer, args=(i,)) for i in range(writers)]

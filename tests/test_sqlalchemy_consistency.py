@@ -67,7 +67,7 @@ def test_no_stale_reads_through_the_orm(url: str, prefix: str, db_url: str) -> N
         f"ORM: {found} stale reads; {reads} reads here, {len(theirs)} in a second process, "
         f"{writes} commits"
     )
-    assert writes > 20 and reads > 100 and len(theirs) > 50
+    assert writes >= 10 and reads > 100 and len(theirs) > 50
     assert found == 0
     hits = cache.stats(sample=0).hits
     assert hits > 0  # the cache served reads, not just misses
