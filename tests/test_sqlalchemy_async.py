@@ -127,11 +127,20 @@ async def test_async_no_stale_reads(
     """The consistency checker with asyncio tasks (see test_sqlalchemy_consistency.py for
     the companion that catches the invalidate-at-flush hook)."""
     log: list[Op] = []
-    stop = time.monotonic() + 1.5
+    started = time.monotonic()
+    done = asyncio.Event()
+
+    def writing() -> bool:  # 1.5 s, and on (up to 6 s, a loaded machine) to 20 commits
+        now = time.monotonic()
+        commits = sum(op.kind == "write" for op in log)
+        if now < started + 1.5 or (commits < 20 and now < started + 6):
+            return True
+        done.set()
+        return False
 
     async def reader(n: int) -> None:
         rng = random.Random(n)
-        while time.monotonic() < stop:
+        while not done.is_set():
             k = rng.choice((1, 2, 3))
             t0 = time.monotonic()
             async with amaker() as s:
@@ -148,7 +157,7 @@ async def test_async_no_stale_reads(
 
     async def writer(n: int) -> None:
         rng = random.Random(100 + n)
-        while time.monotonic() < stop:
+        while writing():
             k = rng.choice((1, 2, 3))
             t0 = time.monotonic()
             async with amaker() as s:
@@ -167,5 +176,5 @@ async def test_async_no_stale_reads(
     await asyncio.gather(*(reader(i) for i in range(6)), *(writer(i) for i in range(2)))
     writes = sum(op.kind == "write" for op in log)
     print(f"async ORM: {violations(log)} stale reads, {len(log) - writes} reads, {writes} commits")
-    assert writes > 10
+    assert writes >= 10
     assert violations(log) == 0
