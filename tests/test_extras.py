@@ -40,6 +40,16 @@ def run_without(modules: list[str], code: str) -> subprocess.CompletedProcess[st
             "from hitrate.contrib.flask import HitrateCache",
             "hitrate.contrib.flask needs Flask and Flask-Caching: pip install 'hitrate[flask]'",
         ),
+        (
+            ["sqlalchemy"],
+            "import hitrate.contrib.sqlalchemy",
+            "hitrate.contrib.sqlalchemy needs SQLAlchemy: pip install 'hitrate[sqlalchemy]'",
+        ),
+        (
+            ["fastapi"],
+            "import hitrate.contrib.fastapi",
+            "hitrate.contrib.fastapi needs fastapi: pip install 'hitrate[fastapi]'",
+        ),
     ],
 )
 def test_importing_without_the_extra_says_what_to_install(

@@ -54,7 +54,17 @@ def test_wheel_metadata_says_licence_versions_status_and_typing(dist: dict[str, 
     ):
         assert expected in classifiers
     extras = set(meta.get_all("Provides-Extra") or [])
-    assert {"cli", "dashboard", "demo", "msgpack", "prometheus", "server", "all"} <= extras
+    assert {
+        "cli",
+        "dashboard",
+        "demo",
+        "msgpack",
+        "prometheus",
+        "server",
+        "sqlalchemy",
+        "fastapi",
+        "all",
+    } <= extras
 
 
 def fake_python(path: Path, answer: str) -> Path:
