@@ -95,8 +95,11 @@ async def measure(lib_list: list[libs.Adapter], scale: float, rounds: int) -> li
 def memory(url: str, lib_list: list[libs.Adapter], run: str) -> list[dict[str, Any]]:
     r = redis.Redis.from_url(url)
     rows = [{"lib": "redis-py + json", "key": f"{run}:raw:user:{libs.UID}"}]
-    rows += [{"lib": "redis-py + orjson" if lib.name == "redis-py" else lib.name, "key": lib.key}
-             for lib in lib_list if lib.key]  # fmt: skip
+    rows += [
+        {"lib": "redis-py + orjson" if lib.name == "redis-py" else lib.name, "key": lib.key}
+        for lib in lib_list
+        if lib.key and lib.name == lib.dist
+    ]  # variants: same entries
     for row in rows:
         if not r.exists(row["key"]):  # a library that adds a prefix of its own
             row["key"] = next((k.decode() for k in r.scan_iter(match=f"*{row['key']}")), "")
@@ -186,7 +189,8 @@ def main() -> int:
         args.json.write_text(json.dumps(doc, indent=2, default=str))
     if not args.no_write:
         root = Path(__file__).resolve().parent.parent / "docs"
-        (root / "benchmarks.md").write_text(report.markdown(doc, sys.argv[1:]))
+        shown = [a for a in sys.argv[1:] if a in ("--quick", "--no-pin")]
+        (root / "benchmarks.md").write_text(report.markdown(doc, shown))
         report.chart(doc, root / "benchmarks.png")
         print(f"wrote {root / 'benchmarks.md'} and {root / 'benchmarks.png'}", file=sys.stderr)
     return 0
