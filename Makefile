@@ -25,7 +25,7 @@ endif
 MADE_BY := $(if $(wildcard $(VENV)),$(or $(lastword $(shell $(PY) -c '$(PROBE)' 2>/dev/null)),broken))
 STALE := $(filter-out $(WANT),$(MADE_BY))
 
-.PHONY: demo test test-frameworks lint typecheck unit bench clean FORCE
+.PHONY: demo test test-frameworks lint typecheck unit bench bench-peers clean FORCE
 
 $(PY): $(if $(STALE),FORCE)
 	$(if $(STALE),@echo "$(VENV) was made by $(STALE) (not $(WANT)): making it again" >&2)
@@ -55,8 +55,24 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(PY) benchmarks/hit_path.py
 
+# hitrate against its peers (dogpile.cache, cashews, aiocache, cachekit) in a venv of its own,
+# so the peers never enter .venv; writes docs/benchmarks.md and docs/benchmarks.png.
+# make bench-peers BENCH_ARGS=--quick for a short run.
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+BENCH_ARGS ?=
+
+$(PEERS_STAMP): pyproject.toml benchmarks/requirements-peers.txt
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -q -e '.[server]' -r benchmarks/requirements-peers.txt
+	touch $(PEERS_STAMP)
+
+bench-peers: $(PEERS_STAMP)
+	$(PEERS_VENV)/bin/python benchmarks/peers.py $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS_VENV) build dist .pytest_cache .mypy_cache .ruff_cache
 
 # The frameworks' own test suites on hitrate's backends (Django's BaseCacheTests,
 # Flask-Caching's tests), fetched from their sdists with pip the first time.
