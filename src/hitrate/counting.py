@@ -196,6 +196,13 @@ class Counters:
             hits = self._shard().hits
         hits[family] = hits.get(family, 0) + 1
 
+    def add_reads(self, hits: dict[str, int], misses: dict[str, int]) -> None:
+        """Hits and misses counted by a multi-key read, per family."""
+        for family, n in hits.items():
+            self.incr(family, "hits", n)
+        for family, n in misses.items():
+            self.incr(family, "misses", n)
+
     def miss(self, family: str) -> None:
         if family not in self._known:
             family = self._admit(family)

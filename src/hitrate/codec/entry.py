@@ -48,7 +48,7 @@ from .codecs import Codec, DecodeError
 from .typed import type_spec
 
 __all__ = ["FLAG_NONE", "FLAG_TAGS", "FLAG_TYPED", "FORMAT_VERSION", "HEADER", "MAX_TAGS",
-           "MAX_TAG_BYTES", "Entry", "decode_entry", "encode_entry"]  # fmt: skip
+           "MAX_TAG_BYTES", "Entry", "decode_entry", "encode_entry", "plain_entry"]  # fmt: skip
 
 FORMAT_VERSION = 3
 HEADER = struct.Struct("<BBBxdfI")  # format 2, still read
@@ -230,6 +230,27 @@ def _header(codec: Codec, key: str, raw: bytes) -> tuple[int, float, float, int,
         if flags & FLAG_GEN:
             gen = values[i]
     return flags, expires_at, load_time, gen, start
+
+
+_PLAIN = FLAG_EXPIRY | FLAG_LOAD | FLAG_GEN  # the flags plain_entry decodes itself
+
+
+def plain_entry(codec: Codec, key: str, raw: bytes) -> tuple[Any, float, int] | None:
+    """``(value, expiry, generation)`` of the common entry - format 3, this codec, not
+    None, typed, tagged or compressed, an unsigned codec - in one struct call and one
+    ``loads``; None for any other (:func:`decode_entry` then decides). For ``get_many``'s
+    loop, where the general path's per-entry cost shows."""
+    if len(raw) < 3 or raw[0] != FORMAT_VERSION or raw[1] != codec.id or raw[2] & ~_PLAIN:
+        return None
+    flags = raw[2]
+    fields = _FIELDS[flags & 56]
+    try:
+        values = fields.unpack_from(raw, 3)
+        value = codec.loads(raw[3 + fields.size :], key)
+    except Exception:  # damaged or of another kind: decode_entry says which
+        return None
+    expires_at = values[0] + values[1] / 1000 if flags & FLAG_EXPIRY else 0.0
+    return value, expires_at, values[-1] if flags & FLAG_GEN else 0
 
 
 def decode_entry(codec: Codec, key: str, raw: bytes, type: Any = None) -> Entry:
