@@ -70,6 +70,7 @@ def planted(marker: Path) -> list[bytes]:
     ]
 
 
+@pytest.mark.ttl_audit_exempt  # plants raw bytes
 @pytest.mark.parametrize("codec", ["json", "msgpack", "pickle"])
 def test_planted_bytes_are_a_miss_and_never_executed(
     url: str, prefix: str, raw: redis.Redis, tmp_path: Path, codec: str
