@@ -25,7 +25,7 @@ endif
 MADE_BY := $(if $(wildcard $(VENV)),$(or $(lastword $(shell $(PY) -c '$(PROBE)' 2>/dev/null)),broken))
 STALE := $(filter-out $(WANT),$(MADE_BY))
 
-.PHONY: demo test lint typecheck unit bench clean FORCE
+.PHONY: demo test lint typecheck unit bench soak clean FORCE
 
 $(PY): $(if $(STALE),FORCE)
 	$(if $(STALE),@echo "$(VENV) was made by $(STALE) (not $(WANT)): making it again" >&2)
@@ -54,6 +54,12 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) benchmarks/hit_path.py
+
+# Not part of `make test`: 10 minutes of mixed load with Redis killed and paused midway
+# (SOAK_ARGS="--minutes 2" for a short run).
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
