@@ -32,8 +32,8 @@ _KINDS = [
     ("rate limit", re.compile(r"^~rl:")),
     ("stats", re.compile(r"^~stats:")),
     ("tag", re.compile(r"^tag:")),
-    ("entry sidecar", re.compile(r"^\{.*\}:(lease|w|err|v)$")),
-    ("entry", re.compile(r"^\{.*\}$")),
+    ("entry sidecar", re.compile(r"^\{.*\}:(lease|w|err|v)$", re.DOTALL)),
+    ("entry", re.compile(r"^\{.*\}$", re.DOTALL)),
 ]
 
 found: Counter[str] = Counter()  # kind -> keys audited
