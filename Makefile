@@ -25,7 +25,7 @@ endif
 MADE_BY := $(if $(wildcard $(VENV)),$(or $(lastword $(shell $(PY) -c '$(PROBE)' 2>/dev/null)),broken))
 STALE := $(filter-out $(WANT),$(MADE_BY))
 
-.PHONY: demo test test-frameworks lint typecheck unit bench bench-peers clean FORCE
+.PHONY: demo test test-frameworks lint typecheck unit bench bench-peers soak clean FORCE
 
 $(PY): $(if $(STALE),FORCE)
 	$(if $(STALE),@echo "$(VENV) was made by $(STALE) (not $(WANT)): making it again" >&2)
@@ -70,6 +70,12 @@ $(PEERS_STAMP): pyproject.toml benchmarks/requirements-peers.txt
 
 bench-peers: $(PEERS_STAMP)
 	$(PEERS_VENV)/bin/python benchmarks/peers.py $(BENCH_ARGS)
+
+# Not part of `make test`: 10 minutes of mixed load with Redis killed and paused midway
+# (SOAK_ARGS="--minutes 2" for a short run).
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PEERS_VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -12,6 +12,8 @@ from hitrate import AsyncCache, Cache
 from hitrate.server import EmbeddedServer, find_servers
 from hitrate.testing import delete_prefix, unique_prefix
 
+from . import ttl_audit
+
 FLAVOURS = sorted(find_servers())
 if os.environ.get("HITRATE_TEST_SERVER"):
     FLAVOURS = [os.environ["HITRATE_TEST_SERVER"]]
@@ -40,10 +42,34 @@ def url(server: EmbeddedServer) -> str:
 
 
 @pytest.fixture
-def prefix(server: EmbeddedServer) -> Iterator[str]:
+def prefix(server: EmbeddedServer, request: pytest.FixtureRequest) -> Iterator[str]:
     name = unique_prefix()
     yield name
+    if request.node.get_closest_marker("ttl_audit_exempt") is None:
+        ttl_audit.audit(server.url, name, request.node.nodeid)
     delete_prefix(server.url, name)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "ttl_audit_exempt: the test writes raw keys of its own under its prefix"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not ttl_audit.found:
+        return
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(ttl_audit.found.items()))
+    terminalreporter.write_line(f"TTL audit: keys audited by kind: {kinds}")
+    if ttl_audit.unknown:
+        terminalreporter.write_line(f"TTL audit: keys of no known kind: {ttl_audit.unknown}")
+    for test, kind, key in ttl_audit.violations[:50]:
+        terminalreporter.write_line(f"TTL audit: NO TTL on {kind} {key!r} (written in {test})")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if ttl_audit.violations and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

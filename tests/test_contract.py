@@ -197,6 +197,7 @@ async def test_jitter_spreads_pttl_over_ttl_plus_jitter(c: Api, raw: redis.Redis
     assert max(pttls) > 75_000
 
 
+@pytest.mark.ttl_audit_exempt  # COUNTER-policy entries have no TTL by design
 async def test_counter_policy_sets_no_ttl(c: Api, raw: redis.Redis) -> None:
     await c.set("hits:page", 7, ttl=COUNTER)
     assert raw.pttl(c.redis_key("hits:page")) == -1
@@ -632,6 +633,7 @@ async def test_bad_keys_raise_invalid_key_error(c: Api, key: Any, words: str) ->
 # -- every key hitrate writes expires ------------------------------------------------------
 
 
+@pytest.mark.ttl_audit_exempt  # COUNTER-policy entries have no TTL by design
 async def test_every_written_key_has_a_ttl(c: Api, raw: redis.Redis, prefix: str) -> None:
     def boom() -> Any:
         raise RuntimeError("loader failed")

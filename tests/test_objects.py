@@ -204,6 +204,7 @@ def test_update_racing_invalidate_never_leaves_a_partial_object(
     assert any(samples) and not all(samples)  # the race really happened
 
 
+@pytest.mark.ttl_audit_exempt  # COUNTER-policy objects have no TTL by design
 async def test_ttl_follows_the_policy(c: Caches, raw: redis.Redis) -> None:
     policed = c.on(c.make(policies={"user": Policy(120), "plan": hitrate.COUNTER}))
     await policed.objects("user").put(1, {"a": 1})

@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 
+import pytest
 import redis
 
 from hitrate import AsyncCache, Cache, Policy
@@ -40,6 +41,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.ttl_audit_exempt  # the test's own load counter
 def test_one_load_per_expiry_across_threads_and_processes(url: str, prefix: str) -> None:
     raw = redis.Redis.from_url(url)
     counter = f"{prefix}:test-loads"

@@ -11,7 +11,8 @@ LOADING or READONLY, misconfigurations): the driver decides with
 Fail-open hides outages from callers, never from operators: opening and closing are logged
 on the ``hitrate`` logger (WARNING and INFO), with the cause; a *loud* cause (a
 misconfiguration that will not fix itself) is logged at WARNING once, and again only
-after Redis answered in between and then failed again.
+after the breaker closed in between and then failed again (an ACL user allowed GET but
+not EVALSHA fails every fill between working reads: that is said once).
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ class Breaker:
             cause = self._cause
             self._failures = 0
             self._probing = False
-            self._cause = self._announced = None
+            self._cause = None
+            if was_open:  # a loud cause is said again only if it returns after a recovery;
+                self._announced = None  # one command refused between working ones is not
         if was_open:
             log.info("hitrate: Redis answers again; circuit breaker closed (it was: %s)", cause)
         return was_open

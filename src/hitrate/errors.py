@@ -219,6 +219,14 @@ def _misconfiguration(exc: BaseException, where: str) -> str | None:
             "server's `databases` setting"
         )
     if where.startswith("rediss://") and any(
+        isinstance(e, ssl.SSLCertVerificationError) for e in _chain(exc)
+    ):
+        return (
+            f"the TLS certificate of {where} could not be verified ({exc}): give the CA "
+            "that signed it in the URL (rediss://host:port/db?ssl_ca_certs=/path/ca.crt), "
+            "or fix the certificate's host name"
+        )
+    if where.startswith("rediss://") and any(
         isinstance(e, ssl.SSLError) or "handshake" in str(e) or "SSL" in str(e) for e in _chain(exc)
     ):
         return (
@@ -268,6 +276,10 @@ def translate(exc: BaseException, what: str, where: str = "Redis") -> CacheUnava
         return CacheUnavailableError(f"{cause} during {what}", cause=cause)
     if isinstance(exc, rexc.ConnectionError):
         cause = f"Redis is unreachable at {where} ({str(exc).rstrip('.')})"
+        if where.startswith("redis://") and any(
+            isinstance(e, ConnectionResetError) for e in _chain(exc)
+        ):  # what a TLS-only port does to a plain connection
+            cause += "; if the server's port expects TLS, use rediss:// instead of redis://"
         return CacheUnavailableError(f"{cause} during {what}", cause=cause)
     if isinstance(exc, rexc.DataError | rexc.ResponseError):
         cause = f"{where} refused {what}: {exc}"

@@ -211,6 +211,8 @@ def lease_and_fill(
             if value is not MISSING:
                 yield Publish(value)
                 return value
+            if not seen:  # not an entry we can read (another app version's, or garbage):
+                return (yield from load_unfilled(ctx, store))  # asking again would loop
             seen_raw = reply[1]
             continue
         # Another caller is loading (3), or a write-through of the key is in flight (4):
