@@ -173,6 +173,7 @@ def test_cache_sessions_keep_their_data_in_redis(dj: HitrateCache, url: str, pre
 
 
 # -- Django's semantics, and what hitrate adds ------------------------------------------------
+@pytest.mark.ttl_audit_exempt  # timeout=None: Django's 'forever', no TTL by design
 def test_timeouts_and_family_policies(url: str, prefix: str) -> None:
     options = {"policies": {"user": Policy(1000)}}
     with override_settings(CACHES=config(url, prefix, TIMEOUT=120, OPTIONS=options)):
@@ -401,6 +402,7 @@ def test_dashboard_views_and_stats_command(dj: HitrateCache) -> None:
     assert json.loads(out.getvalue())["prefix"] == dj.hitrate.prefix
 
 
+@pytest.mark.ttl_audit_exempt  # the README's example: timeout=None is Django's 'forever'
 def test_readme_django_examples_run(url: str, prefix: str) -> None:
     from tests.readme.frameworks import blocks, run
 

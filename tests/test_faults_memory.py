@@ -14,6 +14,7 @@ test_faults_defects.py).
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Iterator
 
@@ -26,7 +27,7 @@ from .faultservers import FLAVOUR, Managed
 pytestmark = pytest.mark.skipif(not FLAVOUR, reason="no redis-server or valkey-server")
 
 MAXMEMORY = 4 * 1024 * 1024
-VALUE = "v" * 2000
+VALUE = secrets.token_urlsafe(1500)  # 2,000 characters zstd cannot shrink much
 PER_THREAD = 400
 THREADS = 8
 

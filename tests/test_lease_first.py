@@ -95,6 +95,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.ttl_audit_exempt  # the test's own load counter
 def test_one_load_per_expiry_when_leasing_first(url: str, prefix: str, raw: redis.Redis) -> None:
     counter = f"{prefix}:test-loads"
     cache = Cache.from_url(url, prefix=prefix, timeout=2.0)

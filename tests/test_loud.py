@@ -3,7 +3,8 @@ misconfigured or unreachable Redis is said out loud (log, ``health()``, ``stats(
 
 * an error reply about one key (``WRONGTYPE``) fails that call open and leaves the breaker
   closed, so every other key stays cached;
-* connection errors, timeouts and server states (LOADING, READONLY, OOM, ...) are outages;
+* connection errors, timeouts and server states (LOADING, READONLY, ...) are outages; OOM
+  refuses writes only;
 * a wrong password, DB index, TLS mismatch or host is logged once at WARNING with the fix,
   and ``ping()`` / ``health()`` say it; the breaker's opening and closing are logged.
 """
@@ -129,7 +130,6 @@ async def test_async_wrongtype_leaves_the_breaker_closed(acache: AsyncCache, url
             "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
             "MASTERDOWN",
         ),
-        ("OOM command not allowed when used memory > 'maxmemory'.", "OOM"),
         (
             "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN.",
             "BUSY",
@@ -141,7 +141,6 @@ async def test_async_wrongtype_leaves_the_breaker_closed(acache: AsyncCache, url
             "MISCONF Redis is configured to save RDB snapshots, but it's unable to persist",
             "MISCONF",
         ),
-        ("ERR Error running script (call to f_1): @user_script:1: OOM command not allowed", "OOM"),
     ],
 )
 def test_server_states_are_outages(reply: str, state: str) -> None:
@@ -195,16 +194,40 @@ def test_readonly_replica_is_an_outage_that_opens_the_breaker(
         primary.stop()
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "OOM command not allowed when used memory > 'maxmemory'.",
+        "ERR Error running script (call to f_1): @user_script:1: OOM command not allowed",
+    ],
+)
+def test_out_of_memory_refuses_writes_but_is_no_outage(reply: str) -> None:
+    exc = BaseParser.parse_error(reply)  # type: ignore[no-untyped-call]
+    err = translate(exc, "SET 'k'", "redis://h:1/0")
+    assert isinstance(err, CommandRefusedError) and not err.outage
+    assert not err.refused  # owed work is kept and retried: memory may be freed
+    assert "out of memory" in err.cause and "maxmemory" in err.cause
+
+
 @needs_server
-def test_out_of_memory_is_an_outage(private: EmbeddedServer) -> None:
+def test_out_of_memory_writes_fail_open_while_hits_go_on(
+    private: EmbeddedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under noeviction with maxmemory reached, writes are refused but reads work: the
+    breaker stays closed (hits are still served) and the cause is logged once."""
     admin = redis.Redis.from_url(private.url)
-    admin.config_set("maxmemory-policy", "noeviction")
-    admin.config_set("maxmemory", 1)
     try:
-        with Cache.from_url(private.url, prefix="oom", strict=True) as cache:
-            with pytest.raises(hitrate.CacheUnavailableError, match="OOM") as info:
-                cache.set("user:1", "v")
-            assert info.value.outage and cache.breaker.failures == 1
+        with Cache.from_url(private.url, prefix="oom") as cache:
+            cache.set("user:0", "cached before")
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)
+            with caplog.at_level(logging.WARNING, logger="hitrate"):
+                for i in range(5):
+                    assert cache.set(f"user:{i + 1}", "v") is False
+                    assert cache.get("user:0") == "cached before"
+            assert cache.breaker.failures == 0 and not cache.breaker.is_open
+            said = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
+            assert len(said) == 1 and "maxmemory" in said[0]
     finally:
         admin.config_set("maxmemory", 0)
         admin.close()

@@ -31,7 +31,8 @@ _KINDS = [
     ("object", re.compile(r"^~obj:")),
     ("rate limit", re.compile(r"^~rl:")),
     ("stats", re.compile(r"^~stats:")),
-    ("tag", re.compile(r"^tag:")),
+    ("tag", re.compile(r"^~tag:\{.*\}$", re.DOTALL)),
+    ("tag version", re.compile(r"^~tag:\{.*\}:v$", re.DOTALL)),
     ("entry sidecar", re.compile(r"^\{.*\}:(lease|w|err|v)$", re.DOTALL)),
     ("entry", re.compile(r"^\{.*\}$", re.DOTALL)),
 ]

@@ -64,7 +64,11 @@ class Cache(CacheBase[redis.Redis], Synced):
         self._driver = SyncDriver(self.client, self._ctx, strict=self.strict, breaker=self.breaker)
         self.get_or_fetch = self._driver.fetch  # type: ignore[method-assign]  # the hot path
         self._twin: AsyncCache | None = None
-        self._flusher = self._start_flusher(self._driver.run)
+        # The timer (stats flushes, owed work) runs on a driver of its own: it shares the
+        # client, but has a breaker of its own, so it never holds the probe that would
+        # tell callers Redis is back.
+        timer = SyncDriver(self.client, self._ctx, strict=False, breaker=self._timer_breaker())
+        self._flusher = self._start_flusher(timer)
 
     @classmethod
     def from_url(
@@ -287,10 +291,10 @@ class AsyncCache(CacheBase[aredis.Redis], Awaited):
         # The timer flushes and delivers owed work with a small sync client on the same
         # server (see hitrate.flush).
         sync = sync_twin(client)
-        run = None
+        driver = None
         if sync is not None:
-            run = SyncDriver(sync, self._ctx, strict=False, breaker=self.breaker).run
-        self._flusher = self._start_flusher(run, sync.close if sync is not None else None)
+            driver = SyncDriver(sync, self._ctx, strict=False, breaker=self._timer_breaker())
+        self._flusher = self._start_flusher(driver, sync.close if sync is not None else None)
 
     @classmethod
     def from_url(

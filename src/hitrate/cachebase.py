@@ -150,19 +150,24 @@ class CacheBase(Generic[ClientT]):
         """This process's per-family counters (hits, misses, loads, errors, ...)."""
         return self._ctx.stats
 
+    def _timer_breaker(self) -> Breaker:
+        return Breaker(self.breaker.threshold, self.breaker.cooldown)
+
     def _start_flusher(
-        self, run: Callable[[Any], Any] | None, on_close: Callable[[], None] | None = None
+        self, driver: Any, on_close: Callable[[], None] | None = None
     ) -> Flusher | None:
         """Flush this cache's counts to Redis, and deliver its owed work, on the shared
         timer (see :mod:`hitrate.flush`)."""
-        if run is None:
+        if driver is None:
             return None
+        driver.background = True
         counting = not isinstance(self._ctx.stats, NullCounters)
         flusher = Flusher(
-            run,
+            driver.run,
             self._ctx.stats if counting else None,
             self.prefix,
             owed=self._ctx.owed,
+            deliver=driver.deliver_owed,
             interval=self._flush_interval,
             clock=self._ctx.clock,
             on_close=on_close,

@@ -254,7 +254,8 @@ def translate(exc: BaseException, what: str, where: str = "Redis") -> CacheUnava
       server states that refuse every key (LOADING, READONLY, MASTERDOWN, OOM, BUSY,
       CLUSTERDOWN, TRYAGAIN, NOREPLICAS, MISCONF);
     * :class:`CommandRefusedError` (``outage`` False): an error reply about this command
-      or key, such as ``WRONGTYPE``; other keys are unaffected.
+      or key, such as ``WRONGTYPE``; other keys are unaffected. ``OOM`` (maxmemory reached
+      under ``noeviction``) is one too: writes are refused while reads go on.
 
     Each carries ``cause``: what went wrong, in words a person can act on.
     """
@@ -262,12 +263,22 @@ def translate(exc: BaseException, what: str, where: str = "Redis") -> CacheUnava
         return exc
     cause = _misconfiguration(exc, where)
     if cause is not None:
-        refused = isinstance(exc, rexc.NoPermissionError)
-        return MisconfiguredError(f"{cause} (during {what})", cause=cause, refused=refused)
+        err = MisconfiguredError(f"{cause} (during {what})", cause=cause)
+        if isinstance(exc, rexc.NoPermissionError):
+            # Redis answered: this command is not allowed, others may be (a user allowed
+            # GET but not EVALSHA still serves hits). Not an outage; said once; owed work
+            # it refuses is dropped.
+            err.outage, err.refused = False, True
+        return err
     state = next((w for cls, w in _STATE_WORDS.items() if isinstance(exc, cls)), None)
     if state is None and isinstance(exc, rexc.ResponseError):
         found = _SERVER_STATES.search(str(exc))
         state = found.group(1) if found else None
+    if state == "OOM":
+        # Writes are refused, reads still work: not an outage (the breaker stays closed and
+        # hits go on being served), logged once; work owed meanwhile is kept and retried.
+        cause = f"{where} {_STATE_ADVICE[state]} (OOM: writes are refused, reads go on)"
+        return CommandRefusedError(f"{cause} (during {what})", cause=cause, refused=False)
     if state is not None:
         cause = f"{where} {_STATE_ADVICE[state]} ({state}: {exc})"
         return CacheUnavailableError(f"{cause} (during {what})", cause=cause)

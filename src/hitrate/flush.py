@@ -142,6 +142,7 @@ class Flusher:
         prefix: str,
         *,
         owed: OwedQueue | None = None,
+        deliver: Callable[[], Any] | None = None,
         interval: float = 5.0,
         clock: Callable[[], float] = time.time,
         on_close: Callable[[], None] | None = None,
@@ -149,6 +150,7 @@ class Flusher:
         self._run = run
         self.counters = counters
         self.owed = owed
+        self._deliver = deliver
         self.owed_due = 0.0
         self.prefix = prefix
         self.interval = interval
@@ -161,13 +163,20 @@ class Flusher:
         self._on_close = on_close
         self._lock = threading.Lock()
 
+    def owes(self) -> bool:
+        return self.owed is not None and (self.owed.pending or self.owed.leases_pending)
+
     def deliver_owed(self) -> None:
-        """Send what is owed, if anything (retried by the timer while it fails)."""
-        if self.owed is None or not self.owed.pending:
+        """Send what is owed, lease releases included, if anything (retried by the timer
+        while it fails)."""
+        if not self.owes():
             return
         self.owed_due = time.monotonic() + RETRY_INTERVAL
         try:
-            self._run(_poke())
+            if self._deliver is not None:
+                self._deliver()
+            else:
+                self._run(_poke())
         except Exception as exc:  # strict mode raises; the timer never should
             log.debug("hitrate: delivering owed invalidations failed: %s", exc)
 
@@ -201,7 +210,7 @@ class Flusher:
 
     def draining(self) -> bool:
         """Retired, but owed work is still to be delivered (and there is time left)."""
-        if self.owed is None or not self.owed.pending:
+        if self.owed is None or not self.owes():
             return False
         if time.monotonic() < self.drain_until:
             return True
@@ -222,7 +231,7 @@ class Flusher:
         self.closed = True
         _scheduler.remove(self)
         self.flush()
-        if self.owed is not None and self.owed.pending and not self.retired:
+        if self.owed is not None and self.owes() and not self.retired:
             self.deliver_owed()
             if self.owed.pending:
                 log.warning(
@@ -280,15 +289,14 @@ class _Scheduler:
                 if flusher.retired and not flusher.draining():
                     flusher.close()
                     continue
-                owed = flusher.owed
-                if owed is not None and owed.pending:
+                if flusher.owes():
                     # First try a retry interval after the failure (the call that failed
                     # has just tried), then every interval until it is delivered.
                     if not flusher.owed_due:
                         flusher.owed_due = time.monotonic() + RETRY_INTERVAL
                     elif time.monotonic() >= flusher.owed_due:
                         flusher.deliver_owed()
-                    if owed.pending:
+                    if flusher.owes():
                         wait = min(wait, max(0.0, flusher.owed_due - time.monotonic()))
                     else:
                         flusher.owed_due = 0.0

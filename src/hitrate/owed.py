@@ -68,7 +68,9 @@ class Chunk:
 
 
 class OwedQueue:
-    """Thread-safe; ``pending`` is read without the lock on every Redis command."""
+    """Thread-safe; ``pending`` (invalidations: delivered before any other command) is
+    read without the lock on every Redis command. Lease releases are owed apart
+    (``leases_pending``): they never hold a call up, the timer delivers them."""
 
     def __init__(self, limit: int = MAX_OWED) -> None:
         self._lock = threading.Lock()
@@ -82,15 +84,22 @@ class OwedQueue:
         self._overflowed = False
         self._delivering = threading.Lock()
         self.pending = False
+        self.leases_pending = False
+        #: When a call of this process last found invalidations owed (and delivered them,
+        #: or was told another call does): the timer leaves them to such calls meanwhile.
+        self.foreground_at = 0.0
         #: Called when the queue stops being empty (the retry timer's wake-up).
         self.on_pending: Callable[[], None] | None = None
 
-    def _owe(self) -> None:
+    def _owe(self, lease: bool = False) -> None:
         """Something was queued (the lock is held)."""
-        if not self.pending:
+        was = self.pending or self.leases_pending
+        if lease:
+            self.leases_pending = True
+        else:
             self.pending = True
-            if self.on_pending is not None:
-                self.on_pending()
+        if not was and self.on_pending is not None:
+            self.on_pending()
 
     def after_fork(self) -> None:
         """In a forked child: the parent's threads (a delivery in progress, a lock held)
@@ -159,7 +168,7 @@ class OwedQueue:
         with self._lock:
             if len(self._leases) < MAX_LEASES:
                 self._leases[(rkey, token)] = None
-                self._owe()
+                self._owe(lease=True)
 
     def unlink(self, rkeys: list[str], family: str) -> None:
         """These Redis keys (an object hash and its lease) are owed a delete. Past the
@@ -191,10 +200,12 @@ class OwedQueue:
             self._bump(family)
             self._owe()
 
-    def peek(self, size: int = 500) -> Chunk:
-        """The next chunk to deliver, without removing it (see :meth:`done`)."""
+    def peek(self, size: int = 500, leases: bool = False) -> Chunk:
+        """The next chunk to deliver, without removing it (see :meth:`done`): the
+        invalidations, or with *leases* the lease releases."""
         with self._lock:
-            if self._leases:  # leases first: callers elsewhere may be waiting on them
+            if leases:
+                self.leases_pending = bool(self._leases)
                 return Chunk(leases=tuple(list(self._leases)[:size]))
             if self._bumps:  # then bumps: they cover the most
                 return Chunk(bumps=tuple(self._bumps))
@@ -235,14 +246,8 @@ class OwedQueue:
             self.pending = self._any()
 
     def _any(self) -> bool:
-        return bool(
-            self._entries
-            or self._leases
-            or self._unlink
-            or self._tags
-            or self._bumps
-            or self._scans
-        )
+        self.leases_pending = bool(self._leases)
+        return bool(self._entries or self._unlink or self._tags or self._bumps or self._scans)
 
     def entries(self) -> list[str]:
         """The Redis keys of the cache entries owed an invalidation, oldest first."""

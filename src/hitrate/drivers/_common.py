@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -114,6 +115,7 @@ class _Base:
         self._refreshing: set[str] = set()  # keys with a background refresh here
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
+        self.background = False  # the timer's driver (stats flushes, owed work)
 
     def _event(self) -> Any:
         """A fresh event for a flight (threading or asyncio)."""
@@ -238,8 +240,8 @@ class _Base:
     def _failed(self, exc: BaseException, op: Any) -> CacheUnavailableError:
         err = translate(exc, self._describe(op), server_url(getattr(self, "client", None)))
         assert err is not None
-        if _pool_exhausted(exc):
-            pass  # this process is busier than its pool: nothing wrong with Redis
+        if _pool_exhausted(exc):  # this process is busier than its pool: says nothing
+            self.breaker.abandon()  # about Redis (a probe slot it held goes back)
         elif err.outage:  # only outages open the breaker; a misconfiguration is logged loudly
             self.breaker.failure(err.cause, loud=isinstance(err, MisconfiguredError))
         else:  # Redis answered (WRONGTYPE at one key, ...): it works, other keys stay cached
@@ -262,6 +264,8 @@ class _Base:
 
     def _check(self, op: Any) -> None:
         if not self.breaker.allow():
+            if not self.background:  # callers are active: owed work is theirs to deliver
+                self.ctx.owed.foreground_at = time.monotonic()
             raise CircuitOpenError(f"Redis is down (circuit open); skipped {self._describe(op)}")
 
     def _claim_owed(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from ..errors import (
 )
 from ..keys import tags_of
 from ..ops import Batch, Eval, Plan, Spawn
+from ..owed import OwedDeliveryInProgress
 from ..plans import LEAN_AT, MISSING, Context, fresh_value, get_or_fetch
 from ..plans import owed as owed_plan
 from ..policy import TTLLike
@@ -123,12 +125,23 @@ class AsyncDriver(_Base):
                 reply = await self._batch(op)
         except BaseException as exc:
             if isinstance(exc, Exception) and _redis_error(exc):
-                raise self._failed(exc, op) from exc
+                err = self._failed(exc, op)
+                if err.outage and self.breaker.is_open:
+                    await self._drop_idle()
+                raise err from exc
             self.breaker.abandon()
             raise
         if self.breaker.failures:
             self.breaker.success()
         return reply
+
+    async def _drop_idle(self) -> None:
+        """See :meth:`SyncDriver._drop_idle`."""
+        pool = getattr(self.client, "connection_pool", None)
+        try:
+            await pool.disconnect(inuse_connections=False)  # type: ignore[union-attr]
+        except Exception:  # pragma: no cover - a client without a pool
+            log.debug("hitrate: could not close idle connections", exc_info=True)
 
     async def _deliver_owed(self) -> None:
         """See :meth:`SyncDriver._deliver_owed`."""
@@ -154,7 +167,12 @@ class AsyncDriver(_Base):
         self._follow_loop()
         self._check(op)
         if self.ctx.owed.pending:
-            await self._deliver_owed()
+            self.ctx.owed.foreground_at = time.monotonic()
+            try:
+                await self._deliver_owed()
+            except OwedDeliveryInProgress:
+                self.breaker.abandon()  # nothing was sent: a probe slot goes back
+                raise
         return await self._send(op)
 
     async def fetch(

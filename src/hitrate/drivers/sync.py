@@ -18,6 +18,7 @@ from ..errors import (
 )
 from ..keys import tags_of
 from ..ops import Batch, Eval, Plan, Spawn
+from ..owed import RETRY_INTERVAL, OwedDeliveryInProgress
 from ..plans import LEAN_AT, MISSING, Context, fresh_value, get_or_fetch
 from ..plans import owed as owed_plan
 from ..policy import TTLLike
@@ -107,12 +108,24 @@ class SyncDriver(_Base):
                 reply = self._batch(op)
         except BaseException as exc:
             if isinstance(exc, Exception) and _redis_error(exc):
-                raise self._failed(exc, op) from exc
+                err = self._failed(exc, op)
+                if err.outage and self.breaker.is_open:
+                    self._drop_idle()
+                raise err from exc
             self.breaker.abandon()
             raise
         if self.breaker.failures:
             self.breaker.success()
         return reply
+
+    def _drop_idle(self) -> None:
+        """Redis is down: close the idle pooled connections, so none that died with it is
+        reused (each would fail once more, and open the breaker again) when it is back."""
+        pool = getattr(self.client, "connection_pool", None)
+        try:
+            pool.disconnect(inuse_connections=False)  # type: ignore[union-attr]
+        except Exception:  # pragma: no cover - a client without a pool
+            log.debug("hitrate: could not close idle connections", exc_info=True)
 
     def _deliver_owed(self) -> None:
         """Deliver what is owed before anything else is sent (raises if it cannot)."""
@@ -134,10 +147,40 @@ class SyncDriver(_Base):
         finally:
             self.ctx.owed.release()
 
+    def deliver_owed(self) -> None:
+        """The timer's delivery (on a driver and breaker of its own): the owed
+        invalidations - unless calls of this process are delivering them (they do before
+        anything else, and a slow background thread must not keep them waiting) - then
+        the lease releases, which need no claim. Raises if Redis cannot be reached."""
+        owed = self.ctx.owed
+        self._check(("PING",))
+        if owed.pending and time.monotonic() - owed.foreground_at >= RETRY_INTERVAL:
+            try:
+                self._deliver_owed()
+            except OwedDeliveryInProgress:
+                pass
+            except BaseException:
+                self.breaker.abandon()
+                raise
+        self._send(("PING",))  # answers this driver's probe
+        plan = owed_plan(self.ctx, leases=True)
+        send: Any = None
+        while True:
+            try:
+                op = plan.send(send)
+            except StopIteration:
+                return
+            send = self._send(op)
+
     def redis(self, op: Any) -> Any:
         self._check(op)
         if self.ctx.owed.pending:
-            self._deliver_owed()
+            self.ctx.owed.foreground_at = time.monotonic()
+            try:
+                self._deliver_owed()
+            except OwedDeliveryInProgress:
+                self.breaker.abandon()  # nothing was sent: a probe slot goes back
+                raise
         return self._send(op)
 
     def fetch(

@@ -82,15 +82,17 @@ def bump(ctx: Context, family: str | None) -> Plan:
     return True
 
 
-def owed(ctx: Context, chunk_size: int = 500) -> Plan:
+def owed(ctx: Context, chunk_size: int = 500, leases: bool = False) -> Plan:
     """Deliver the invalidations (and lease releases) owed since Redis was unreachable, a
     chunk at a time; each chunk leaves the queue only once Redis confirmed it (see
     :mod:`hitrate.owed`). A chunk Redis refuses (WRONGTYPE, NOPERM) is dropped and
     logged: sending it again would not help. Any other failure is raised: the driver then
-    fails the call that triggered delivery open, and the queue is kept."""
+    fails the call that triggered delivery open, and the queue is kept. With *leases*, the
+    lease releases instead (the timer's delivery: they never hold a call up, and need no
+    claim on the queue: a release delivered twice does nothing the second time)."""
     queue = ctx.owed
     while True:
-        chunk = queue.peek(chunk_size)
+        chunk = queue.peek(chunk_size, leases)
         if not chunk:
             return
         try:

@@ -23,10 +23,17 @@ from typing import Any, Protocol
 from .. import scripts
 from ..codec import DecodeError, Entry, decode_entry
 from ..codec.entry import MAX_TAGS
-from ..errors import CacheUnavailableError, ConfigurationError, LoaderError, ValueTooLargeError
+from ..errors import (
+    CacheUnavailableError,
+    CircuitOpenError,
+    ConfigurationError,
+    LoaderError,
+    ValueTooLargeError,
+)
 from ..generations import new_token
 from ..keys import family_of, tags_of
 from ..ops import CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
+from ..owed import OwedDeliveryInProgress
 from ..policy import Policy, TTLLike
 from .context import (
     DOWN_ROUNDS,
@@ -96,6 +103,12 @@ def release(rkey: str, token: str, text: str = "") -> Eval:
     )
 
 
+def _maybe_ran(exc: CacheUnavailableError) -> bool:
+    """Could the command that failed with *exc* have run (its reply lost)? Not when it
+    was never sent (breaker open, owed work being delivered) or Redis refused it."""
+    return not exc.refused and not isinstance(exc, CircuitOpenError | OwedDeliveryInProgress)
+
+
 def give_back(ctx: Context, rkey: str, token: str, text: str = "") -> Plan:
     """Release the lease; if that cannot reach Redis (or is itself interrupted), the
     release is owed (see :mod:`hitrate.owed`), so no caller elsewhere waits out the lease
@@ -124,8 +137,9 @@ def take_lease(ctx: Context, store: Store, token: str, seen: bytes) -> Plan:
     passing the exception on."""
     try:
         reply = yield store.lease(token, seen)
-    except CacheUnavailableError:
-        ctx.owed.lease(store.rkey, token)  # the reply may be what was lost
+    except CacheUnavailableError as exc:
+        if _maybe_ran(exc):
+            ctx.owed.lease(store.rkey, token)  # the reply may be what was lost
         raise
     except BaseException as exc:
         if interrupted(exc):
@@ -288,9 +302,10 @@ def load_and_fill(
                 yield Publish(result)
             return result
         filled = yield op
-    except CacheUnavailableError:
+    except CacheUnavailableError as exc:
         ctx.stats.incr(family, "fail_open")
-        ctx.owed.lease(rkey, token)  # the fill may not have run: the lease is owed back
+        if not exc.refused:  # the fill may not have run: the lease is owed back
+            ctx.owed.lease(rkey, token)
         return result
     except BaseException as exc:
         if interrupted(exc):  # the fill may not have run: the lease goes back if still ours
