@@ -436,6 +436,8 @@ def fresh_value(
     ctx.stats.hit(family)
     if entry.value is None:
         ctx.stats.incr(family, "negative_hits")
+    if ctx.near is not None:  # the near cache may keep it (hitrate.near)
+        ctx.near.offer(key, entry, raw)
     return entry.value
 
 
