@@ -5,7 +5,8 @@
 * :class:`Batch` -> several commands/scripts in one round trip (a pipeline), list of replies
 * :data:`CALL` -> call the user's function (the loader, or the save of a write-through);
   its return value is sent back, its exception thrown into the plan
-* :class:`Sleep` -> wait (``time.sleep`` or ``asyncio.sleep``)
+* :class:`Sleep` -> wait (``time.sleep`` or ``asyncio.sleep``); with ``wake=`` an entry
+  key, a fill of that key published by Redis ends the wait early (:mod:`hitrate.listener`)
 * :class:`Spawn` -> run another plan in the background (a worker thread, or an asyncio
   task) with the same user function and the caller's ``contextvars``; sends back ``True``,
   or ``False`` when refused (this process already refreshes that key, or too many
@@ -70,6 +71,9 @@ class Batch:
 @dataclass(frozen=True, slots=True)
 class Sleep:
     seconds: float
+    #: The entry key whose fill may end the sleep early (the waiter marked it, see
+    #: poll.lua): the driver then waits on the listener's wake-up instead of sleeping.
+    wake: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from .. import scripts
 from ..codec import DecodeError, Entry, decode_entry
 from ..errors import CacheUnavailableError, LoaderError, ValueTooLargeError
 from ..generations import new_token
-from ..keys import family_of
+from ..keys import KeySpace, family_of
 from ..ops import CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
 from ..policy import Policy, TTLLike
 from .context import (
@@ -90,8 +90,8 @@ def release(rkey: str, token: str, text: str = "") -> Eval:
     text for waiters in other processes (``""``: none)."""
     return Eval(
         scripts.RELEASE,
-        [rkey + ":lease", rkey + ":err"],
-        (token, text, ERROR_TEXT_MS if text else 0),
+        [rkey + ":lease", rkey + ":err", KeySpace.waiting(rkey)],
+        (token, text, ERROR_TEXT_MS if text else 0, KeySpace.wake_channel(rkey), rkey),
     )
 
 
@@ -210,7 +210,7 @@ def lease_and_fill(
             if ctx.monotonic() >= deadline:
                 # Past the budget: load ourselves, but don't fill (the holder may still).
                 return (yield from load_unfilled(ctx, store))
-            yield Sleep(min(delay, max(0.0, deadline - ctx.monotonic())))
+            yield Sleep(min(delay, max(0.0, deadline - ctx.monotonic())), store.rkey)
             delay = min(delay * 2, 0.05)
             try:
                 raw, now_holder, err = yield store.poll()
@@ -339,7 +339,11 @@ class EntryStore:
 
     def poll(self) -> Any:
         self.known = None  # the entry polled may be newer than the versions we know
-        return ("MGET", self.rkey, self.rkey + ":lease", self.rkey + ":err")
+        rkey, keys = self.rkey, self.ctx.keys
+        marked = math.ceil(self.policy.lease * 1000)  # the fill then wakes us (poll.lua)
+        return Eval(
+            scripts.POLL, [rkey, keys.lease(rkey), keys.error(rkey), keys.waiting(rkey)], (marked,)
+        )
 
     def read(self, raw: Any) -> Plan:
         ctx = self.ctx
@@ -372,6 +376,7 @@ class EntryStore:
                 keys.generations(),
                 *tag_keys,
                 *version_keys(ctx, self.tags),
+                keys.waiting(self.rkey),
             ],
             (
                 token,
@@ -384,6 +389,7 @@ class EntryStore:
                 reply[7],
                 *reply[8:],
                 TAG_PRUNE,
+                keys.wake_channel(self.rkey),
             ),
         )
         return op, value
