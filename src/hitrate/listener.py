@@ -117,6 +117,7 @@ class Listener:
         self.live = False  # subscribed (and tracking, with a near cache) right now
         self.client_id: int | None = None  # the connection's CLIENT ID while live
         self.reconnects = 0
+        self.woken = 0  # waiters woken by a published fill
         self._waiters: dict[str, set[Waiter]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -174,6 +175,7 @@ class Listener:
     def _wake(self, rkey: bytes) -> None:
         with self._lock:
             waiting = list(self._waiters.get(rkey.decode(errors="replace"), ()))
+            self.woken += len(waiting)
         for waiter in waiting:
             waiter.wake()
 

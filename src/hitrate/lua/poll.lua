@@ -7,5 +7,9 @@
 -- KEYS[4]  wait marker                    app:{user:42}:wait
 -- ARGV[1]  how long the mark lasts, milliseconds (the caller's longest wait)
 -- Returns {entry, lease holder, error text}, each nil when absent (what MGET returns).
-redis.call('SET', KEYS[4], '1', 'PX', ARGV[1])
-return redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
+-- The mark is set only while there is something to wait for: no entry, the lease held.
+local found = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
+if not found[1] and found[2] then
+  redis.call('SET', KEYS[4], '1', 'PX', ARGV[1])
+end
+return found
