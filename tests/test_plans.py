@@ -764,7 +764,8 @@ EXPORTS = """
     AGGREGATE COUNTER MISSING REFERENCE USER AsyncCache Breaker Cache CacheUnavailableError
     CircuitOpenError CommandRefusedError ConfigurationError Decision Health HitrateError
     InvalidArgumentError InvalidKeyError JsonCodec LoaderError MisconfiguredError MsgpackCodec
-    PickleCodec Policy Ranked SerializationError ValueTooLargeError __version__ escape_glob key
+    NearCache PickleCodec Policy Ranked SerializationError ValueTooLargeError __version__
+    escape_glob key
 """.split()
 
 

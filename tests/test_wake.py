@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from hitrate import AsyncCache, Cache, LoaderError
+from hitrate.listener import Waiter
 
 
 def holder(cache: Cache, key: str, value: Any, seconds: float = 0.3) -> threading.Thread:
@@ -41,45 +42,87 @@ def holder(cache: Cache, key: str, value: Any, seconds: float = 0.3) -> threadin
     pytest.fail("the holder never took the lease")
 
 
-def test_waiter_is_woken_by_the_fill(url: str, prefix: str) -> None:
+class Published:
+    """What is published on a prefix's wake channel (a plain subscriber)."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.pubsub = self.client.pubsub()
+        self.pubsub.subscribe(prefix + ":~wake")
+        assert self.pubsub.get_message(timeout=2.0) is not None  # the subscription
+
+    def keys(self) -> list[bytes]:
+        found = []
+        while (message := self.pubsub.get_message(timeout=0.2)) is not None:
+            found.append(message["data"])
+        self.pubsub.close()
+        self.client.close()
+        return found
+
+
+def test_the_fill_of_an_awaited_key_is_published(url: str, prefix: str) -> None:
     other = Cache.from_url(url, prefix=prefix, wake=False)
     cache = Cache.from_url(url, prefix=prefix)
-    listener = cache._listener
-    assert listener is not None and listener.wait_live(5.0)
+    published = Published(url, prefix)
     loads = []
     thread = holder(other, "user:1", "theirs")
     assert cache.get_or_fetch("user:1", lambda: loads.append(1)) == "theirs"
     thread.join()
     assert not loads  # single flight across processes, as before
-    assert listener.woken == 1  # the fill's publish woke it
-    assert not cache.client.exists(cache.keyspace.entry("user:1") + ":wait")  # cleared
+    rkey = cache.keyspace.entry("user:1")
+    assert published.keys() == [rkey.encode()]  # the waiter marked it: the fill published it
+    assert not cache.client.exists(rkey + ":wait")  # the mark is gone with the fill
     assert cache.counters.snapshot()["user"].waits == 1
+    # Nobody waits: a fill publishes nothing.
+    cache.invalidate("user:1")
+    published = Published(url, prefix)
+    assert other.get_or_fetch("user:1", lambda: "alone") == "alone"
+    assert published.keys() == []
     other.close()
     cache.close()
 
 
-def test_waiter_is_woken_by_a_failed_load(url: str, prefix: str) -> None:
+def test_a_failed_load_of_an_awaited_key_is_published(url: str, prefix: str) -> None:
     other = Cache.from_url(url, prefix=prefix, wake=False)
     cache = Cache.from_url(url, prefix=prefix)
-    assert cache._listener is not None and cache._listener.wait_live(5.0)
+    published = Published(url, prefix)
     thread = holder(other, "user:2", RuntimeError("db down"))
     with pytest.raises(LoaderError, match="db down"):
         cache.get_or_fetch("user:2", lambda: "mine")
     thread.join()
-    assert cache._listener.woken == 1  # release.lua published the release
+    assert published.keys() == [cache.keyspace.entry("user:2").encode()]  # release.lua
     other.close()
     cache.close()
 
 
-async def test_async_waiter_is_woken(url: str, prefix: str) -> None:
-    other = Cache.from_url(url, prefix=prefix, wake=False)
+def test_the_listener_wakes_the_waiters_of_a_published_key(url: str, prefix: str) -> None:
+    cache = Cache.from_url(url, prefix=prefix)
+    listener = cache._listener
+    assert listener is not None and listener.wait_live(5.0)
+    rkey = cache.keyspace.entry("user:1")
+    waiter, bystander = Waiter(rkey, threading.Event()), Waiter(rkey + "x", threading.Event())
+    listener.register(waiter)
+    listener.register(bystander)
+    cache.client.publish(prefix + ":~wake", rkey)
+    assert waiter.done.wait(5.0) and not bystander.done.is_set()
+    assert listener.woken == 1
+    cache.close()
+
+
+async def test_async_waiters_are_woken_through_their_loop(url: str, prefix: str) -> None:
     cache = AsyncCache.from_url(url, prefix=prefix)
     listener = cache._listener
     assert listener is not None and await asyncio.to_thread(listener.wait_live, 5.0)
-    thread = await asyncio.to_thread(holder, other, "user:3", "theirs")
-    assert await cache.get_or_fetch("user:3", lambda: "mine") == "theirs"
+    rkey = cache.keyspace.entry("user:3")
+    waiter = Waiter(rkey, asyncio.Event(), asyncio.get_running_loop())
+    listener.register(waiter)
+    await cache.client.publish(prefix + ":~wake", rkey)
+    await asyncio.wait_for(waiter.done.wait(), 5.0)
+    # And a real wait: another process's fill ends it (woken, or by a poll if it won).
+    other = Cache.from_url(url, prefix=prefix, wake=False)
+    thread = await asyncio.to_thread(holder, other, "user:4", "theirs")
+    assert await cache.get_or_fetch("user:4", lambda: "mine") == "theirs"
     await asyncio.to_thread(thread.join)
-    assert listener.woken == 1
     other.close()
     await cache.close()
 

@@ -305,6 +305,7 @@ class CacheBase(Generic[ClientT]):
             deleted = yield from plans.invalidate(self._ctx, [exact])
             more = yield from plans.invalidate_pattern(self._ctx, escape_glob(exact) + ":*")
         finally:
+            self._near.forget(exact)
             self._near.forget_pattern(escape_glob(exact) + ":*")
         return int(deleted) + int(more)
 
