@@ -64,15 +64,16 @@ class VersionedDB:
         return stored
 
 
-def violations(log: list[Op]) -> int:
-    """Reads that started after some write completed yet returned an older version."""
+def violations(log: list[Op], lag: float = 0.0) -> int:
+    """Reads that started after some write completed yet returned an older version
+    (*lag*: only reads that started at least that many seconds after it completed)."""
     count = 0
     by_key: dict[str, list[Op]] = {}
     for op in log:
         by_key.setdefault(op.key, []).append(op)
     for ops in by_key.values():
         writes = sorted((o for o in ops if o.kind == "write"), key=lambda o: o.end)
-        ends = [w.end for w in writes]
+        ends = [w.end + lag for w in writes]
         newest: list[int] = []
         best = -1
         for w in writes:

@@ -221,11 +221,11 @@ def test_get_or_fetch_miss_takes_lease_loads_and_fills() -> None:
     assert list(lease.keys) == [RKEY, LEASE, WRITES, GEN]
     # Policy.lease = 5 s; b"": not a refresh; the family, for its fill epoch
     assert tuple(lease.args[1:4]) == (5000, b"", "user")
-    assert list(fill.keys) == [RKEY, LEASE, GEN]
+    assert list(fill.keys) == [RKEY, LEASE, GEN, RKEY + ":wait"]  # waiters' mark: wake them
     assert fill.args[0] == lease.args[0]  # the token the lease was granted to
     stored = decode_entry(ctx.codec, KEY, fill.args[1])
     assert (stored.value, stored.expires_at) == ("v", ctx.clock() + 60)
-    assert tuple(fill.args[2:]) == (60_000, 0, "user", b"", b"", b"", plans.TAG_PRUNE)
+    assert tuple(fill.args[2:]) == (60_000, 0, "user", b"", b"", b"", plans.TAG_PRUNE, "t:~wake")
     c = counts(ctx)
     assert (c.misses, c.loads, c.fills) == (1, 1, 1)
 
@@ -239,8 +239,8 @@ def test_get_or_fetch_with_tags_passes_generations_to_fill() -> None:
     assert script.op("Batch").ops == [("GET", RKEY), ("MGET", "t:~tag:{team}:v")]
     assert list(script.op("lease").keys) == [RKEY, LEASE, WRITES, GEN, "t:~tag:{team}:v"]
     fill = script.op("fill")
-    assert list(fill.keys) == [RKEY, LEASE, GEN, "t:~tag:{team}", "t:~tag:{team}:v"]
-    assert tuple(fill.args[3:]) == (1, "user", b"", b"", b"", b"g1", plans.TAG_PRUNE)
+    assert list(fill.keys) == [RKEY, LEASE, GEN, "t:~tag:{team}", "t:~tag:{team}:v", RKEY + ":wait"]
+    assert tuple(fill.args[3:]) == (1, "user", b"", b"", b"", b"g1", plans.TAG_PRUNE, "t:~wake")
     assert counts(ctx).fills_refused == 1
 
 
@@ -254,7 +254,7 @@ def test_get_or_fetch_loader_none_not_cached_releases_lease() -> None:
     ctx = make_ctx(Policy(60, negative_ttl=0))
     script = Script(*MISS, ("lease", GRANTED), ("CALL", None), ("release", 1), ("Publish", None))
     assert script.run(fetch(ctx)) is None
-    assert tuple(script.op("release").args[1:]) == ("", 0)
+    assert tuple(script.op("release").args[1:3]) == ("", 0)
     # A lease revoked while we loaded (release answers 0): nothing is published.
     ctx = make_ctx(Policy(60, negative_ttl=0))
     assert Script(*MISS, ("lease", GRANTED), ("CALL", None), ("release", 0)).run(fetch(ctx)) is None
@@ -274,12 +274,14 @@ def test_lease_held_poll_until_value_appears() -> None:
     ctx = make_ctx()
     theirs = entry("theirs")
     script = Script(
-        *MISS, HELD, NAP, ("MGET", [None, b"h", None]), NAP, ("MGET", [theirs, None, None])
+        *MISS, HELD, NAP, ("poll", [None, b"h", None]), NAP, ("poll", [theirs, None, None])
     )
     script.steps.append(("Publish", None))
     assert script.run(fetch(ctx)) == "theirs"
     assert "CALL" not in script.names()
-    assert script.op("MGET") == ("MGET", RKEY, LEASE, ERR)
+    poll = script.op("poll")
+    assert list(poll.keys) == [RKEY, LEASE, ERR, RKEY + ":wait"]  # marks the key awaited
+    assert script.op("Sleep").wake == RKEY  # the fill of RKEY may end the sleep early
     first, second = script.op("Sleep").seconds, script.op("Sleep", 1).seconds
     assert 0 < first < second <= 0.05  # exponential backoff, capped
     assert counts(ctx).waits == 1
@@ -288,7 +290,7 @@ def test_lease_held_poll_until_value_appears() -> None:
 def test_lease_held_past_budget_loads_without_filling() -> None:
     ctx = make_ctx(Policy(60, lease=2.0))
     tick = ("Sleep", Do(lambda op: ctx.monotonic.advance(1.0)))  # type: ignore[attr-defined]
-    still = ("MGET", [None, b"h", None])
+    still = ("poll", [None, b"h", None])
     # The script ends at CALL: a fill (or anything else) after it fails the test.
     script = Script(*MISS, HELD, tick, still, tick, still, ("CALL", "mine"))
     assert script.run(fetch(ctx)) == "mine"
@@ -298,7 +300,7 @@ def test_lease_held_past_budget_loads_without_filling() -> None:
 
 def test_holder_error_text_raises_loader_error() -> None:
     ctx = make_ctx()
-    script = Script(*MISS, HELD, NAP, ("MGET", [None, b"h", b"h\nValueError: db said no"]))
+    script = Script(*MISS, HELD, NAP, ("poll", [None, b"h", b"h\nValueError: db said no"]))
     with pytest.raises(hitrate.LoaderError, match=r"'user:42'.*ValueError: db said no"):
         script.run(fetch(ctx))
     assert "CALL" not in script.names()
@@ -307,14 +309,14 @@ def test_holder_error_text_raises_loader_error() -> None:
 def test_error_of_an_earlier_holder_is_ignored() -> None:
     ctx = make_ctx()
     old_err = b"older\nValueError: stale news"
-    script = Script(*MISS, HELD, NAP, ("MGET", [None, b"h", old_err]), NAP)
-    script.steps += [("MGET", [entry("ok"), None, old_err]), ("Publish", None)]
+    script = Script(*MISS, HELD, NAP, ("poll", [None, b"h", old_err]), NAP)
+    script.steps += [("poll", [entry("ok"), None, old_err]), ("Publish", None)]
     assert script.run(fetch(ctx)) == "ok"
 
 
 def test_holder_released_without_fill_then_we_take_the_lease() -> None:
     ctx = make_ctx()
-    script = Script(*MISS, HELD, NAP, ("MGET", [None, None, None]), ("lease", GRANTED), *loads(7))
+    script = Script(*MISS, HELD, NAP, ("poll", [None, None, None]), ("lease", GRANTED), *loads(7))
     assert script.run(fetch(ctx)) == 7
 
 
@@ -327,9 +329,11 @@ def test_loader_exception_releases_lease_then_reraises(released: Any) -> None:
         script.run(fetch(ctx))
     assert info.value is boom
     release = script.op("release")
-    assert list(release.keys) == [LEASE, ERR]
+    assert list(release.keys) == [LEASE, ERR, RKEY + ":wait"]
     token = script.op("lease").args[0]
-    assert tuple(release.args) == (token, "RuntimeError: db down", plans.ERROR_TEXT_MS)
+    assert tuple(release.args) == (
+        token, "RuntimeError: db down", plans.ERROR_TEXT_MS, "t:~wake", RKEY
+    )  # fmt: skip
 
 
 # -- get_or_fetch: fail-open ---------------------------------------------------------------
@@ -341,7 +345,7 @@ def test_loader_exception_releases_lease_then_reraises(released: Any) -> None:
             [("GET", down()), ("Coalesce", LEAD), ("CALL", "v"), ("Publish", None)], id="at-get"
         ),
         pytest.param([*MISS, ("lease", down()), ("CALL", "v")], id="at-lease"),
-        pytest.param([*MISS, HELD, NAP, ("MGET", down()), ("CALL", "v")], id="while-polling"),
+        pytest.param([*MISS, HELD, NAP, ("poll", down()), ("CALL", "v")], id="while-polling"),
     ],
 )
 def test_unavailable_loads_and_returns(steps: list[tuple[str, Any]]) -> None:
@@ -760,7 +764,8 @@ EXPORTS = """
     AGGREGATE COUNTER MISSING REFERENCE USER AsyncCache Breaker Cache CacheUnavailableError
     CircuitOpenError CommandRefusedError ConfigurationError Decision Health HitrateError
     InvalidArgumentError InvalidKeyError JsonCodec LoaderError MisconfiguredError MsgpackCodec
-    PickleCodec Policy Ranked SerializationError ValueTooLargeError __version__ escape_glob key
+    NearCache PickleCodec Policy Ranked SerializationError ValueTooLargeError __version__
+    escape_glob key
 """.split()
 
 

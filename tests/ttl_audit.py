@@ -33,7 +33,7 @@ _KINDS = [
     ("stats", re.compile(r"^~stats:")),
     ("tag", re.compile(r"^~tag:\{.*\}$", re.DOTALL)),
     ("tag version", re.compile(r"^~tag:\{.*\}:v$", re.DOTALL)),
-    ("entry sidecar", re.compile(r"^\{.*\}:(lease|w|err|v)$", re.DOTALL)),
+    ("entry sidecar", re.compile(r"^\{.*\}:(lease|w|err|v|wait)$", re.DOTALL)),
     ("entry", re.compile(r"^\{.*\}$", re.DOTALL)),
 ]
 

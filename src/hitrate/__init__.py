@@ -28,6 +28,7 @@ if _TYPE_CHECKING:  # the names below, imported on first use (see __getattr__)
     )
     from .health import Health
     from .keys import escape_glob, key
+    from .near import NearCache
     from .plans import MISSING
     from .policy import AGGREGATE, COUNTER, REFERENCE, USER, Policy
     from .structures import Decision, Ranked
@@ -45,6 +46,7 @@ _WHERE = {
     "Health": ".health",
     "escape_glob": ".keys",
     "key": ".keys",
+    "NearCache": ".near",
     "MISSING": ".plans",
     "AGGREGATE": ".policy",
     "COUNTER": ".policy",
@@ -109,6 +111,7 @@ __all__ = [
     "LoaderError",
     "MisconfiguredError",
     "MsgpackCodec",
+    "NearCache",
     "PickleCodec",
     "Policy",
     "Ranked",

@@ -32,6 +32,8 @@ from .drivers import AsyncDriver, SyncDriver
 from .errors import CacheUnavailableError, ConfigurationError
 from .flush import Flusher, flush_plan
 from .health import Health
+from .listener import Listener
+from .near import NearCache, async_near
 from .policy import TTLLike
 from .stats import Stats
 from .structures import (
@@ -219,6 +221,9 @@ class Cache(CacheBase[redis.Redis], Synced):
         cache made (``from_url``'s, and :attr:`aio`'s); a client passed in is the caller's
         to close."""
         self._driver.close()
+        listener: Listener | None = getattr(self, "_listener", None)
+        if listener is not None:
+            listener.close()
         if self._flusher is not None:
             self._flusher.close()
         if self._twin is not None:
@@ -244,6 +249,12 @@ class Cache(CacheBase[redis.Redis], Synced):
             twin._owns_client, twin._flusher = True, None
             twin._driver = AsyncDriver(aclient, self._ctx, strict=self.strict, breaker=self.breaker)
             twin.get_or_fetch = twin._driver.fetch  # type: ignore[method-assign]
+            twin._listener, twin._driver.listener = None, self._driver.listener
+            twin._near = self._near  # the same near cache: its writes drop copies too
+            if isinstance(self._near, NearCache):
+                this: Any = twin
+                this.get_or_fetch = async_near(self._near, twin.get_or_fetch, True)
+                this.get = async_near(self._near, twin.get, False)
             self._twin = twin
         return self._twin
 
@@ -420,6 +431,9 @@ class AsyncCache(CacheBase[aredis.Redis], Awaited):
         """Wait for background refreshes, flush the counters, and close the client if this
         cache made it (``from_url``); a client passed in is the caller's to close."""
         await self._driver.close()
+        listener: Listener | None = getattr(self, "_listener", None)
+        if listener is not None:  # joins its thread: not on the loop
+            await asyncio.to_thread(listener.close)
         flusher: Flusher | None = getattr(self, "_flusher", None)
         if flusher is not None:  # its final flush, in a worker thread: the loop goes on
             await asyncio.to_thread(flusher.close)

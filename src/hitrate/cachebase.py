@@ -6,6 +6,7 @@ and an awaitable of it on an ``AsyncCache``."""
 from __future__ import annotations
 
 import functools
+import inspect
 import random
 import time
 import weakref
@@ -21,6 +22,8 @@ from .flush import Flusher, register, wake
 from .generations import Generations
 from .keys import FamilyWatch, KeySpace, check_family_names, escape_glob
 from .keys import key as join_key
+from .listener import Listener, connection_factory
+from .near import OFF, NearCache, _Off, async_near, sync_near
 from .plans import Context
 from .policy import USER, Policy, TTLLike, to_policy
 from .stats import stats_plan
@@ -68,6 +71,8 @@ class CacheBase(Generic[ClientT]):
         generation_check: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Any] | None = None,
+        near: NearCache | None = None,
+        wake: bool = True,
     ) -> None:
         """Wrap a redis-py *client* (``redis.Redis`` for :class:`Cache`,
         ``redis.asyncio.Redis`` for :class:`AsyncCache`); it is not closed by :meth:`close`
@@ -87,7 +92,12 @@ class CacheBase(Generic[ClientT]):
         reads the namespace generations again (see :meth:`Cache.bump`). ``monotonic`` and
         ``sleep``: the clock that times waits, leases and load durations, and how the driver
         sleeps between polls (``time.sleep`` for a Cache, ``asyncio.sleep`` for an
-        AsyncCache): inject a fake clock to test time-dependent behaviour without waiting."""
+        AsyncCache): inject a fake clock to test time-dependent behaviour without waiting
+        (an injected ``sleep`` also turns ``wake`` off). ``near``: a
+        :class:`~hitrate.NearCache`, an in-process copy of hot entries kept coherent by
+        Redis' invalidation messages. ``wake``: callers waiting for another process's fill
+        are woken by it (one extra connection, opened on the first wait) rather than
+        polling; see :mod:`hitrate.listener`."""
         kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
         if kwargs.get("decode_responses"):
             raise ConfigurationError(
@@ -130,6 +140,43 @@ class CacheBase(Generic[ClientT]):
         self._setup()
         if sleep is not None:
             self._driver.sleep = sleep
+        self._near: NearCache | _Off = OFF
+        self._listener = self._listen(near, wake and sleep is None)
+
+    def _listen(self, near: NearCache | None, wake: bool) -> Listener | None:
+        """The listener connection (:mod:`hitrate.listener`) for the near cache and
+        wake-ups, and the near cache's read paths in front of the verbs."""
+        if near is None and not wake:
+            return None
+        if near is not None and not isinstance(near, NearCache):
+            raise ConfigurationError(f"near= takes a NearCache(...), not {near!r}")
+        connect = connection_factory(self.client)
+        if connect is None:
+            if near is not None:
+                raise ConfigurationError(
+                    "the near cache needs a redis.Redis or redis.asyncio.Redis client (one "
+                    "server; Redis Cluster is not supported yet): drop near= for this client"
+                )
+            return None
+        listener = Listener(connect, self.prefix, near)
+        weakref.finalize(self, listener.close)
+        if wake:
+            self._driver.listener = listener
+        if near is not None:
+            near.attach(self._ctx)
+            near.listener = listener
+            self._near = near
+            wrap = async_near if inspect.iscoroutinefunction(self._driver.fetch) else sync_near
+            this: Any = self  # the instance's own read paths, in front of the class's
+            this.get_or_fetch = wrap(near, this.get_or_fetch, True)
+            this.get = wrap(near, this.get, False)
+            listener.ensure()
+        return listener
+
+    @property
+    def near(self) -> NearCache | None:
+        """This cache's near cache, if it has one."""
+        return self._near if isinstance(self._near, NearCache) else None
 
     def _setup(self) -> None:
         """Make the driver and the stats timer (each class its own)."""
@@ -205,7 +252,10 @@ class CacheBase(Generic[ClientT]):
         when Redis was unreachable (fail-open; the key is invalidated when it returns).
         Raises :class:`~hitrate.SerializationError` for a value a hit would not return
         equal and of the same type; ``type=`` stores it for typed decoding."""
-        return bool((yield from plans.set_(self._ctx, key, value, ttl, type)))
+        try:
+            return bool((yield from plans.set_(self._ctx, key, value, ttl, type)))
+        finally:
+            self._near.forget(key)
 
     @verb
     def get_many(self, keys: Iterable[str], *, type: Any = None) -> PlanOf[dict[str, Any]]:
@@ -218,7 +268,10 @@ class CacheBase(Generic[ClientT]):
         self, mapping: Mapping[str, Any], ttl: TTLLike = None, *, type: Any = None
     ) -> PlanOf[bool]:
         """Cache several values in one round trip; nothing is written if one cannot be."""
-        return bool((yield from plans.set_many(self._ctx, mapping, ttl, type)))
+        try:
+            return bool((yield from plans.set_many(self._ctx, mapping, ttl, type)))
+        finally:
+            self._near.forget(*mapping)
 
     @calling("fetch_many")
     def get_or_fetch_many(
@@ -260,18 +313,27 @@ class CacheBase(Generic[ClientT]):
         row), else *value*. If another write or an invalidation of *key* overlapped, the
         entry is deleted instead, so the next read loads fresh. With ``version=lambda row:
         row["version"]`` the newer row wins. Returns what was cached."""
-        return (yield from plans.write_through(self._ctx, key, value, ttl, version, type))
+        try:
+            return (yield from plans.write_through(self._ctx, key, value, ttl, version, type))
+        finally:
+            self._near.forget(key)
 
     @verb
     def invalidate(self, *keys: str) -> PlanOf[int]:
         """Delete *keys* and revoke their fill leases; returns how many entries existed."""
-        return int((yield from plans.invalidate(self._ctx, keys)))
+        try:
+            return int((yield from plans.invalidate(self._ctx, keys)))
+        finally:
+            self._near.forget(*keys)
 
     @verb
     def invalidate_pattern(self, pattern: str) -> PlanOf[int]:
         """Invalidate every key under this cache's prefix matching the glob *pattern*, by
         SCAN (never KEYS). Escape untrusted parts with :func:`hitrate.escape_glob`."""
-        return int((yield from plans.invalidate_pattern(self._ctx, pattern)))
+        try:
+            return int((yield from plans.invalidate_pattern(self._ctx, pattern)))
+        finally:
+            self._near.forget_pattern(pattern)
 
     @verb
     def invalidate_prefix(self, *parts: object) -> PlanOf[int]:
@@ -280,14 +342,21 @@ class CacheBase(Generic[ClientT]):
         deletes exactly that tenant's keys (``key("tenant", tenant_id, ...)``), whatever
         the id holds -- tenant ``a`` never touches tenant ``a:b`` or ``a*``."""
         exact = join_key(*parts)
-        deleted = yield from plans.invalidate(self._ctx, [exact])
-        more = yield from plans.invalidate_pattern(self._ctx, escape_glob(exact) + ":*")
+        try:
+            deleted = yield from plans.invalidate(self._ctx, [exact])
+            more = yield from plans.invalidate_pattern(self._ctx, escape_glob(exact) + ":*")
+        finally:
+            self._near.forget(exact)
+            self._near.forget_pattern(escape_glob(exact) + ":*")
         return int(deleted) + int(more)
 
     @verb
     def invalidate_tag(self, tag: str) -> PlanOf[int]:
         """Invalidate every entry filled with *tag*; fills in flight are refused."""
-        return int((yield from plans.invalidate_tag(self._ctx, tag)))
+        try:
+            return int((yield from plans.invalidate_tag(self._ctx, tag)))
+        finally:
+            self._near.forget_tag(tag)
 
     @verb
     def bump(self, family: str | None = None) -> PlanOf[bool]:
@@ -297,4 +366,7 @@ class CacheBase(Generic[ClientT]):
         bump at once, other processes within ``generation_check`` seconds (default 1).
         Returns False if Redis was unreachable (the bump is then owed, delivered before
         the next command)."""
-        return bool((yield from plans.bump(self._ctx, family)))
+        try:
+            return bool((yield from plans.bump(self._ctx, family)))
+        finally:
+            self._near.forget_family(family)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import redis
 import redis.asyncio as aredis
@@ -21,6 +21,9 @@ from redis.retry import Retry
 from .breaker import Breaker
 from .codec import Codec
 from .policy import TTLLike
+
+if TYPE_CHECKING:  # near imports plans; connect stays light
+    from .near import NearCache
 
 __all__ = [
     "DEFAULT_URL",
@@ -60,6 +63,8 @@ class CacheOptions(TypedDict, total=False):
     generation_check: float
     monotonic: Callable[[], float]
     sleep: Callable[[float], Any] | None
+    near: NearCache | None
+    wake: bool
 
 
 def resolve_url(url: str | None) -> str:

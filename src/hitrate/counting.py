@@ -48,6 +48,7 @@ COUNTERS = (
     "errors",
     "fail_open",
     "decode_errors",
+    "near_hits",
 )
 
 
@@ -65,6 +66,7 @@ class FamilyCounts:
     errors: int = 0
     fail_open: int = 0
     decode_errors: int = 0
+    near_hits: int = 0  # hits served by the in-process near cache (counted in hits too)
     load_seconds: float = 0.0
     load_times: list[float] = field(default_factory=list, repr=False)
     load_buckets: list[int] = field(
@@ -127,11 +129,12 @@ class _Shard:
     """One thread's hit and miss counts: only that thread writes them, so the hot path
     needs no lock; readers copy the dicts (a copy is atomic in CPython)."""
 
-    __slots__ = ("__weakref__", "hits", "misses", "thread")
+    __slots__ = ("__weakref__", "hits", "misses", "near", "thread")
 
     def __init__(self) -> None:
         self.hits: dict[str, int] = {}
         self.misses: dict[str, int] = {}
+        self.near: dict[str, int] = {}
         self.thread = weakref.ref(threading.current_thread())
 
 
@@ -203,6 +206,18 @@ class Counters:
         for family, n in misses.items():
             self.incr(family, "misses", n)
 
+    def near_hit(self, family: str) -> None:
+        """A hit served by the near cache: a hit, and a near hit."""
+        if family not in self._known:
+            family = self._admit(family)
+        try:
+            shard = self._local.shard
+        except AttributeError:
+            shard = self._shard()
+        hits, near = shard.hits, shard.near
+        hits[family] = hits.get(family, 0) + 1
+        near[family] = near.get(family, 0) + 1
+
     def miss(self, family: str) -> None:
         if family not in self._known:
             family = self._admit(family)
@@ -225,6 +240,8 @@ class Counters:
                 out.setdefault(name, FamilyCounts()).hits += n
             for name, n in shard.misses.copy().items():
                 out.setdefault(name, FamilyCounts()).misses += n
+            for name, n in shard.near.copy().items():
+                out.setdefault(name, FamilyCounts()).near_hits += n
         return out
 
     def _fold(self, shard: _Shard) -> None:
@@ -232,6 +249,8 @@ class Counters:
             self._families[name].hits += n
         for name, n in shard.misses.copy().items():
             self._families[name].misses += n
+        for name, n in shard.near.copy().items():
+            self._families[name].near_hits += n
 
     def load(self, family: str, seconds: float) -> None:
         if family not in self._known:
@@ -276,6 +295,7 @@ class Counters:
             for shard in self._shards:
                 shard.hits.clear()
                 shard.misses.clear()
+                shard.near.clear()
 
     def _take(self) -> dict[str, FamilyCounts]:
         """What was counted since the last take, per family (families with nothing new are
@@ -343,6 +363,9 @@ class NullCounters(Counters):
         pass
 
     def miss(self, family: str) -> None:
+        pass
+
+    def near_hit(self, family: str) -> None:
         pass
 
     def load(self, family: str, seconds: float) -> None:

@@ -55,7 +55,15 @@ def new_token() -> str:
 class Generations:
     """This process's view of ``app:~gen``: tokens by field, and stamps by family."""
 
-    __slots__ = ("_lock", "_stamps", "_tokens", "checked_at", "interval", "monotonic")
+    __slots__ = (
+        "_lock",
+        "_stamps",
+        "_tokens",
+        "changes",
+        "checked_at",
+        "interval",
+        "monotonic",
+    )
 
     def __init__(
         self, interval: float = 1.0, monotonic: Callable[[], float] = time.monotonic
@@ -66,6 +74,15 @@ class Generations:
         self._tokens: dict[str, str] = {}
         self._stamps: dict[str, int] = {}
         self._lock = threading.Lock()
+        #: How many times the hash was seen to change (the near cache's invalidation
+        #: listener, see :meth:`changed`).
+        self.changes = 0
+
+    def changed(self) -> None:
+        """The hash changed in Redis (the near cache's listener saw it): read it again
+        before judging the next entry, and take no reply to a read sent before now."""
+        self.changes += 1
+        self.checked_at = float("-inf")
 
     def due(self) -> bool:
         """Time to read the hash again (the hit path then takes the plan's slow path)."""
@@ -82,8 +99,10 @@ class Generations:
                 self._stamps[family] = found
         return found
 
-    def replace(self, reply: Mapping[Any, Any] | Iterable[Any]) -> None:
-        """Take a fresh ``HGETALL`` of the hash (a dict, or a flat list from RESP2)."""
+    def replace(self, reply: Mapping[Any, Any] | Iterable[Any], seen: int | None = None) -> None:
+        """Take a fresh ``HGETALL`` of the hash (a dict, or a flat list from RESP2).
+        *seen*: :attr:`changes` when the read was sent; if the hash changed since, the
+        view stays due (the reply may predate the change)."""
         if isinstance(reply, Mapping):
             pairs = list(reply.items())
         else:
@@ -95,7 +114,8 @@ class Generations:
         with self._lock:
             self._tokens = tokens
             self._stamps = {}
-            self.checked_at = self.monotonic()
+            stale = seen is not None and seen != self.changes
+            self.checked_at = float("-inf") if stale else self.monotonic()
 
     def saw(self, family: str, ns_all: Any, ns_family: Any, ident: Any) -> int:
         """Tokens read in Lua (a lease reply): authoritative for *family*. Returns its stamp."""

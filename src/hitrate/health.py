@@ -41,6 +41,9 @@ class Health:
     failures: int  #: consecutive outage failures the breaker has counted
     latency_ms: float | None  #: the PING's round trip (None when it failed)
     owed: int  #: invalidations waiting for Redis to come back
+    #: the near cache, if any: ``live`` (invalidations flowing, copies served),
+    #: ``entries``, ``refused``, ``evicted``, ``outages``, ``reconnects``
+    near: dict[str, Any] | None = None
 
     def __bool__(self) -> bool:
         return self.ok
@@ -117,6 +120,7 @@ def report(
         failures=breaker.failures,
         latency_ms=latency,
         owed=owed(ctx),
+        near=ctx.near.state() if ctx.near is not None else None,
     )
 
 

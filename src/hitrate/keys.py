@@ -8,6 +8,8 @@ keys put a suffix after the closing brace::
     app:{user:42}:w        write-through bookkeeping, while a write is in flight
     app:{user:42}:err      a loader's failure, shown to callers waiting on its lease
     app:{user:42}:v        the row version of a cached write (write_through(version=...))
+    app:{user:42}:wait     set while callers wait for the fill: it is then published on
+                           the channel app:~wake (see hitrate.listener)
     app:~tag:{t}           the set of entries tagged ``t`` (for deleting them at once)
     app:~tag:{t}:v         the tag's version token: an entry records the versions of its
                            tags and is served only while they are current (see below)
@@ -330,6 +332,16 @@ class KeySpace:
     @staticmethod
     def version(entry: str) -> str:
         return entry + ":v"
+
+    @staticmethod
+    def waiting(entry: str) -> str:
+        """``app:{user:42}:wait``: set while callers wait for the fill (poll.lua)."""
+        return entry + ":wait"
+
+    @staticmethod
+    def wake_channel(entry: str) -> str:
+        """``app:~wake``: where fills of awaited entries of *entry*'s prefix are published."""
+        return entry[: entry.find(":{")] + ":~wake"
 
     def quad(self, key: str) -> list[str]:
         """Entry, lease, write-bookkeeping and version keys of *key* (one hash slot)."""

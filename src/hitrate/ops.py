@@ -7,7 +7,8 @@
   its return value is sent back, its exception thrown into the plan
 * :class:`CallWith` -> the same, with arguments the plan decided (``get_or_fetch_many``
   calls its loader with the keys that missed)
-* :class:`Sleep` -> wait (``time.sleep`` or ``asyncio.sleep``)
+* :class:`Sleep` -> wait (``time.sleep`` or ``asyncio.sleep``); with ``wake=`` an entry
+  key, a fill of that key published by Redis ends the wait early (:mod:`hitrate.listener`)
 * :class:`Spawn` -> run another plan in the background (a worker thread, or an asyncio
   task) with the same user function and the caller's ``contextvars``; sends back ``True``,
   or ``False`` when refused (this process already refreshes that key, or too many
@@ -73,6 +74,9 @@ class Batch:
 @dataclass(frozen=True, slots=True)
 class Sleep:
     seconds: float
+    #: The entry key whose fill may end the sleep early (the waiter marked it, see
+    #: poll.lua): the driver then waits on the listener's wake-up instead of sleeping.
+    wake: str = ""
 
 
 @dataclass(frozen=True, slots=True)

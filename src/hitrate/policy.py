@@ -46,6 +46,8 @@ class Policy:
     * ``negative_ttl`` - seconds to cache a loader's ``None`` ("not found"); 0 = don't.
     * ``lease`` - seconds a caller may hold the fill lease while it loads; others wait for
       the fill for at most this long, then load without filling.
+    * ``near`` - ``False`` keeps this kind of data out of the in-process near cache
+      (:class:`~hitrate.NearCache`), when the cache has one.
     """
 
     ttl: float | None
@@ -54,6 +56,7 @@ class Policy:
     early: float
     negative_ttl: float
     lease: float
+    near: bool
 
     def __init__(
         self,
@@ -64,6 +67,7 @@ class Policy:
         early: float = 0.0,
         negative_ttl: float | timedelta | None = None,
         lease: float | timedelta = 5.0,
+        near: bool = True,
     ) -> None:
         ttl_s = _seconds(ttl, "ttl")
         if ttl_s is not None and ttl_s <= 0:
@@ -88,6 +92,9 @@ class Policy:
         object.__setattr__(self, "early", float(early))
         object.__setattr__(self, "negative_ttl", neg)
         object.__setattr__(self, "lease", lease_s)
+        if not isinstance(near, bool):
+            raise ConfigurationError(f"near must be True or False, not {near!r}")
+        object.__setattr__(self, "near", near)
 
     def with_(self, **changes: object) -> Policy:
         """A copy with some fields changed: ``USER.with_(stale=30)``."""
@@ -98,6 +105,7 @@ class Policy:
             "early": self.early,
             "negative_ttl": self.negative_ttl,
             "lease": self.lease,
+            "near": self.near,
         }
         unknown = set(changes) - set(fields)
         if unknown:
@@ -122,6 +130,8 @@ class Policy:
             value = getattr(self, name)
             if value:
                 parts.append(f"{name}={value!r}")
+        if not self.near:
+            parts.append("near=False")
         return f"Policy({', '.join(parts)})"
 
 
@@ -147,4 +157,4 @@ def to_policy(ttl: TTLLike, default: Policy) -> Policy:
         raise ConfigurationError(
             f"ttl must be seconds, a timedelta or a Policy, not {type(ttl).__name__}"
         )
-    return Policy(ttl, lease=default.lease)
+    return Policy(ttl, lease=default.lease, near=default.near)

@@ -39,6 +39,7 @@ def script(name: str) -> LuaScript:
 LEASE = script("lease")
 FILL = script("fill")
 RELEASE = script("release")
+POLL = script("poll")
 INVALIDATE = script("invalidate")
 SET = script("set")
 WRITE_BEGIN = script("write_begin")

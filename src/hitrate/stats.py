@@ -117,6 +117,7 @@ class FamilyStats:
     errors: int = 0
     fail_open: int = 0
     decode_errors: int = 0
+    near_hits: int = 0  #: hits served by the in-process near cache (also in ``hits``)
     load_seconds: float = 0.0
     load_p50: float | None = None  #: seconds, estimated from the load-time buckets
     load_p99: float | None = None
@@ -160,6 +161,7 @@ class FamilyStats:
             "errors": self.errors,
             "fail_open": self.fail_open,
             "decode_errors": self.decode_errors,
+            "near_hits": self.near_hits,
             "load_seconds": round(self.load_seconds, 6),
             "load_p50": self.load_p50,
             "load_p99": self.load_p99,
@@ -459,6 +461,7 @@ def _family_row(name: str, c: FamilyCounts, key_sample: KeySample | None) -> Fam
         errors=c.errors,
         fail_open=c.fail_open,
         decode_errors=c.decode_errors,
+        near_hits=c.near_hits,
         load_seconds=c.load_seconds,
         load_p50=quantile(c.load_buckets, 0.5),
         load_p99=quantile(c.load_buckets, 0.99),

@@ -24,6 +24,7 @@ from ..errors import (
 )
 from ..health import refused, server_url
 from ..keys import family_of
+from ..listener import Waiter
 from ..ops import (
     ALONE,
     CALL,
@@ -116,10 +117,22 @@ class _Base:
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
         self.background = False  # the timer's driver (stats flushes, owed work)
+        #: Wakes callers waiting for another process's fill (hitrate.listener); None: poll.
+        self.listener: Any = None
 
     def _event(self) -> Any:
         """A fresh event for a flight (threading or asyncio)."""
         raise NotImplementedError
+
+    def _waiter(self, rkey: str) -> Waiter:
+        """A waiter for the fill of *rkey*, registered with the listener."""
+        waiter = Waiter(rkey, self._event(), self._wake_loop())
+        self.listener.register(waiter)
+        return waiter
+
+    def _wake_loop(self) -> Any:
+        """The event loop a waiter is woken through (None: a threading event)."""
+        return None
 
     def _spawn(self, op: Spawn, call: Callable[[], Any] | None) -> bool:
         raise NotImplementedError
@@ -150,6 +163,7 @@ class _Base:
         called_seq = 0
         send: Any = None
         throw: BaseException | None = None
+        waiter: Waiter | None = None
         try:
             while True:
                 try:
@@ -181,7 +195,14 @@ class _Base:
                         throw = exc
                 elif isinstance(op, Sleep):
                     try:
-                        yield (SLEEP, op.seconds)
+                        if op.wake and self.listener is not None:
+                            # Woken by the fill (see hitrate.listener), or polls as before.
+                            if waiter is None:
+                                waiter = self._waiter(op.wake)
+                            yield (JOIN, waiter, op.seconds)
+                            waiter.done.clear()
+                        else:
+                            yield (SLEEP, op.seconds)
                     except BaseException as exc:
                         throw = exc
                 elif isinstance(op, Spawn):
@@ -227,6 +248,8 @@ class _Base:
         finally:
             if flight is not None:
                 self._land(flight_key, flight)
+            if waiter is not None:
+                self.listener.unregister(waiter)
 
     def _describe(self, op: Any) -> str:
         if isinstance(op, tuple):

@@ -245,3 +245,6 @@ class AsyncDriver(_Base):
 
     def _event(self) -> asyncio.Event:
         return asyncio.Event()
+
+    def _wake_loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()

@@ -19,19 +19,30 @@
 -- ARGV[8]  the generations hash's id seen by lease.lua (the entry is stamped with it)
 -- ARGV[9 .. 8+n]  tag versions seen by lease.lua when the lease was granted
 -- ARGV[9+n]  how many members of each tag set to check for entries gone (pruning)
+-- KEYS[4+2n] (optional) the wait marker (app:{user:42}:wait) that callers waiting on this
+--          lease set (poll.lua): when it is there, the lease's end is published on
+-- ARGV[10+n] the wake channel (app:~wake), with the entry key as the message
 -- Returns 1 when written, 0 when the lease was lost or an invalidation ran meanwhile.
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return 0
 end
 local n = tonumber(ARGV[4])
+local function wake()
+  local marker = KEYS[4 + 2 * n]
+  if marker and redis.call('DEL', marker) == 1 then
+    redis.call('PUBLISH', ARGV[10 + n], KEYS[1])
+  end
+end
 local g = redis.call('HMGET', KEYS[3], 'ep:*', 'ep:' .. ARGV[5], 'id')
 if (g[1] or '') ~= ARGV[6] or (g[2] or '') ~= ARGV[7] or (g[3] or '') ~= ARGV[8] then
   redis.call('DEL', KEYS[2])
+  wake()
   return 0
 end
 for i = 1, n do
   if (redis.call('GET', KEYS[3 + n + i]) or '') ~= ARGV[8 + i] then
     redis.call('DEL', KEYS[2])
+    wake()
     return 0
   end
 end
@@ -42,6 +53,7 @@ else
   redis.call('SET', KEYS[1], ARGV[2])
 end
 redis.call('DEL', KEYS[2])
+wake()
 local prune = tonumber(ARGV[9 + n] or '0')
 for i = 1, n do
   local tagset = KEYS[3 + i]

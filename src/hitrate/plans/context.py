@@ -88,6 +88,8 @@ class Context:
     write_seq: int = 0
     #: What this cache has already logged, by kind (each thing is logged once).
     warned: dict[str, set[str]] = field(default_factory=dict)
+    #: The near cache (:class:`hitrate.near.NearCache`) offered every hit, or None.
+    near: Any = None
     #: Per family: recent misses minus hits of ``get_or_fetch``, between 0 and
     #: :data:`LEAN_CAP` (see :meth:`likely_miss`).
     lean: dict[str, int] = field(default_factory=dict)
@@ -206,11 +208,12 @@ def generations(ctx: Context) -> Plan:
     key = ctx.keys.generations()
     if ctx.gens.checked_at != float("-inf"):  # read before: the others go on with that view
         ctx.gens.checked_at = ctx.gens.monotonic()  # while one caller reads it again
+    seen = ctx.gens.changes
     reply = yield ("HGETALL", key)
     if not any(k in (b"id", "id") for k in reply):
         yield ("HSETNX", key, "id", new_token())
         reply = yield ("HGETALL", key)
-    ctx.gens.replace(reply)
+    ctx.gens.replace(reply, seen)
 
 
 def _check_generations(ctx: Context) -> Plan:

@@ -31,7 +31,7 @@ from ..errors import (
     ValueTooLargeError,
 )
 from ..generations import new_token
-from ..keys import family_of, tags_of
+from ..keys import KeySpace, family_of, tags_of
 from ..ops import CALL, LEAD, TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Sleep, Spawn
 from ..owed import OwedDeliveryInProgress
 from ..policy import Policy, TTLLike
@@ -98,8 +98,8 @@ def release(rkey: str, token: str, text: str = "") -> Eval:
     text for waiters in other processes (``""``: none)."""
     return Eval(
         scripts.RELEASE,
-        [rkey + ":lease", rkey + ":err"],
-        (token, text, ERROR_TEXT_MS if text else 0),
+        [rkey + ":lease", rkey + ":err", KeySpace.waiting(rkey)],
+        (token, text, ERROR_TEXT_MS if text else 0, KeySpace.wake_channel(rkey), rkey),
     )
 
 
@@ -239,7 +239,7 @@ def lease_and_fill(
             if ctx.monotonic() >= deadline:
                 # Past the budget: load ourselves, but don't fill (the holder may still).
                 return (yield from load_unfilled(ctx, store))
-            yield Sleep(min(delay, max(0.0, deadline - ctx.monotonic())))
+            yield Sleep(min(delay, max(0.0, deadline - ctx.monotonic())), store.rkey)
             delay = min(delay * 2, 0.05)
             try:
                 raw, now_holder, err = yield store.poll()
@@ -374,7 +374,11 @@ class EntryStore:
 
     def poll(self) -> Any:
         self.known = None  # the entry polled may be newer than the versions we know
-        return ("MGET", self.rkey, self.rkey + ":lease", self.rkey + ":err")
+        rkey, keys = self.rkey, self.ctx.keys
+        marked = math.ceil(self.policy.lease * 1000)  # the fill then wakes us (poll.lua)
+        return Eval(
+            scripts.POLL, [rkey, keys.lease(rkey), keys.error(rkey), keys.waiting(rkey)], (marked,)
+        )
 
     def read(self, raw: Any) -> Plan:
         ctx = self.ctx
@@ -407,6 +411,7 @@ class EntryStore:
                 keys.generations(),
                 *tag_keys,
                 *version_keys(ctx, self.tags),
+                keys.waiting(self.rkey),
             ],
             (
                 token,
@@ -419,6 +424,7 @@ class EntryStore:
                 reply[7],
                 *reply[8:],
                 TAG_PRUNE,
+                keys.wake_channel(self.rkey),
             ),
         )
         return op, value
@@ -471,6 +477,8 @@ def fresh_value(
     ctx.stats.hit(family)
     if entry.value is None:
         ctx.stats.incr(family, "negative_hits")
+    if ctx.near is not None:  # the near cache may keep it (hitrate.near)
+        ctx.near.offer(key, entry, raw)
     return entry.value
 
 

@@ -40,6 +40,8 @@ def get(ctx: Context, key: str, default: Any, vtype: Any = None) -> Plan:
                     ctx.stats.miss(family)
                     return default
             ctx.stats.hit(family)
+            if ctx.near is not None:  # the near cache may keep it (hitrate.near)
+                ctx.near.offer(key, entry, raw)
             return entry.value
     ctx.stats.miss(family)
     return default
