@@ -235,11 +235,11 @@ def _header(codec: Codec, key: str, raw: bytes) -> tuple[int, float, float, int,
 _PLAIN = FLAG_EXPIRY | FLAG_LOAD | FLAG_GEN  # the flags plain_entry decodes itself
 
 
-def plain_entry(codec: Codec, key: str, raw: bytes) -> tuple[Any, float, int] | None:
-    """``(value, expiry, generation)`` of the common entry - format 3, this codec, not
-    None, typed, tagged or compressed, an unsigned codec - in one struct call and one
-    ``loads``; None for any other (:func:`decode_entry` then decides). For ``get_many``'s
-    loop, where the general path's per-entry cost shows."""
+def plain_entry(codec: Codec, key: str, raw: bytes) -> tuple[Any, float, float, int] | None:
+    """``(value, expiry, load time, generation)`` of the common entry - format 3, this
+    codec, not None, typed, tagged or compressed, an unsigned codec - in one struct call
+    and one ``loads``; None for any other (:func:`decode_entry` then decides). For the hit
+    path and ``get_many``'s loop, where the general path's per-entry cost shows."""
     if len(raw) < 3 or raw[0] != FORMAT_VERSION or raw[1] != codec.id or raw[2] & ~_PLAIN:
         return None
     flags = raw[2]
@@ -249,8 +249,14 @@ def plain_entry(codec: Codec, key: str, raw: bytes) -> tuple[Any, float, int] | 
         value = codec.loads(raw[3 + fields.size :], key)
     except Exception:  # damaged or of another kind: decode_entry says which
         return None
-    expires_at = values[0] + values[1] / 1000 if flags & FLAG_EXPIRY else 0.0
-    return value, expires_at, values[-1] if flags & FLAG_GEN else 0
+    if flags == FLAG_EXPIRY | FLAG_GEN:  # the usual: expiry and generation
+        return value, values[0] + values[1] / 1000, 0.0, values[2]
+    i, expires_at, load_time = 0, 0.0, 0.0
+    if flags & FLAG_EXPIRY:
+        expires_at, i = values[0] + values[1] / 1000, 2
+    if flags & FLAG_LOAD:
+        load_time, i = values[i] / 1000, i + 1
+    return value, expires_at, load_time, values[i] if flags & FLAG_GEN else 0
 
 
 def decode_entry(codec: Codec, key: str, raw: bytes, type: Any = None) -> Entry:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from .. import scripts
 from ..codec import DecodeError, Entry, decode_entry
-from ..codec.entry import MAX_TAGS
+from ..codec.entry import MAX_TAGS, plain_entry
 from ..errors import (
     CacheUnavailableError,
     CircuitOpenError,
@@ -458,28 +458,42 @@ def fresh_value(
     drivers' hit fast path (``Cache.get_or_fetch``) both decide with it."""
     if raw is None:
         return MISSING
-    try:
-        entry = decode_entry(ctx.codec, key, raw, vtype)
-    except DecodeError:
-        return MISSING
-    if entry.tags and not (covers(known, entry) and current(entry, known or {})):
-        return MISSING
+    codec = ctx.codec
+    plain = vtype is None and getattr(codec, "unseal", None) is None
+    fast = plain_entry(codec, key, raw) if plain else None
+    if fast is not None:  # the common entry, without building an Entry
+        value, expires_at, load_time, gen = fast
+        entry = None
+    else:
+        try:
+            entry = decode_entry(codec, key, raw, vtype)
+        except DecodeError:
+            return MISSING
+        if entry.tags and not (covers(known, entry) and current(entry, known or {})):
+            return MISSING
+        value, expires_at, load_time, gen = (
+            entry.value,
+            entry.expires_at,
+            entry.load_time,
+            entry.gen,
+        )
     gens = ctx.gens
-    if entry.gen != gens.stamp(family) or gens.due():
+    if gen != gens.stamp(family) or gens.due():
         return MISSING
-    expires_at = entry.expires_at
     if expires_at:
         now = ctx.clock()
         if now >= expires_at or (
-            policy.early and _xfetch(now, expires_at, entry.load_time, policy.early, ctx.rng)
+            policy.early and _xfetch(now, expires_at, load_time, policy.early, ctx.rng)
         ):
             return MISSING
     ctx.stats.hit(family)
-    if entry.value is None:
+    if value is None:
         ctx.stats.incr(family, "negative_hits")
     if ctx.near is not None:  # the near cache may keep it (hitrate.near)
+        if entry is None:
+            entry = Entry(value, expires_at, load_time, gen)
         ctx.near.offer(key, entry, raw)
-    return entry.value
+    return value
 
 
 def get_or_fetch(

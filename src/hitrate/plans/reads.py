@@ -77,7 +77,7 @@ def get_many(ctx: Context, keys: Iterable[str], vtype: Any = None) -> Plan:
         if raw is not None:
             fast = plain_entry(codec, key, raw) if plain else None
             if fast is not None:  # the common entry, decoded in one step
-                value, expires_at, gen = fast
+                value, expires_at, _, gen = fast
                 if (not expires_at or now < expires_at) and gen == gens.stamp(family):
                     found[key] = value
                     hits[family] = hits.get(family, 0) + 1
