@@ -4,9 +4,11 @@ operations and user calls it needs (see :mod:`hitrate.ops`) and returns its resu
 them with scripted replies and no Redis at all.
 
 One module per concern: :mod:`.context` (what plans decide with), :mod:`.reads`,
-:mod:`.leases` (cache-aside: leases, fills, waits, background refresh - one plan for
-entries and cached objects), :mod:`.writes` (set, write-through) and :mod:`.invalidation`
-(keys, patterns, tags, generation bumps, owed invalidations).
+:mod:`.leases` (the lease protocol: leases, fills, waits - one plan for entries and
+cached objects), :mod:`.aside` (cache-aside for entries: hits, serve-stale, XFetch,
+leasing first), :mod:`.batch` (``get_or_fetch_many``), :mod:`.tags` (tag versions),
+:mod:`.writes` (set, write-through) and :mod:`.invalidation` (keys, patterns, tags,
+generation bumps, owed invalidations).
 
 Fail-open lives here, at the ``yield`` that failed: the driver throws
 :class:`CacheUnavailableError` into the plan, and the plan decides what "treat it as a miss"
@@ -15,6 +17,7 @@ An interruption (cancellation, ``KeyboardInterrupt``) is thrown in the same way,
 gives its lease back and closes its write window before it goes on.
 """
 
+from .aside import EntryStore, fresh_value, get_or_fetch
 from .batch import get_or_fetch_many
 from .context import (
     BATCH_CHUNK,
@@ -29,7 +32,7 @@ from .context import (
     interrupted,
 )
 from .invalidation import bump, invalidate, invalidate_pattern, invalidate_tag, owed
-from .leases import EntryStore, Store, fresh_value, get_or_fetch, lease_and_fill, load_down
+from .leases import Store, lease_and_fill, load_down
 from .reads import get, get_many
 from .writes import set_, set_many, write_through
 

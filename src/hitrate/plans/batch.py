@@ -20,8 +20,9 @@ from typing import Any
 from ..errors import CacheUnavailableError, ValueTooLargeError
 from ..keys import tags_of
 from ..ops import Batch, CallWith, Eval, Plan, Sleep
+from .aside import EntryStore
 from .context import MGET_CHUNK, MISSING, Context, generations, interrupted
-from .leases import EntryStore, _too_large, give_back, release
+from .leases import _too_large, give_back, release
 from .tags import version_keys
 
 __all__ = ["get_or_fetch_many"]
