@@ -219,3 +219,49 @@ async def test_cached_many_async(url: str, prefix: str) -> None:
     assert await cache.get("n:2") == 4
     assert await squares.invalidate(1, 2) == 2
     await cache.close()
+
+
+def test_a_value_that_cannot_be_stored_gives_every_lease_back(
+    url: str, prefix: str, raw: redis.Redis
+) -> None:
+    cache = Cache.from_url(url, prefix=prefix)
+
+    def load(keys: list[str]) -> dict[str, object]:
+        return {k: (1, 2) if k == "u:3" else k for k in keys}  # JSON cannot keep a tuple
+
+    with pytest.raises(hitrate.SerializationError):
+        cache.get_or_fetch_many([f"u:{i}" for i in range(5)], load)
+    assert _leases(raw, prefix) == []  # no key is held up for the lease time
+    cache.close()
+
+
+def test_stale_entries_are_refilled_when_leasing_first(url: str, prefix: str) -> None:
+    from hitrate.plans.context import LEAN_CAP
+    from hitrate.testing import FakeClock
+
+    clock = FakeClock()
+    cache = Cache.from_url(url, prefix=prefix, clock=clock)
+    policy = Policy(10, stale=600)
+    rows = Rows()
+    keys = [f"agg:{i}" for i in range(3)]
+    cache.get_or_fetch_many(keys, rows, ttl=policy)
+    clock.advance(20)  # logically expired, still in Redis (the stale window)
+    cache._ctx.lean["agg"] = LEAN_CAP
+    cache.get_or_fetch_many(keys, rows, ttl=policy)  # reloaded, and filled this time
+    cache.get_or_fetch_many(keys, rows, ttl=policy)
+    assert len(rows.calls) == 2
+    cache.close()
+
+
+def test_cached_many_answers_every_id_even_two_with_one_key(url: str, prefix: str) -> None:
+    cache = Cache.from_url(url, prefix=prefix)
+    asked: list[list[object]] = []
+
+    @cache.cached_many(key="n:{id}")
+    def load(ids: list[object]) -> dict[object, str]:
+        asked.append(list(ids))
+        return {i: f"row {i}" for i in ids}
+
+    assert load([1, "1", 2]) == {1: "row 1", "1": "row 1", 2: "row 2"}
+    assert asked == [[1, 2]]
+    cache.close()

@@ -63,21 +63,29 @@ class _Many(Generic[ID, V]):
             setattr(self, name, getattr(func, name, None))
         self.__wrapped__ = func
 
-    def _keys(self, ids: Iterable[ID]) -> dict[str, ID]:
+    def _keys(self, ids: Iterable[ID]) -> dict[ID, str]:
+        """Each id's key (ids that are one key, ``1`` and ``"1"``, share its entry)."""
         if isinstance(ids, str | bytes):
             raise InvalidKeyError(
                 f"{self.func.__qualname__} takes a list of ids, got one string {ids!r}"
             )
-        return {self.key(i): i for i in ids}
+        return {i: self.key(i) for i in ids}
 
-    def _loader(self, by_key: Mapping[str, ID], result: Mapping[ID, V]) -> dict[str, V]:
+    @staticmethod
+    def _ids(key_of: Mapping[ID, str]) -> dict[str, ID]:
+        """One id per key: the one the function is asked for."""
+        by_key: dict[str, ID] = {}
+        for i, k in key_of.items():
+            by_key.setdefault(k, i)
+        return by_key
+
+    def _loader(self, by_key: Mapping[ID, str], result: Mapping[ID, V]) -> dict[str, V]:
         if not isinstance(result, Mapping):
             raise TypeError(
                 f"{self.func.__qualname__} must return a mapping of id -> value, "
                 f"got {type(result).__name__}"
             )
-        keys = {i: k for k, i in by_key.items()}
-        return {keys[i]: v for i, v in result.items() if i in keys}
+        return {by_key[i]: v for i, v in result.items() if i in by_key}
 
 
 class CachedMany(_Many[ID, V]):
@@ -89,17 +97,18 @@ class CachedMany(_Many[ID, V]):
         self.cache = cache
 
     def __call__(self, ids: Iterable[ID]) -> dict[ID, V | None]:
-        by_key = self._keys(ids)
+        key_of = self._keys(ids)
+        by_key = self._ids(key_of)
 
         def load(keys: list[str]) -> dict[str, V]:
-            return self._loader(by_key, self.func([by_key[k] for k in keys]))
+            return self._loader(key_of, self.func([by_key[k] for k in keys]))
 
         got = self.cache.get_or_fetch_many(by_key, load, self.ttl, self.tags, type=self.value_type)
-        return {i: got.get(k) for k, i in by_key.items()}
+        return {i: got.get(k) for i, k in key_of.items()}
 
     def invalidate(self, *ids: ID) -> int:
         """Drop the entries of *ids*; returns how many existed."""
-        return self.cache.invalidate(*self._keys(ids))
+        return self.cache.invalidate(*set(self._keys(ids).values()))
 
 
 class AsyncCachedMany(_Many[ID, V]):
@@ -112,16 +121,17 @@ class AsyncCachedMany(_Many[ID, V]):
         self.cache = cache
 
     async def __call__(self, ids: Iterable[ID]) -> dict[ID, V | None]:
-        by_key = self._keys(ids)
+        key_of = self._keys(ids)
+        by_key = self._ids(key_of)
 
         async def load(keys: list[str]) -> dict[str, V]:
-            return self._loader(by_key, await self.func([by_key[k] for k in keys]))
+            return self._loader(key_of, await self.func([by_key[k] for k in keys]))
 
         got = await self.cache.get_or_fetch_many(
             by_key, load, self.ttl, self.tags, type=self.value_type
         )
-        return {i: got.get(k) for k, i in by_key.items()}
+        return {i: got.get(k) for i, k in key_of.items()}
 
     async def invalidate(self, *ids: ID) -> int:
         """Drop the entries of *ids*; returns how many existed."""
-        return await self.cache.invalidate(*self._keys(ids))
+        return await self.cache.invalidate(*set(self._keys(ids).values()))

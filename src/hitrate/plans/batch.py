@@ -104,47 +104,66 @@ def _read(ctx: Context, stores: list[EntryStore]) -> Plan:
 def _lease_load_fill(
     ctx: Context, pending: list[tuple[EntryStore, bytes]], found: dict[str, Any], unless: Any
 ) -> Plan:
-    tokens = [ctx.token() for _ in pending]
-    try:
-        leases = [s.lease(t, seen) for (s, seen), t in zip(pending, tokens, strict=True)]
-        replies = yield Batch(leases)
-    except BaseException as exc:  # any lease may have been granted: owe them back
-        for (store, _), token in zip(pending, tokens, strict=True):
-            ctx.owed.lease(store.rkey, token)
-        if isinstance(exc, CacheUnavailableError):
-            return (yield from _load_only(ctx, [s for s, _ in pending], found, unless))
-        raise
     ours: list[tuple[EntryStore, str, Sequence[Any]]] = []
     waiting: list[EntryStore] = []
     unfilled: list[EntryStore] = []
-    hits = 0
-    for (store, _), token, reply in zip(pending, tokens, replies, strict=True):
-        store.leased(reply)
-        status = reply[0]
-        if status == 1:
-            value, _ = yield from store.read(reply[1])
-            if value is not MISSING:
-                ctx.stats.hit(store.family)
-                found[store.key] = value
-                hits += 1
-            else:  # there, but not fresh for us: loaded with the others, not filled
-                ctx.missed(store.family)
-                unfilled.append(store)
-        elif status == 2:
-            ctx.missed(store.family)
-            ours.append((store, token, reply))
-        else:  # another caller loads it (3), or a write-through is in flight (4)
-            ctx.missed(store.family)
-            ctx.stats.incr(store.family, "waits")
-            waiting.append(store)
-    if hits * 2 > len(pending):  # mostly hits: the next batch reads with one MGET
-        for store, _ in pending:
-            ctx.lean.pop(store.family, None)
+    hits, asked = 0, len(pending)
+    families = {s.family for s, _ in pending}
+    for round_ in range(2):  # a second round leases, despite it, what was there but stale
+        tokens = [ctx.token() for _ in pending]
+        try:
+            leases = [s.lease(t, seen) for (s, seen), t in zip(pending, tokens, strict=True)]
+            replies = yield Batch(leases)
+        except BaseException as exc:  # any lease may have been granted: owe them back
+            for (store, _), token in zip(pending, tokens, strict=True):
+                ctx.owed.lease(store.rkey, token)
+            _owe(ctx, ours)
+            if isinstance(exc, CacheUnavailableError):
+                rest = [s for s, _ in pending] + [s for s, _, _ in ours] + unfilled
+                return (yield from _load_only(ctx, rest + waiting, found, unless))
+            raise
+        again: list[tuple[EntryStore, bytes]] = []
+        try:
+            for (store, _), token, reply in zip(pending, tokens, replies, strict=True):
+                store.leased(reply)
+                status = reply[0]
+                if status == 1:
+                    value, seen = yield from store.read(reply[1])
+                    if value is not MISSING:
+                        ctx.stats.hit(store.family)
+                        found[store.key] = value
+                        hits += 1
+                    elif round_ == 0 and seen:  # stale, or of an older generation
+                        again.append((store, seen))
+                    else:  # still not fresh for us: loaded with the others, not filled
+                        ctx.missed(store.family)
+                        unfilled.append(store)
+                elif status == 2:
+                    ctx.missed(store.family)
+                    ours.append((store, token, reply))
+                else:  # another caller loads it (3), or a write-through is in flight (4)
+                    ctx.missed(store.family)
+                    ctx.stats.incr(store.family, "waits")
+                    waiting.append(store)
+        except BaseException:  # a tag-version read failed: the leases granted are owed
+            _owe(ctx, ours)
+            raise
+        pending = again
+        if not pending:
+            break
+    if hits * 2 > asked:  # mostly hits: the next batch reads with one MGET
+        for family in families:
+            ctx.lean.pop(family, None)
     if ours or unfilled:
         yield from _load_and_fill(ctx, ours, unfilled, found, unless)
     if waiting:
         yield from _wait(ctx, waiting, found)
     return found
+
+
+def _owe(ctx: Context, ours: list[tuple[EntryStore, str, Sequence[Any]]]) -> None:
+    for store, token, _ in ours:
+        ctx.owed.lease(store.rkey, token)
 
 
 def _call(ctx: Context, stores: list[EntryStore]) -> Plan:
@@ -184,17 +203,24 @@ def _load_and_fill(
         found[store.key] = values[store.key]
     fills: list[Eval] = []
     filled_by: list[tuple[EntryStore, str]] = []
-    for store, token, reply in ours:
-        value = values[store.key]
-        found[store.key] = value
-        op: Eval | None = None
-        if unless is None or not unless(value):
-            try:
-                op, _ = store.fill(token, value, elapsed, reply)
-            except ValueTooLargeError as exc:
-                _too_large(ctx, store, exc)
-        fills.append(op if op is not None else release(store.rkey, token))
-        filled_by.append((store, token))
+    try:
+        for store, token, reply in ours:
+            value = values[store.key]
+            found[store.key] = value
+            op: Eval | None = None
+            if unless is None or not unless(value):
+                try:
+                    op, _ = store.fill(token, value, elapsed, reply)
+                except ValueTooLargeError as exc:
+                    _too_large(ctx, store, exc)
+            fills.append(op if op is not None else release(store.rkey, token))
+            filled_by.append((store, token))
+    except BaseException:  # a value that cannot be stored (or unless= raised): every
+        try:  # lease goes back (or is owed) before the error reaches the caller
+            yield Batch([release(store.rkey, token) for store, token, _ in ours])
+        except BaseException:
+            _owe(ctx, ours)
+        raise
     try:
         results = yield Batch(fills)
     except CacheUnavailableError:
