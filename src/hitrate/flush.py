@@ -124,11 +124,6 @@ def flush_plan(counters: Counters, prefix: str, clock: Callable[[], float] = tim
     return True
 
 
-def _poke() -> Plan:
-    """One PING: the driver delivers what is owed before it (see :mod:`hitrate.owed`)."""
-    yield ("PING",)
-
-
 class Flusher:
     """Flushes one cache's counters: on a timer (in the shared thread), on demand, and a
     last time on :meth:`close`; and delivers its owed work while any is queued. *run* runs
@@ -164,7 +159,10 @@ class Flusher:
         self._lock = threading.Lock()
 
     def owes(self) -> bool:
-        return self.owed is not None and (self.owed.pending or self.owed.leases_pending)
+        owed = self.owed
+        return (
+            self._deliver is not None and owed is not None and (owed.pending or owed.leases_pending)
+        )
 
     def deliver_owed(self) -> None:
         """Send what is owed, lease releases included, if anything (retried by the timer
@@ -173,10 +171,7 @@ class Flusher:
             return
         self.owed_due = time.monotonic() + RETRY_INTERVAL
         try:
-            if self._deliver is not None:
-                self._deliver()
-            else:
-                self._run(_poke())
+            self._deliver()  # type: ignore[misc]  # owes() checked it is there
         except Exception as exc:  # strict mode raises; the timer never should
             log.debug("hitrate: delivering owed invalidations failed: %s", exc)
 

@@ -131,21 +131,25 @@ class SyncDriver(_Base):
         """Deliver what is owed before anything else is sent (raises if it cannot)."""
         self._claim_owed()
         try:
-            plan = owed_plan(self.ctx)
-            send: Any = None
-            throw: CacheUnavailableError | None = None
-            while True:
-                try:
-                    op = plan.throw(throw) if throw is not None else plan.send(send)
-                except StopIteration:
-                    return
-                send, throw = None, None
-                try:
-                    send = self._send(op)
-                except CacheUnavailableError as exc:  # the plan decides: drop, or raise
-                    throw = exc
+            self._run_owed(owed_plan(self.ctx))
         finally:
             self.ctx.owed.release()
+
+    def _run_owed(self, plan: Plan) -> None:
+        """Drive an owed-work plan: a failure is thrown into it, which drops what Redis
+        refused and raises the rest."""
+        send: Any = None
+        throw: CacheUnavailableError | None = None
+        while True:
+            try:
+                op = plan.throw(throw) if throw is not None else plan.send(send)
+            except StopIteration:
+                return
+            send, throw = None, None
+            try:
+                send = self._send(op)
+            except CacheUnavailableError as exc:  # the plan decides: drop, or raise
+                throw = exc
 
     def deliver_owed(self) -> None:
         """The timer's delivery (on a driver and breaker of its own): the owed
@@ -163,14 +167,7 @@ class SyncDriver(_Base):
                 self.breaker.abandon()
                 raise
         self._send(("PING",))  # answers this driver's probe
-        plan = owed_plan(self.ctx, leases=True)
-        send: Any = None
-        while True:
-            try:
-                op = plan.send(send)
-            except StopIteration:
-                return
-            send = self._send(op)
+        self._run_owed(owed_plan(self.ctx, leases=True))
 
     def redis(self, op: Any) -> Any:
         self._check(op)
