@@ -26,6 +26,7 @@ from .listener import Listener, connection_factory
 from .near import OFF, NearCache, _Off, async_near, sync_near
 from .plans import Context
 from .policy import USER, Policy, TTLLike, to_policy
+from .slots import is_cluster
 from .stats import stats_plan
 from .structures._base import PlanOf, calling, verb
 
@@ -135,6 +136,7 @@ class CacheBase(Generic[ClientT]):
             stats=Counters() if count else NullCounters(),
             monotonic=monotonic,
             gens=Generations(generation_check, monotonic),
+            cluster=is_cluster(client),
         )
         self._owns_client = False
         self._setup()
