@@ -72,6 +72,14 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class EachNode:
+    """One keyless command (``INFO``, ``DBSIZE``) sent to every primary - one server, or
+    each primary of a Cluster; the reply is ``[(node name, its reply), ...]``."""
+
+    command: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Sleep:
     seconds: float
     #: The entry key whose fill may end the sleep early (the waiter marked it, see
@@ -112,5 +120,16 @@ class CallWith:
     args: tuple[Any, ...]
 
 
-Op = tuple[Any, ...] | Eval | Batch | Sleep | Coalesce | Publish | Spawn | _Call | CallWith
+Op = (
+    tuple[Any, ...]
+    | Eval
+    | Batch
+    | EachNode
+    | Sleep
+    | Coalesce
+    | Publish
+    | Spawn
+    | _Call
+    | CallWith
+)
 Plan = Generator[Op, Any, Any]

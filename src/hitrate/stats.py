@@ -37,7 +37,7 @@ from typing import Any
 from .counting import COUNTERS, Counters, FamilyCounts, quantile
 from .flush import BUCKET_NAMES, flush_plan, minute_key, totals_key
 from .keys import KeySpace, family_of
-from .ops import Batch, Plan
+from .ops import Batch, EachNode, Plan
 
 __all__ = [
     "FamilyStats",
@@ -219,6 +219,31 @@ class History:
 
 
 @dataclass(frozen=True)
+class NodeStats:
+    """One server's INFO figures: the server of a one-server cache, or one primary of a
+    Redis Cluster (where :class:`Stats` sums them)."""
+
+    node: str  #: ``host:port`` (a URL for one server)
+    memory_used_bytes: int
+    keys: int  #: DBSIZE
+    evicted_keys: int
+    expired_keys: int
+    keyspace_hits: int
+    keyspace_misses: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "memory_used_bytes": self.memory_used_bytes,
+            "keys": self.keys,
+            "evicted_keys": self.evicted_keys,
+            "expired_keys": self.expired_keys,
+            "keyspace_hits": self.keyspace_hits,
+            "keyspace_misses": self.keyspace_misses,
+        }
+
+
+@dataclass(frozen=True)
 class Stats:
     """The state of one cache (one prefix): hitrate's counts from every process, the
     server's INFO figures, and a row per key family. ``as_dict()`` gives JSON."""
@@ -238,6 +263,9 @@ class Stats:
     sample: KeySample | None = None
     history: History | None = None
     taken_at: float = 0.0
+    #: Per server: one row, or one per primary of a Redis Cluster (the figures above are
+    #: their sums).
+    nodes: tuple[NodeStats, ...] = ()
 
     @property
     def hit_rate(self) -> float:
@@ -287,6 +315,7 @@ class Stats:
             else {"examined": self.sample.examined, "complete": self.sample.complete},
             "history": None if self.history is None else self.history.as_dict(),
             "taken_at": self.taken_at,
+            "nodes": [node.as_dict() for node in self.nodes],
         }
 
 
@@ -379,6 +408,38 @@ def _int(info: Mapping[str, Any], name: str) -> int:
         return 0
 
 
+def _human(size: int) -> str:
+    """Bytes as INFO's ``used_memory_human`` writes them (``"1.05M"``)."""
+    value = float(size)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024 or unit == "G":
+            return f"{int(value)}B" if unit == "B" else f"{value:.2f}{unit}"
+        value /= 1024
+    return f"{value:.2f}G"  # pragma: no cover
+
+
+def _node_figures() -> Plan:
+    """INFO memory, INFO stats and DBSIZE of every primary (one server: one row)."""
+    memory = yield EachNode(("INFO", "memory"))
+    stats = dict((yield EachNode(("INFO", "stats"))))
+    sizes = dict((yield EachNode(("DBSIZE",))))
+    rows = []
+    for node, info in memory:
+        figures = stats.get(node, {})
+        rows.append(
+            NodeStats(
+                node=node,
+                memory_used_bytes=_int(info, "used_memory"),
+                keys=int(sizes.get(node, 0)),
+                evicted_keys=_int(figures, "evicted_keys"),
+                expired_keys=_int(figures, "expired_keys"),
+                keyspace_hits=_int(figures, "keyspace_hits"),
+                keyspace_misses=_int(figures, "keyspace_misses"),
+            )
+        )
+    return tuple(rows)
+
+
 def stats_plan(
     counters: Counters,
     keys: KeySpace,
@@ -403,9 +464,9 @@ def stats_plan(
     # stats hashes exist: a minute without traffic has no hash, and an HGETALL of it
     # would add a keyspace miss to the very figures this reading shows.
     hashes = [totals_key(keys.prefix)] + [minute_key(keys.prefix, m) for m in window]
-    reads: list[tuple[Any, ...]] = [("INFO", "memory"), ("INFO", "stats"), ("DBSIZE",)]
-    reads += [("MEMORY", "USAGE", name) for name in hashes]
-    info_memory, info_stats, dbsize, *sizes = yield Batch(reads)
+    nodes = yield from _node_figures()
+    dbsize = sum(n.keys for n in nodes)
+    sizes = yield Batch([("MEMORY", "USAGE", name) for name in hashes])
     present = [name for name, size in zip(hashes, sizes, strict=True) if size is not None]
     replies = (yield Batch([("HGETALL", name) for name in present])) if present else []
     found = dict(zip(present, replies, strict=True))
@@ -431,13 +492,14 @@ def stats_plan(
         prefix=keys.prefix,
         hits=sum(r.hits for r in rows),
         misses=sum(r.misses for r in rows),
-        memory_used=_text(info_memory.get("used_memory_human", "")),
-        memory_used_bytes=_int(info_memory, "used_memory"),
-        keys=int(dbsize),
-        evicted_keys=_int(info_stats, "evicted_keys"),
-        expired_keys=_int(info_stats, "expired_keys"),
-        keyspace_hits=_int(info_stats, "keyspace_hits"),
-        keyspace_misses=_int(info_stats, "keyspace_misses"),
+        memory_used=_human(sum(n.memory_used_bytes for n in nodes)),
+        memory_used_bytes=sum(n.memory_used_bytes for n in nodes),
+        keys=dbsize,
+        evicted_keys=sum(n.evicted_keys for n in nodes),
+        expired_keys=sum(n.expired_keys for n in nodes),
+        keyspace_hits=sum(n.keyspace_hits for n in nodes),
+        keyspace_misses=sum(n.keyspace_misses for n in nodes),
+        nodes=nodes,
         families=tuple(rows),
         minutes=minutes,
         sample=key_sample,

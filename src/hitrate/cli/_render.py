@@ -116,6 +116,17 @@ def render_stats(stats: Stats, rates: tuple[float, float] | None = None) -> Grou
         )
     title = Text(f"hitrate · prefix {stats.prefix!r} · {window}")
     parts: list[Any] = [Panel(head, title=title, expand=False), server]
+    if len(stats.nodes) > 1:  # a Redis Cluster: the line above sums its primaries
+        for node in stats.nodes:
+            parts.append(
+                Text(
+                    f"  {node.node}: memory {_bytes(node.memory_used_bytes)}  keys "
+                    f"{node.keys:,}  evicted {node.evicted_keys:,}  expired "
+                    f"{node.expired_keys:,}  keyspace {node.keyspace_hits:,} hits, "
+                    f"{node.keyspace_misses:,} misses",
+                    style="dim",
+                )
+            )
     parts.append(table if stats.families else Text("no families counted yet", style="dim"))
     if stats.sample is not None and not stats.sample.complete:
         parts.append(

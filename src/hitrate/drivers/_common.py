@@ -33,6 +33,7 @@ from ..ops import (
     Batch,
     CallWith,
     Coalesce,
+    EachNode,
     Eval,
     Plan,
     Publish,
@@ -218,7 +219,7 @@ class _Base:
                 except StopIteration as stop:
                     return stop.value
                 send, throw = None, None
-                if type(op) is tuple or isinstance(op, Eval | Batch):
+                if type(op) is tuple or isinstance(op, Eval | Batch | EachNode):
                     try:
                         if flight is not None:
                             sent_at = monotonic()

@@ -14,8 +14,9 @@ from ..breaker import Breaker
 from ..errors import (
     CacheUnavailableError,
 )
+from ..health import server_url
 from ..keys import tags_of
-from ..ops import Batch, Eval, Plan, Spawn
+from ..ops import Batch, EachNode, Eval, Plan, Spawn
 from ..owed import OwedDeliveryInProgress
 from ..plans import LEAN_AT, MISSING, Context, fresh_value, get_or_fetch
 from ..plans import owed as owed_plan
@@ -128,6 +129,17 @@ class AsyncDriver(_Base):
         reply, found = await client.execute_command("SCAN", cursor, *op[2:], target_nodes=nodes[i])
         return scan_next(nodes, i, reply, found)
 
+    async def _each_node(self, op: EachNode) -> list[tuple[str, Any]]:
+        client = self.client
+        if not self.cluster:
+            return [(server_url(client), await client.execute_command(*op.command))]
+        if not client.get_primaries():
+            await client.initialize()
+        return [
+            (node.name, await client.execute_command(*op.command, target_nodes=node))
+            for node in client.get_primaries()
+        ]
+
     async def _send_cluster(self, op: Any) -> Any:
         if isinstance(op, tuple) and op[0] == "SCAN":
             return await self._scan(op)
@@ -140,7 +152,9 @@ class AsyncDriver(_Base):
 
     async def _send(self, op: Any) -> Any:
         try:
-            if self.cluster:
+            if isinstance(op, EachNode):
+                reply = await self._each_node(op)
+            elif self.cluster:
                 reply = await self._send_cluster(op)
             elif isinstance(op, tuple):
                 reply = await self.client.execute_command(*op)

@@ -16,8 +16,9 @@ from ..breaker import Breaker
 from ..errors import (
     CacheUnavailableError,
 )
+from ..health import server_url
 from ..keys import tags_of
-from ..ops import Batch, Eval, Plan, Spawn
+from ..ops import Batch, EachNode, Eval, Plan, Spawn
 from ..owed import RETRY_INTERVAL, OwedDeliveryInProgress
 from ..plans import LEAN_AT, MISSING, Context, fresh_value, get_or_fetch
 from ..plans import owed as owed_plan
@@ -109,6 +110,15 @@ class SyncDriver(_Base):
         _, found = self.client.execute_command("SCAN", cursor, *op[2:], target_nodes=nodes[i])
         return scan_next(nodes, i, _, found)
 
+    def _each_node(self, op: EachNode) -> list[tuple[str, Any]]:
+        client = self.client
+        if not self.cluster:
+            return [(server_url(client), client.execute_command(*op.command))]
+        return [
+            (node.name, client.execute_command(*op.command, target_nodes=node))
+            for node in client.get_primaries()
+        ]
+
     def _send_cluster(self, op: Any) -> Any:
         if isinstance(op, tuple) and op[0] == "SCAN":
             return self._scan(op)
@@ -121,7 +131,9 @@ class SyncDriver(_Base):
 
     def _send(self, op: Any) -> Any:
         try:
-            if self.cluster:
+            if isinstance(op, EachNode):
+                reply = self._each_node(op)
+            elif self.cluster:
                 reply = self._send_cluster(op)
             elif isinstance(op, tuple):
                 reply = self.client.execute_command(*op)

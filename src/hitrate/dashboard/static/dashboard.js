@@ -101,6 +101,24 @@
     $("server-rate").textContent = pct(s.server_hit_rate);
   }
 
+  // A Redis Cluster: the tiles show the sums, this table each primary.
+  function renderNodes(s) {
+    const nodes = s.nodes || [];
+    $("nodes-section").hidden = nodes.length < 2;
+    const body = $("nodes").querySelector("tbody");
+    body.replaceChildren(
+      ...nodes.map((n) => {
+        const tr = document.createElement("tr");
+        tr.append(
+          cell(n.node), cell(bytes(n.memory_used_bytes), "r"), cell(num(n.keys), "r"),
+          cell(num(n.evicted_keys), "r"), cell(num(n.expired_keys), "r"),
+          cell(num(n.keyspace_hits), "r"), cell(num(n.keyspace_misses), "r"),
+        );
+        return tr;
+      }),
+    );
+  }
+
   function cell(text, cls) {
     const td = document.createElement("td");
     td.textContent = text;
@@ -143,6 +161,7 @@
       state.stats = s;
       renderGauge(s);
       renderTiles(s, state.previous);
+      renderNodes(s);
       renderTable(s);
       renderCharts(s.history);
       state.updates += 1;
