@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -84,3 +85,13 @@ async def acache(url: str, prefix: str) -> AsyncIterator[AsyncCache]:
     c = AsyncCache.from_url(url, prefix=prefix)
     yield c
     await c.close()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    from hitrate.topologies import EmbeddedCluster
+
+    found = find_servers()
+    c = EmbeddedCluster.start("redis" if "redis" in found else None)
+    yield c
+    c.stop()

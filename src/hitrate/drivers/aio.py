@@ -113,10 +113,19 @@ class AsyncDriver(_Base):
             else:
                 pipe.execute_command(*item)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
-        for i, (item, reply) in enumerate(zip(op.ops, replies, strict=True)):
-            if isinstance(reply, rexc.NoScriptError) and isinstance(item, Eval):
-                replies[i] = await self._eval(item)
-            elif isinstance(reply, Exception):
+        unknown = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
+        if unknown:  # a server that lost its scripts (or a node new to them): one more
+            pipe = self.client.pipeline(transaction=False)  # round trip, by EVAL
+            for i in unknown:
+                item = op.ops[i]
+                assert isinstance(item, Eval)
+                pipe.execute_command(
+                    "EVAL", item.script.source, len(item.keys), *item.keys, *item.args
+                )
+            for i, reply in zip(unknown, await pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
                 raise reply
         return replies
 

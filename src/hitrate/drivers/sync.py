@@ -23,7 +23,7 @@ from ..owed import RETRY_INTERVAL, OwedDeliveryInProgress
 from ..plans import LEAN_AT, MISSING, Context, fresh_value, get_or_fetch
 from ..plans import owed as owed_plan
 from ..policy import TTLLike
-from ..slots import is_cluster, route
+from ..slots import is_cluster, route, slot
 from ._common import (
     _NOT_READ,
     CALL_USER,
@@ -89,18 +89,35 @@ class SyncDriver(_Base):
                 "EVAL", op.script.source, len(op.keys), *op.keys, *op.args
             )
 
+    def _target(self, item: Eval) -> dict[str, Any]:
+        """A script's node in a Cluster pipeline, which redis-py 8 would otherwise ask the
+        server for (COMMAND GETKEYS: a round trip per script)."""
+        if not self.cluster or not item.keys:
+            return {}
+        return {"target_nodes": self.client.nodes_manager.get_node_from_slot(slot(item.keys[0]))}
+
     def _batch(self, op: Batch) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for item in op.ops:
             if isinstance(item, Eval):
-                pipe.execute_command("EVALSHA", *_eval_args(item))
+                pipe.execute_command("EVALSHA", *_eval_args(item), **self._target(item))
             else:
                 pipe.execute_command(*item)
         replies: list[Any] = pipe.execute(raise_on_error=False)
-        for i, (item, reply) in enumerate(zip(op.ops, replies, strict=True)):
-            if isinstance(reply, rexc.NoScriptError) and isinstance(item, Eval):
-                replies[i] = self._eval(item)
-            elif isinstance(reply, Exception):
+        unknown = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
+        if unknown:  # a server that lost its scripts (or a node new to them): one more
+            pipe = self.client.pipeline(transaction=False)  # round trip, by EVAL
+            for i in unknown:
+                item = op.ops[i]
+                assert isinstance(item, Eval)
+                pipe.execute_command(
+                    "EVAL", item.script.source, len(item.keys), *item.keys, *item.args,
+                    **self._target(item),
+                )  # fmt: skip
+            for i, reply in zip(unknown, pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
                 raise reply
         return replies
 

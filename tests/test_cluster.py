@@ -1,0 +1,291 @@
+"""The cache on a real Redis Cluster (3 primaries, a replica each): what one server does
+inside one script, done per slot - and the checks that keep it exact.
+
+The contract suite, the consistency checker and the stampede test also run on Cluster
+(see conftest.py); these are the guarantees that only a cluster can break: entries spread
+over every primary, multi-key verbs cut per slot in one round trip per node, pattern
+invalidation over every primary, and fills checked after they are written (the fill epochs
+and tag versions live in other slots than the entry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import ClusterNode, RedisCluster
+
+from hitrate import AsyncCache, Cache
+from hitrate.plans import aside
+from hitrate.slots import slot
+from hitrate.testing import unique_prefix
+from hitrate.topologies import EmbeddedCluster
+
+pytestmark = pytest.mark.ttl_audit_exempt  # the audit reads one server; see test_ttl_on_cluster
+
+
+def _client(cluster: EmbeddedCluster) -> RedisCluster:
+    return RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in cluster.startup_nodes], socket_timeout=5
+    )
+
+
+@pytest.fixture
+def rc(cluster: EmbeddedCluster) -> Iterator[RedisCluster]:
+    client = _client(cluster)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def cprefix(rc: RedisCluster) -> Iterator[str]:
+    name = unique_prefix("cl")
+    yield name
+    for pattern in (f"{name}:{{*", f"{name}:~*"):
+        keys = list(rc.scan_iter(match=pattern, count=1000))
+        for i in range(0, len(keys), 500):
+            rc.delete(*keys[i : i + 500])
+
+
+def _owner(rc: RedisCluster, key: str) -> str:
+    return str(rc.nodes_manager.get_node_from_slot(slot(key)).name)
+
+
+def test_one_family_spreads_over_every_primary_and_pattern_invalidation_is_exact(
+    rc: RedisCluster, cprefix: str
+) -> None:
+    cache = Cache(rc, prefix=cprefix, count=False)
+    n = 100_000
+    for start in range(0, n, 5_000):
+        cache.set_many({f"user:{i}": i for i in range(start, start + 5_000)}, ttl=600)
+    counts = {
+        node.name: rc.execute_command("DBSIZE", target_nodes=node) for node in rc.get_primaries()
+    }
+    per_node = Counter(_owner(rc, cache.redis_key(f"user:{i}")) for i in range(0, n, 97))
+    print(f"entries per primary: {counts}")
+    assert len(per_node) == len(rc.get_primaries()) == 3
+    assert all(c > n / 3 * 0.9 for c in counts.values())  # a third each, give or take
+    # user:1* matches user:1, user:10..19, user:100..199, ... = 11,111 keys below 100,000
+    expected = {f"user:{i}" for i in range(n) if str(i).startswith("1")}
+    deleted = cache.invalidate_pattern("user:1*")
+    assert deleted == len(expected) == 11_111
+    left = cache.get_many([f"user:{i}" for i in range(n)])
+    assert set(left) == {f"user:{i}" for i in range(n)} - expected
+
+
+def test_get_many_is_one_round_trip_per_node(rc: RedisCluster, cprefix: str) -> None:
+    cache = Cache(rc, prefix=cprefix, count=False)
+    keys = [f"item:{i}" for i in range(300)]
+    cache.set_many({k: k for k in keys})
+    sent: Counter[int] = Counter()
+    real = redis.connection.Connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent[self.port] += 1
+        real(self, command, check_health)
+
+    redis.connection.Connection.send_packed_command = counting  # type: ignore[method-assign]
+    try:
+        found = cache.get_many(keys)
+        invalidated = cache.invalidate(*keys[:150])
+    finally:
+        redis.connection.Connection.send_packed_command = real  # type: ignore[method-assign]
+    assert found == {k: k for k in keys}
+    assert invalidated == 150
+    # two verbs, each one pipeline per primary (300 keys over ~300 slots)
+    assert len(sent) == 3 and all(n == 2 for n in sent.values()), sent
+
+
+def _slow_loader(started: threading.Event, go: threading.Event, value: Any) -> Any:
+    def load() -> Any:
+        started.set()
+        assert go.wait(10)
+        return value
+
+    return load
+
+
+def _race_pattern_invalidation(rc: RedisCluster, prefix: str) -> tuple[int, int]:
+    """Readers load 90 keys (their loads wait); a pattern invalidation of 30,000 matching
+    keys begins, and halfway through its SCAN the loads finish and fill. Returns (stale
+    entries left behind, SCAN calls made)."""
+    cache = Cache(rc, prefix=prefix, count=False)
+    for start in range(0, 30_000, 5_000):
+        cache.set_many({f"row:{i}": "old" for i in range(start, start + 5_000)}, ttl=600)
+    readers_keys = [f"row:{i}" for i in range(30_000, 30_090)]
+    go = threading.Event()
+    loading = threading.Semaphore(0)
+
+    def load() -> str:
+        loading.release()
+        assert go.wait(20)
+        return "old"  # read before the write that the invalidation follows
+
+    readers = [
+        threading.Thread(target=cache.get_or_fetch, args=(k, load), kwargs={"ttl": 600})
+        for k in readers_keys
+    ]
+    for t in readers:
+        t.start()
+    for _ in readers:
+        assert loading.acquire(timeout=20)
+    driver = cache._driver
+    real_scan = driver._scan
+    calls = 0
+
+    def scan(op: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        reply = real_scan(op)
+        if calls == 15:  # about halfway: every reader fills now
+            go.set()
+            for t in readers:
+                t.join(20)
+        return reply
+
+    driver._scan = scan  # type: ignore[method-assign]
+    cache.invalidate_pattern("row:*")
+    go.set()
+    for t in readers:
+        t.join(20)
+    stale = sum(v == "old" for v in cache.get_many(readers_keys).values())
+    return stale, calls
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["checked", "naive"])
+def test_a_fill_that_began_before_a_pattern_invalidation_is_taken_back(
+    rc: RedisCluster, cprefix: str, naive: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The epoch check after the fill is what keeps pattern invalidation exact on Cluster,
+    where SCAN can miss an entry filled while it runs (one server checks the epoch inside
+    fill.lua). Without the check (``naive``) entries loaded before the invalidation stay."""
+    if naive:
+
+        def settle(ctx: Any, stores: Any) -> Any:
+            return [True] * len(stores)
+            yield
+
+        monkeypatch.setattr(aside, "settle", settle)
+    stale, calls = _race_pattern_invalidation(rc, cprefix)
+    print(f"{'naive' if naive else 'checked'}: {stale} stale entries of 90, {calls} SCAN calls")
+    assert calls > 15
+    if naive:
+        assert stale > 0
+    else:
+        assert stale == 0
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["checked", "naive"])
+def test_a_tagged_fill_that_began_before_the_tag_was_invalidated_is_never_served(
+    rc: RedisCluster, cprefix: str, naive: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if naive:  # no check after the fill, and no version check on reads either
+
+        def current(entry: Any, known: Any) -> bool:
+            return True
+
+        def settle(ctx: Any, stores: Any) -> Any:
+            return [True] * len(stores)
+            yield
+
+        monkeypatch.setattr(aside, "settle", settle)
+        monkeypatch.setattr(aside, "current", current)
+    cache = Cache(rc, prefix=cprefix, count=False)
+    started, go = threading.Event(), threading.Event()
+    result: list[Any] = []
+    reader = threading.Thread(
+        target=lambda: result.append(
+            cache.get_or_fetch(
+                "post:1", _slow_loader(started, go, "old"), ttl=600, tags=["author:9", "feed"]
+            )
+        )
+    )
+    reader.start()
+    assert started.wait(10)
+    cache.invalidate_tag("author:9")
+    go.set()
+    reader.join(10)
+    assert result == ["old"]
+    again = cache.get_or_fetch("post:1", lambda: "new", ttl=600, tags=["author:9", "feed"])
+    assert again == ("old" if naive else "new")
+
+
+def test_tags_spanning_slots_invalidate_every_member(rc: RedisCluster, cprefix: str) -> None:
+    cache = Cache(rc, prefix=cprefix, count=False)
+    keys = [f"post:{i}" for i in range(60)]
+    for k in keys:
+        cache.get_or_fetch(k, lambda k=k: k, ttl=600, tags=["feed"])
+    assert len({_owner(rc, cache.redis_key(k)) for k in keys}) == 3
+    assert all(cache.get_or_fetch(k, lambda: "reloaded", tags=["feed"]) == k for k in keys)
+    assert cache.invalidate_tag("feed") == 60
+    assert rc.scard(f"{cprefix}:~tag:{{feed}}") == 0
+    assert all(cache.get(k) is None for k in keys)
+
+
+def test_bump_and_write_through_on_cluster(rc: RedisCluster, cprefix: str) -> None:
+    cache = Cache(rc, prefix=cprefix, count=False)
+    for i in range(20):
+        cache.get_or_fetch(f"user:{i}", lambda i=i: i, ttl=600)
+    assert cache.bump("user")
+    assert all(cache.get_or_fetch(f"user:{i}", lambda: "new", ttl=600) == "new" for i in range(20))
+    saved: list[Any] = []
+    assert cache.write_through("user:3", {"v": 2}, saved.append) == {"v": 2}
+    assert cache.get("user:3") == {"v": 2} and saved == [{"v": 2}]
+
+
+def test_async_cache_on_cluster(cluster: EmbeddedCluster, cprefix: str) -> None:
+    async def main() -> None:
+        client = AsyncRedisCluster(
+            startup_nodes=[AsyncClusterNode(h, p) for h, p in cluster.startup_nodes],
+            socket_timeout=5,
+        )
+        cache = AsyncCache(client, prefix=cprefix, count=False)
+        loads: list[int] = []
+
+        async def load(i: int) -> int:
+            loads.append(i)
+            await asyncio.sleep(0.01)
+            return i
+
+        # 200 tasks over 20 keys: one load per key
+        got = await asyncio.gather(
+            *(
+                cache.get_or_fetch(f"a:{i % 20}", lambda i=i: load(i % 20), ttl=600)
+                for i in range(200)
+            )
+        )
+        assert got == [i % 20 for i in range(200)] and sorted(loads) == list(range(20))
+        assert await cache.get_many([f"a:{i}" for i in range(20)]) == {
+            f"a:{i}": i for i in range(20)
+        }
+        assert await cache.invalidate_pattern("a:1*") == 11
+        stats = await cache.stats()
+        assert len(stats.nodes) == 3 and stats.keys == sum(n.keys for n in stats.nodes)
+        await cache.close()
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_stats_sum_every_primary(rc: RedisCluster, cprefix: str) -> None:
+    cache = Cache(rc, prefix=cprefix)
+    cache.set_many({f"s:{i}": i for i in range(300)})
+    cache.get_many([f"s:{i}" for i in range(300)])
+    stats = cache.stats()
+    assert len(stats.nodes) == 3
+    assert (
+        stats.keys
+        == sum(n.keys for n in stats.nodes)
+        == sum(rc.execute_command("DBSIZE", target_nodes=n) for n in rc.get_primaries())
+    )
+    assert stats.memory_used_bytes == sum(n.memory_used_bytes for n in stats.nodes)
+    assert stats.family("s").hits == 300
+    assert stats.sample is not None and stats.sample.keys.get("s") == 300
+    cache.close()
