@@ -56,7 +56,7 @@ def connection_factory(client: Any) -> Callable[[], Any] | None:
         twin = sync_twin(client)
         if twin is None:
             return None
-        pool = twin.connection_pool
+        pool = getattr(twin, "connection_pool", None)  # none for a cluster client
     cls = getattr(pool, "connection_class", None)
     kwargs = dict(getattr(pool, "connection_kwargs", {}))
     if twin is not None:
