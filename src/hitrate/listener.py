@@ -50,6 +50,7 @@ def connection_factory(client: Any) -> Callable[[], Any] | None:
     """A function making a RESP2 connection to *client*'s server (a sync or asyncio
     redis-py client), or None where that cannot be done (Cluster, unknown connection)."""
     twin = None
+    pool: Any
     if isinstance(client, redis.Redis):
         pool = client.connection_pool
     else:
