@@ -11,6 +11,7 @@ import pytest
 from hitrate import AsyncCache, Cache
 from hitrate.server import EmbeddedServer, find_servers
 from hitrate.testing import delete_prefix, unique_prefix
+from hitrate.topologies import EmbeddedCluster, EmbeddedSentinel
 
 from . import ttl_audit
 
@@ -84,3 +85,39 @@ async def acache(url: str, prefix: str) -> AsyncIterator[AsyncCache]:
     c = AsyncCache.from_url(url, prefix=prefix)
     yield c
     await c.close()
+
+
+def _topology_flavour() -> str:
+    """The flavour for the shared topologies: redis when found, else valkey."""
+    if os.environ.get("HITRATE_TEST_SERVER"):
+        return os.environ["HITRATE_TEST_SERVER"]
+    return "redis" if "redis" in FLAVOURS else (FLAVOURS or ["valkey"])[0]
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[EmbeddedCluster]:
+    """A local Redis Cluster (3 primaries, 1 replica each), started the first time a test
+    asks and shared by the session: never kill its nodes (start a private one for that)."""
+    topology = EmbeddedCluster.start(_topology_flavour())
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture
+def cluster_url(cluster: EmbeddedCluster) -> str:
+    return cluster.url
+
+
+@pytest.fixture(scope="session")
+def sentinel() -> Iterator[EmbeddedSentinel]:
+    """A primary with 2 replicas and 3 sentinels (service ``hitrate``), started the first
+    time a test asks and shared by the session: never kill its primary (start a private
+    one for that)."""
+    topology = EmbeddedSentinel.start(_topology_flavour())
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture
+def sentinel_url(sentinel: EmbeddedSentinel) -> str:
+    return sentinel.url
