@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 
 from hitrate import AsyncCache, Cache
 from hitrate.server import EmbeddedServer, find_servers
 from hitrate.testing import delete_prefix, unique_prefix
+from hitrate.topologies import EmbeddedCluster, EmbeddedSentinel
 
 from . import ttl_audit
 
@@ -87,11 +87,37 @@ async def acache(url: str, prefix: str) -> AsyncIterator[AsyncCache]:
     await c.close()
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Any]:
-    from hitrate.topologies import EmbeddedCluster
+def _topology_flavour() -> str:
+    """The flavour for the shared topologies: redis when found, else valkey."""
+    if os.environ.get("HITRATE_TEST_SERVER"):
+        return os.environ["HITRATE_TEST_SERVER"]
+    return "redis" if "redis" in FLAVOURS else (FLAVOURS or ["valkey"])[0]
 
-    found = find_servers()
-    c = EmbeddedCluster.start("redis" if "redis" in found else None)
-    yield c
-    c.stop()
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[EmbeddedCluster]:
+    """A local Redis Cluster (3 primaries, 1 replica each), started the first time a test
+    asks and shared by the session: never kill its nodes (start a private one for that)."""
+    topology = EmbeddedCluster.start(_topology_flavour())
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture
+def cluster_url(cluster: EmbeddedCluster) -> str:
+    return cluster.url
+
+
+@pytest.fixture(scope="session")
+def sentinel() -> Iterator[EmbeddedSentinel]:
+    """A primary with 2 replicas and 3 sentinels (service ``hitrate``), started the first
+    time a test asks and shared by the session: never kill its primary (start a private
+    one for that)."""
+    topology = EmbeddedSentinel.start(_topology_flavour())
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture
+def sentinel_url(sentinel: EmbeddedSentinel) -> str:
+    return sentinel.url

@@ -3,23 +3,46 @@
 ``Cache.from_url`` / ``AsyncCache.from_url`` build their redis-py clients here: short
 timeouts and no retries (a cache that waits seconds for Redis is worse than none), and a
 bounded blocking pool, so a busy program waits briefly for a connection instead of opening
-more (the topologies of the Cluster issue - Sentinel, Cluster - will be made here too).
+more. The URL picks the topology:
+
+* ``redis://[user:pass@]host:port/db``, ``rediss://`` (TLS), ``unix:///path?db=0``: one
+  server;
+* ``redis+sentinel://[user:pass@]h1:26379,h2:26379/<service>[/db][?sentinel_password=...]``
+  (``rediss+sentinel://``): the primary the sentinels name, followed through failovers;
+  ``user:pass`` is the server's, ``sentinel_username`` / ``sentinel_password`` the
+  sentinels';
+* ``redis+cluster://[user:pass@]h1:p1,h2:p2[?opts]`` (``rediss+cluster://``): Redis
+  Cluster, with every host as a startup node; redirections are followed, cluster errors
+  retried once.
+
+The parsing is :func:`parse_url`; a URL it cannot use is a
+:class:`~hitrate.ConfigurationError` naming the URL (password masked) and the fix.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import redis
 import redis.asyncio as aredis
-from redis.backoff import NoBackoff
+import redis.asyncio.cluster as acluster
+import redis.asyncio.retry as aretry
+import redis.asyncio.sentinel as asentinel
+import redis.cluster as rcluster
+import redis.sentinel as rsentinel
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from .breaker import Breaker
 from .codec import Codec
+from .errors import ConfigurationError
 from .policy import TTLLike
 
 if TYPE_CHECKING:  # near imports plans; connect stays light
@@ -29,7 +52,11 @@ __all__ = [
     "DEFAULT_URL",
     "MAX_CONNECTIONS",
     "CacheOptions",
+    "Target",
     "async_client",
+    "async_twin",
+    "mask_url",
+    "parse_url",
     "resolve_url",
     "sync_client",
     "sync_twin",
@@ -72,6 +99,166 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get("HITRATE_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_URL
 
 
+# -- URLs ---------------------------------------------------------------------------------
+_SCHEMES = {
+    "redis": ("server", False),
+    "rediss": ("server", True),
+    "unix": ("server", False),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+    "redis+cluster": ("cluster", False),
+    "rediss+cluster": ("cluster", True),
+}
+_DEFAULT_PORT = {"sentinel": 26379, "cluster": 6379}
+_SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
+_HOW = {
+    "sentinel": "redis+sentinel://[user:password@]host1:26379,host2:26379/SERVICE[/DB]"
+    "[?sentinel_password=...]",
+    "cluster": "redis+cluster://[user:password@]host1:6379,host2:6379",
+}
+
+
+def mask_url(url: str) -> str:
+    """*url* with its password (and a ``sentinel_password=``) replaced by ``****``."""
+    masked = re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1****@", url)
+    return re.sub(r"((?:sentinel_)?password=)[^&]*", r"\1****", masked)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a URL names: one ``server``, a ``sentinel``-managed primary, or a ``cluster``.
+
+    ``hosts`` are the sentinels for Sentinel, the startup nodes for Cluster (one server's
+    URL is left to redis-py: ``hosts`` is empty). ``options`` are the query options other
+    than the sentinel credentials, for redis-py."""
+
+    kind: str
+    url: str
+    tls: bool = False
+    hosts: tuple[tuple[str, int], ...] = ()
+    username: str | None = None
+    password: str | None = None
+    service: str | None = None
+    db: int = 0
+    options: dict[str, str] = field(default_factory=dict)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+    def node_url(self, host: str, port: int) -> str:
+        """A ``redis://`` (``rediss://``) URL of one node, with this URL's credentials and
+        options: what redis-py parses for each node's connections."""
+        auth = ""
+        if self.username or self.password:
+            user = _quote(self.username or "")
+            auth = f"{user}:{_quote(self.password)}@" if self.password else f"{user}@"
+        query = f"?{urlencode(self.options)}" if self.options else ""
+        where = f"[{host}]" if ":" in host else host
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{where}:{port}/{self.db}{query}"
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+def _bad(url: str, what: str) -> ConfigurationError:
+    return ConfigurationError(f"bad Redis URL {mask_url(url)!r}: {what}")
+
+
+def _hosts(url: str, kind: str, netloc: str) -> tuple[tuple[str, int], ...]:
+    how = _HOW[kind]
+    out: list[tuple[str, int]] = []
+    for raw in netloc.split(","):
+        part = raw.strip()
+        if not part:
+            raise _bad(url, f"an empty host in the list; write {how}")
+        if part.startswith("["):  # [::1]:6379
+            host, _, rest = part[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ""
+            if rest and not rest.startswith(":"):
+                raise _bad(url, f"{part!r} is not host:port; write {how}")
+        else:
+            host, _, port_text = part.partition(":")
+        if not host:
+            raise _bad(url, f"{part!r} has no host name; write {how}")
+        if not port_text:
+            out.append((host, _DEFAULT_PORT[kind]))
+            continue
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise _bad(
+                url, f"port {port_text!r} of {host!r} is not a port number (1-65535); write {how}"
+            )
+        out.append((host, int(port_text)))
+    return tuple(out)
+
+
+def parse_url(url: str) -> Target:
+    """Read *url* (see the module's docstring for the forms); raises
+    :class:`~hitrate.ConfigurationError`, naming the URL with its password masked and saying
+    what to write, when it cannot be used."""
+    if not isinstance(url, str):
+        raise ConfigurationError(f"a Redis URL must be a string, not {url!r}")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise _bad(url, "no scheme; write redis://host:6379/0 (or redis+sentinel://, "
+                   "redis+cluster://, rediss:// for TLS, unix:///path/redis.sock)")  # fmt: skip
+    found = _SCHEMES.get(scheme.lower())
+    if found is None:
+        known = ", ".join(f"{name}://" for name in _SCHEMES)
+        raise _bad(url, f"unknown scheme {scheme + '://'!r}; use one of {known}")
+    kind, tls = found
+    if kind == "server":
+        return Target("server", url, tls)
+    how = _HOW[kind]
+    rest, _, query = rest.partition("?")
+    rest = rest.split("#", 1)[0]
+    netloc, _, path = rest.partition("/")
+    username = password = None
+    if "@" in netloc:
+        auth, _, netloc = netloc.rpartition("@")
+        user, colon, secret = auth.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    if not netloc:
+        raise _bad(url, f"no host; write {how}")
+    hosts = _hosts(url, kind, netloc)
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    sentinel = {name: options.pop(name, None) for name in _SENTINEL_OPTIONS}
+    parts = [unquote(p) for p in path.split("/") if p]
+    service: str | None = None
+    db_text = options.pop("db", None)
+    if kind == "sentinel":
+        if not parts:
+            raise _bad(url, f"no service name (the name the sentinels monitor); write {how}")
+        service = parts.pop(0)
+    elif sentinel["sentinel_password"] or sentinel["sentinel_username"]:
+        raise _bad(url, "sentinel_username/sentinel_password are for redis+sentinel:// URLs")
+    if parts:
+        db_text = parts.pop(0)
+    if parts:
+        raise _bad(url, f"unexpected {'/'.join(parts)!r} at the end; write {how}")
+    db = 0
+    if db_text is not None and db_text != "":
+        if not db_text.isdigit():
+            raise _bad(url, f"database {db_text!r} is not a number; write {how}")
+        db = int(db_text)
+    if kind == "cluster" and db != 0:
+        raise _bad(url, "Redis Cluster has only database 0: remove the /DB from the URL")
+    return Target(
+        kind, url, tls, hosts, username, password, service, db, options,
+        sentinel["sentinel_username"], sentinel["sentinel_password"],
+    )  # fmt: skip
+
+
+# redis-py's Sentinel, ClusterNode and parse_url carry no annotations.
+_parse_url: Any = redis.connection.parse_url
+_Sentinel: Any = rsentinel.Sentinel
+_AsyncSentinel: Any = asentinel.Sentinel
+_Node: Any = rcluster.ClusterNode
+_AsyncNode: Any = acluster.ClusterNode
+
+
 def _client_options(timeout: float, connect_timeout: float) -> dict[str, Any]:
     # Short timeouts and no retries: a cache that waits seconds for Redis is worse than none.
     return {
@@ -83,21 +270,107 @@ def _client_options(timeout: float, connect_timeout: float) -> dict[str, Any]:
     }
 
 
+#: How many times a cluster client tries a command again after a connection error or
+#: CLUSTERDOWN (it reloads the slot map first): once, so a failover costs one retry, not a
+#: storm. MOVED and ASK redirections are followed apart from this.
+CLUSTER_RETRIES = 1
+
+
+def _cluster_retry(retry_class: Any) -> Any:
+    return retry_class(ExponentialWithJitterBackoff(base=0.01, cap=0.1), CLUSTER_RETRIES)
+
+
+def _node_kwargs(target: Target) -> dict[str, Any]:
+    """The connection settings in *target*'s credentials and query options, as redis-py
+    reads them from a one-node URL."""
+    host, port = target.hosts[0]
+    kwargs = _parse_url(target.node_url(host, port))
+    for name in ("host", "port", "db"):
+        kwargs.pop(name, None)
+    return dict(kwargs)
+
+
+def _sentinel_kwargs(target: Target, timeout: float, connect_timeout: float) -> dict[str, Any]:
+    # The sentinels are asked once per (re)connect: the same short timeouts, their own
+    # credentials, TLS when the URL says rediss+sentinel:// (the TLS options too).
+    kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout}
+    if target.tls:
+        node = _node_kwargs(target)
+        kwargs.update({k: v for k, v in node.items() if k.startswith("ssl")})
+        kwargs["connection_class"] = redis.SSLConnection
+    if target.sentinel_username:
+        kwargs["username"] = target.sentinel_username
+    if target.sentinel_password:
+        kwargs["password"] = target.sentinel_password
+    return kwargs
+
+
+class _BlockingSentinelPool(rsentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
+    """A Sentinel pool that waits for a free connection (up to ``timeout``) when all are
+    busy, like the one-server pool, rather than failing at once."""
+
+
+class _AsyncBlockingSentinelPool(asentinel.SentinelConnectionPool, aredis.BlockingConnectionPool):
+    """The asyncio :class:`_BlockingSentinelPool`."""
+
+
 def sync_client(
     url: str | None,
     timeout: float,
     connect_timeout: float,
     max_connections: int,
     pool_timeout: float,
-) -> redis.Redis:
-    """A ``redis.Redis`` on a bounded blocking pool."""
+) -> Any:
+    """A ``redis.Redis`` on a bounded blocking pool; for ``redis+sentinel://`` one on the
+    primary the sentinels name, for ``redis+cluster://`` a ``redis.cluster.RedisCluster``
+    (one bounded blocking pool per node)."""
+    url = resolve_url(url)
+    target = parse_url(url)
+    options = _client_options(timeout, connect_timeout)
+    if target.kind == "cluster":
+        return _sync_cluster(target, options, max_connections, pool_timeout)
+    if target.kind == "sentinel":
+        kwargs = {**_node_kwargs(target), **options}
+        kwargs.pop("connection_class", None)  # the sentinel pool picks its own
+        manager = _Sentinel(
+            target.hosts, sentinel_kwargs=_sentinel_kwargs(target, timeout, connect_timeout)
+        )
+        return manager.master_for(
+            target.service, connection_pool_class=_BlockingSentinelPool, db=target.db,
+            ssl=target.tls, max_connections=max_connections, timeout=pool_timeout, **kwargs,
+        )  # fmt: skip
     pool = redis.BlockingConnectionPool.from_url(
-        resolve_url(url),
-        max_connections=max_connections,
-        timeout=pool_timeout,
-        **_client_options(timeout, connect_timeout),
+        url, max_connections=max_connections, timeout=pool_timeout, **options
     )
     return redis.Redis.from_pool(pool)
+
+
+def _sync_cluster(
+    target: Target, options: dict[str, Any], max_connections: int, pool_timeout: float
+) -> rcluster.RedisCluster:
+    options = dict(options)
+    options.pop("retry")  # the cluster client retries (once); its nodes never do
+    options.pop("health_check_interval")
+    first, *others = target.hosts
+    try:
+        # Given a URL, redis-py builds each node's pool with connection_pool_class: a
+        # bounded blocking one here, as for one server.
+        return rcluster.RedisCluster(
+            url=target.node_url(*first),
+            startup_nodes=[_Node(h, p) for h, p in others],
+            retry=_cluster_retry(Retry),
+            require_full_coverage=False,
+            connection_pool_class=redis.BlockingConnectionPool,
+            max_connections=max_connections,
+            timeout=pool_timeout,
+            **options,
+        )
+    except RedisClusterException as exc:
+        raise ConfigurationError(
+            f"Redis Cluster at {mask_url(target.url)} could not be reached or is not a "
+            f"cluster ({exc}): start the cluster, or check the URL's hosts "
+            "(a sync cluster client reads the slot map when it is made)"
+        ) from exc
 
 
 def async_client(
@@ -106,21 +379,127 @@ def async_client(
     connect_timeout: float,
     max_connections: int,
     pool_timeout: float,
-) -> aredis.Redis:
-    """A ``redis.asyncio.Redis`` on a bounded blocking pool."""
+) -> Any:
+    """A ``redis.asyncio.Redis`` on a bounded blocking pool, or the Sentinel and Cluster
+    clients of :func:`sync_client` from ``redis.asyncio`` (a cluster node's pool is bounded,
+    and a task past the bound fails open at once)."""
+    url = resolve_url(url)
+    target = parse_url(url)
+    options = _client_options(timeout, connect_timeout)
+    if target.kind == "cluster":
+        return _async_cluster(target.hosts, _node_kwargs(target), options, max_connections)
+    if target.kind == "sentinel":
+        kwargs = {**_node_kwargs(target), **options}
+        kwargs.pop("connection_class", None)
+        kwargs["retry"] = aretry.Retry(NoBackoff(), 0)
+        manager = _AsyncSentinel(
+            target.hosts, sentinel_kwargs=_sentinel_kwargs(target, timeout, connect_timeout)
+        )
+        return manager.master_for(
+            target.service, connection_pool_class=_AsyncBlockingSentinelPool, db=target.db,
+            ssl=target.tls, max_connections=max_connections, timeout=pool_timeout, **kwargs,
+        )  # fmt: skip
     pool = aredis.BlockingConnectionPool.from_url(
-        resolve_url(url),
-        max_connections=max_connections,
-        timeout=pool_timeout,
-        **_client_options(timeout, connect_timeout),
+        url, max_connections=max_connections, timeout=pool_timeout, **options
     )
     return aredis.Redis.from_pool(pool)
 
 
-def sync_twin(aclient: Any) -> redis.Redis | None:
-    """A sync client on the same server as the asyncio client *aclient* (for the stats
-    timer), or None when its connection settings cannot be carried over."""
+_ASYNC_CLUSTER_KEYS = (
+    "username", "password", "credential_provider", "client_name", "encoding",
+    "encoding_errors", "decode_responses", "socket_timeout", "socket_connect_timeout",
+    "socket_keepalive", "socket_keepalive_options", "protocol", "ssl_ca_certs", "ssl_ca_data",
+    "ssl_cert_reqs", "ssl_certfile", "ssl_check_hostname", "ssl_keyfile", "ssl_min_version",
+    "ssl_ciphers",
+)  # fmt: skip
+
+
+def _async_cluster(
+    hosts: Sequence[tuple[str, int]],
+    kwargs: Mapping[str, Any],
+    options: Mapping[str, Any],
+    max_connections: int,
+) -> acluster.RedisCluster:
+    settings = {k: v for k, v in {**kwargs, **options}.items() if k in _ASYNC_CLUSTER_KEYS}
+    connection_class = kwargs.get("connection_class", type)
+    ssl = bool(kwargs.get("ssl")) or "SSL" in getattr(connection_class, "__name__", "")
+    return acluster.RedisCluster(
+        startup_nodes=[_AsyncNode(h, p) for h, p in hosts],
+        retry=_cluster_retry(aretry.Retry),
+        require_full_coverage=False,
+        max_connections=max_connections,
+        ssl=ssl,
+        **settings,
+    )
+
+
+# -- twins: the same server from the other side (sync <-> asyncio) -------------------------
+def _cluster_nodes(client: Any) -> list[tuple[str, int]]:
+    nodes = client.get_nodes() or list(client.nodes_manager.startup_nodes.values())
+    return [(n.host, int(n.port)) for n in nodes]
+
+
+def _sync_cluster_twin(aclient: acluster.RedisCluster) -> rcluster.RedisCluster:
+    kwargs = aclient.nodes_manager.connection_kwargs
+    settings = {k: v for k, v in kwargs.items() if k in _ASYNC_CLUSTER_KEYS}
+    if "SSL" in getattr(kwargs.get("connection_class"), "__name__", ""):
+        settings["ssl"] = True
+    return rcluster.RedisCluster(
+        startup_nodes=[_Node(h, p) for h, p in _cluster_nodes(aclient)],
+        retry=_cluster_retry(Retry),
+        require_full_coverage=False,
+        max_connections=2,
+        **settings,
+    )
+
+
+def _sentinel_twin(client: Any, to_async: bool) -> Any:
+    """A client of the other kind (sync or asyncio) on the primary of the sentinel-managed
+    *client*, asking the same sentinels."""
+    pool = client.connection_pool
+    manager = pool.sentinel_manager
+    sentinels = []
+    for s in manager.sentinels:
+        kw = s.connection_pool.connection_kwargs
+        sentinels.append((kw.get("host", "localhost"), int(kw.get("port", 26379))))
+    sentinel_kwargs = {k: v for k, v in manager.sentinel_kwargs.items() if k != "retry"}
+    kwargs = {
+        k: v
+        for k, v in pool.connection_kwargs.items()
+        if k not in ("connection_pool", "connection_class", "retry")
+    }
+    kwargs["ssl"] = "SSL" in pool.connection_class.__name__
+    if to_async:
+        ssl_class = sentinel_kwargs.pop("connection_class", None)
+        if ssl_class is not None and "SSL" in ssl_class.__name__:
+            sentinel_kwargs["connection_class"] = aredis.SSLConnection
+        amanager = _AsyncSentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+        kwargs["retry"] = aretry.Retry(NoBackoff(), 0)
+        return amanager.master_for(pool.service_name, **kwargs)
+    ssl_class = sentinel_kwargs.pop("connection_class", None)
+    if ssl_class is not None and "SSL" in ssl_class.__name__:
+        sentinel_kwargs["connection_class"] = redis.SSLConnection
+    smanager = _Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    kwargs["max_connections"] = 2
+    return smanager.master_for(pool.service_name, **kwargs)
+
+
+def sync_twin(aclient: Any) -> Any:
+    """A sync client on the same server (sentinel-managed primary, cluster) as the asyncio
+    client *aclient* (for the stats timer), or None when its connection settings cannot be
+    carried over."""
+    if isinstance(aclient, acluster.RedisCluster):
+        try:
+            return _sync_cluster_twin(aclient)
+        except (RedisClusterException, redis.RedisError, TypeError):
+            return None
     pool = getattr(aclient, "connection_pool", None)
+    if isinstance(pool, asentinel.SentinelConnectionPool):
+        try:
+            return _sentinel_twin(aclient, to_async=False)
+        except (TypeError, AttributeError):
+            return None
     classes: dict[str, Any] = {
         "Connection": redis.Connection,
         "SSLConnection": redis.SSLConnection,
@@ -139,7 +518,14 @@ def sync_twin(aclient: Any) -> redis.Redis | None:
     return redis.Redis(connection_pool=sync_pool)
 
 
-def async_twin(client: Any) -> aredis.Redis:
-    """An asyncio client on the same server as the sync client *client* (``Cache.aio``)."""
+def async_twin(client: Any) -> Any:
+    """An asyncio client on the same server (sentinel-managed primary, cluster) as the sync
+    client *client* (``Cache.aio``)."""
+    if isinstance(client, rcluster.RedisCluster):
+        kwargs = dict(client.nodes_manager.connection_kwargs)
+        pool_size = kwargs.get("max_connections") or MAX_CONNECTIONS
+        return _async_cluster(_cluster_nodes(client), kwargs, {}, pool_size)
     pool = client.connection_pool
+    if isinstance(pool, rsentinel.SentinelConnectionPool):
+        return _sentinel_twin(client, to_async=True)
     return aredis.Redis(connection_pool=aredis.ConnectionPool(**pool.connection_kwargs))

@@ -153,18 +153,31 @@ _STATE_WORDS = {
 }
 _STATE_ADVICE = {
     "LOADING": "is loading its dataset into memory; it answers again when that is done",
-    "READONLY": "is a read-only replica; point the URL at the primary",
+    "READONLY": "is a read-only replica (a primary demoted by a failover, or a URL naming a "
+    "replica): point the URL at the primary, or use redis+sentinel:// to follow failovers",
     "MASTERDOWN": "is a replica that lost its primary",
     "OOM": "is out of memory (maxmemory reached, no key it may evict): raise maxmemory or "
     "set an eviction policy such as allkeys-lru",
     "BUSY": "is busy running a long script or function",
-    "CLUSTERDOWN": "reports the cluster down",
+    "CLUSTERDOWN": "reports the cluster down (a failover under way, or slots not served)",
     "TRYAGAIN": "is migrating the slot (TRYAGAIN)",
     "NOREPLICAS": "has too few replicas to accept writes (min-replicas-to-write)",
     "MISCONF": "refuses writes because it cannot save its snapshot (MISCONF): check the "
     "server's disk and log",
 }
 _UNKNOWN_HOST = ("Name or service not known", "nodename nor servname", "name resolution")
+# What redis-py's cluster client says (RedisClusterException, not a RedisError) when the
+# command itself cannot go to one node: keys of different slots, no key. hitrate's bug, not
+# an outage, like a CROSSSLOT reply.
+_CLUSTER_MISUSE = (
+    "same key slot",
+    "Missing key",
+    "Invalid args",
+    "is blocked when running redis in cluster mode",
+    "not implemented",
+    "Too many targets",
+    "deprecated in cluster mode",
+)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -182,8 +195,10 @@ def _text(exc: BaseException) -> str:
 
 
 def _host(where: str) -> str:
-    rest = where.split("://", 1)[-1]
-    return rest.rsplit("@", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0] or "?"
+    rest = where.split("://", 1)[-1].rsplit("@", 1)[-1].split("/", 1)[0]
+    if "," in rest:  # the hosts of a Sentinel or Cluster URL
+        return rest
+    return rest.rsplit(":", 1)[0] or "?"
 
 
 def _db(where: str) -> str:
@@ -218,7 +233,7 @@ def _misconfiguration(exc: BaseException, where: str) -> str | None:
             "16 by default, numbered 0-15): fix the /DB at the end of the URL, or raise the "
             "server's `databases` setting"
         )
-    if where.startswith("rediss://") and any(
+    if where.startswith("rediss") and any(
         isinstance(e, ssl.SSLCertVerificationError) for e in _chain(exc)
     ):
         return (
@@ -226,7 +241,7 @@ def _misconfiguration(exc: BaseException, where: str) -> str | None:
             "that signed it in the URL (rediss://host:port/db?ssl_ca_certs=/path/ca.crt), "
             "or fix the certificate's host name"
         )
-    if where.startswith("rediss://") and any(
+    if where.startswith("rediss") and any(
         isinstance(e, ssl.SSLError) or "handshake" in str(e) or "SSL" in str(e) for e in _chain(exc)
     ):
         return (
@@ -238,6 +253,42 @@ def _misconfiguration(exc: BaseException, where: str) -> str | None:
         or any(words in text for words in _UNKNOWN_HOST)
     ):
         return f"unknown host {_host(where)!r} in {where} (DNS lookup failed): check the URL's host"
+    if (
+        isinstance(exc, rexc.RedisClusterException)
+        and "cluster mode is not enabled" in text.lower()
+    ):
+        return (
+            f"{where} is not a Redis Cluster (cluster mode is not enabled on its nodes): use "
+            "redis://host:port/db for one server, or enable cluster-enabled on the servers"
+        )
+    return None
+
+
+def _topology_failure(exc: BaseException, what: str, where: str) -> CacheUnavailableError | None:
+    """Sentinel and Cluster failures that are not plain socket errors: a cluster that
+    cannot serve a slot, sentinels that know no primary (outages), and a command the
+    cluster client cannot route (hitrate's bug: refused, not an outage)."""
+    if isinstance(exc, rexc.SlotNotCoveredError):
+        cause = f"the Redis Cluster at {where} has no live node for a slot ({exc})"
+        return CacheUnavailableError(f"{cause} during {what}", cause=cause)
+    if isinstance(exc, rexc.RedisClusterException):
+        text = str(exc)
+        if any(words in text for words in _CLUSTER_MISUSE):
+            cause = f"the Redis Cluster client at {where} cannot send {what}: {text}"
+            return CommandRefusedError(cause, cause=cause)
+        cause = (
+            f"the Redis Cluster at {where} cannot serve ({text.splitlines()[0] if text else exc!r})"
+        )
+        return CacheUnavailableError(f"{cause} during {what}", cause=cause)
+    if isinstance(exc, rexc.ClusterError):  # not CLUSTERDOWN (a server state, below)
+        cause = f"the Redis Cluster at {where} failed ({exc})"
+        return CacheUnavailableError(f"{cause} during {what}", cause=cause)
+    if type(exc).__name__ in ("MasterNotFoundError", "SlaveNotFoundError"):
+        cause = (
+            f"the sentinels at {where} name no reachable primary ({exc}): a failover is under "
+            "way, or the service name or the sentinels' addresses are wrong"
+        )
+        return CacheUnavailableError(f"{cause} during {what}", cause=cause)
     return None
 
 
@@ -250,11 +301,14 @@ def translate(exc: BaseException, what: str, where: str = "Redis") -> CacheUnava
 
     * :class:`MisconfiguredError` (an outage that will not end by itself: wrong password,
       DB index out of range, TLS mismatch, unknown host, missing ACL permission);
-    * :class:`CacheUnavailableError` with ``outage`` True: connection errors, timeouts and
-      server states that refuse every key (LOADING, READONLY, MASTERDOWN, OOM, BUSY,
-      CLUSTERDOWN, TRYAGAIN, NOREPLICAS, MISCONF);
+    * :class:`CacheUnavailableError` with ``outage`` True: connection errors, timeouts,
+      server states that refuse every key (LOADING, READONLY, MASTERDOWN, BUSY,
+      CLUSTERDOWN, TRYAGAIN, NOREPLICAS, MISCONF), a Redis Cluster that cannot serve
+      (redis-py's ``RedisClusterException``, ``SlotNotCoveredError``, ``ClusterError``) and
+      sentinels that name no primary (``MasterNotFoundError``);
     * :class:`CommandRefusedError` (``outage`` False): an error reply about this command
-      or key, such as ``WRONGTYPE``; other keys are unaffected. ``OOM`` (maxmemory reached
+      or key, such as ``WRONGTYPE``, or a command the cluster client cannot route (keys
+      of two slots: CROSSSLOT); other keys are unaffected. ``OOM`` (maxmemory reached
       under ``noeviction``) is one too: writes are refused while reads go on.
 
     Each carries ``cause``: what went wrong, in words a person can act on.
@@ -270,6 +324,10 @@ def translate(exc: BaseException, what: str, where: str = "Redis") -> CacheUnava
             # it refuses is dropped.
             err.outage, err.refused = False, True
         return err
+    if not isinstance(exc, rexc.ClusterDownError | rexc.TryAgainError):
+        failure = _topology_failure(exc, what, where)
+        if failure is not None:
+            return failure
     state = next((w for cls, w in _STATE_WORDS.items() if isinstance(exc, cls)), None)
     if state is None and isinstance(exc, rexc.ResponseError):
         found = _SERVER_STATES.search(str(exc))
@@ -287,8 +345,10 @@ def translate(exc: BaseException, what: str, where: str = "Redis") -> CacheUnava
         return CacheUnavailableError(f"{cause} during {what}", cause=cause)
     if isinstance(exc, rexc.ConnectionError):
         cause = f"Redis is unreachable at {where} ({str(exc).rstrip('.')})"
-        if where.startswith("redis://") and any(
-            isinstance(e, ConnectionResetError) for e in _chain(exc)
+        if (
+            where.startswith("redis")
+            and not where.startswith("rediss")
+            and any(isinstance(e, ConnectionResetError) for e in _chain(exc))
         ):  # what a TLS-only port does to a plain connection
             cause += "; if the server's port expects TLS, use rediss:// instead of redis://"
         return CacheUnavailableError(f"{cause} during {what}", cause=cause)

@@ -60,10 +60,52 @@ class Health:
         return asdict(self)
 
 
+def _auth(kwargs: dict[str, Any]) -> str:
+    user = kwargs.get("username")
+    return f"{user}:****@" if user else (":****@" if kwargs.get("password") else "")
+
+
+def _cluster_url(client: Any) -> str:
+    # The nodes the client knows now (after failovers), else the ones it was given.
+    manager = client.nodes_manager
+    nodes = list(getattr(manager, "nodes_cache", {}).values()) or list(
+        manager.startup_nodes.values()
+    )
+    hosts = ",".join(sorted({f"{n.host}:{n.port}" for n in nodes})) or "?"
+    kwargs = dict(getattr(manager, "connection_kwargs", {}))
+    tls = kwargs.get("ssl") or "SSL" in getattr(kwargs.get("connection_class"), "__name__", "")
+    return f"{'rediss' if tls else 'redis'}+cluster://{_auth(kwargs)}{hosts}"
+
+
+def _sentinel_url(pool: Any) -> str:
+    hosts = []
+    for sentinel in pool.sentinel_manager.sentinels:
+        kw = sentinel.connection_pool.connection_kwargs
+        hosts.append(f"{kw.get('host', 'localhost')}:{kw.get('port', 26379)}")
+    kwargs = pool.connection_kwargs
+    scheme = "rediss" if "SSL" in pool.connection_class.__name__ else "redis"
+    return (
+        f"{scheme}+sentinel://{_auth(kwargs)}{','.join(hosts)}/{pool.service_name}"
+        f"/{kwargs.get('db', 0)}"
+    )
+
+
 def server_url(client: Any) -> str:
-    """``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a socket) of a
-    redis-py client, never with its password; ``"Redis"`` if the client does not say."""
+    """``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a socket,
+    ``redis+sentinel://sentinels/service/db`` and ``redis+cluster://nodes`` for the other
+    topologies) of a redis-py client, never with its password; ``"Redis"`` if the client
+    does not say."""
+    if hasattr(client, "nodes_manager"):  # redis.cluster / redis.asyncio.cluster
+        try:
+            return _cluster_url(client)
+        except (AttributeError, TypeError, RuntimeError):  # RuntimeError: changed meanwhile
+            return "Redis Cluster"
     pool = getattr(client, "connection_pool", None)
+    if hasattr(pool, "sentinel_manager") and hasattr(pool, "service_name"):
+        try:
+            return _sentinel_url(pool)
+        except (AttributeError, TypeError):
+            return "Redis (Sentinel)"
     kwargs = getattr(pool, "connection_kwargs", None)
     if not isinstance(kwargs, dict):
         return "Redis"
@@ -72,9 +114,8 @@ def server_url(client: Any) -> str:
         return f"unix://{kwargs['path']}?db={db}"
     cls = getattr(pool, "connection_class", type)
     scheme = "rediss" if "SSL" in cls.__name__ else "redis"
-    user = kwargs.get("username")
-    auth = f"{user}:****@" if user else (":****@" if kwargs.get("password") else "")
-    return f"{scheme}://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
+    return f"{scheme}://{_auth(kwargs)}{host}:{port}/{db}"
 
 
 _REFUSALS_LOGGED = 256  # distinct refusals logged at WARNING per process, then DEBUG

@@ -50,13 +50,14 @@ def connection_factory(client: Any) -> Callable[[], Any] | None:
     """A function making a RESP2 connection to *client*'s server (a sync or asyncio
     redis-py client), or None where that cannot be done (Cluster, unknown connection)."""
     twin = None
+    pool: Any
     if isinstance(client, redis.Redis):
         pool = client.connection_pool
     else:
         twin = sync_twin(client)
         if twin is None:
             return None
-        pool = twin.connection_pool
+        pool = getattr(twin, "connection_pool", None)  # none for a cluster client
     cls = getattr(pool, "connection_class", None)
     kwargs = dict(getattr(pool, "connection_kwargs", {}))
     if twin is not None:

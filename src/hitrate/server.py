@@ -95,8 +95,13 @@ class EmbeddedServer:
         *,
         extra_args: tuple[str, ...] = (),
         timeout: float = 10.0,
+        config: str = "",
     ) -> EmbeddedServer:
-        """Start ``flavour`` ("redis" or "valkey"; default: whichever is found first)."""
+        """Start ``flavour`` ("redis" or "valkey"; default: whichever is found first).
+
+        ``config``: the text of a configuration file, written into the server's working
+        directory and loaded first (a sentinel needs one it can rewrite); ``extra_args`` are
+        given after it, and win."""
         servers = find_servers()
         if flavour is None:
             if not servers:
@@ -112,8 +117,12 @@ class EmbeddedServer:
         for _ in range(3):  # a free port can be taken between choosing and binding it
             port = free_port()
             workdir = tempfile.mkdtemp(prefix=f"hitrate-{flavour}-")
+            conf: list[str] = []
+            if config:
+                conf = [os.path.join(workdir, "server.conf")]
+                Path(conf[0]).write_text(config)
             args = [
-                binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                binary, *conf, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", workdir, "--daemonize", "no",
                 "--protected-mode", "yes", "--loglevel", "warning", *extra_args,
             ]  # fmt: skip

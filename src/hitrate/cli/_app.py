@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import redis
 import typer
+from redis.exceptions import RedisClusterException
 from rich.live import Live
 
 from .. import __version__
@@ -275,28 +276,60 @@ def _until_stopped() -> None:
         pass
 
 
+ClusterFlag = Annotated[
+    bool, typer.Option("--cluster", help="A local Redis Cluster (3 primaries, 3 replicas).")
+]
+SentinelFlag = Annotated[
+    bool,
+    typer.Option("--sentinel", help="A primary, 2 replicas and 3 sentinels (service hitrate)."),
+]
+
+
+def _topology(cluster: bool, sentinel: bool) -> str | None:
+    if cluster and sentinel:
+        raise _Failure("--cluster and --sentinel exclude each other: choose one")
+    return "cluster" if cluster else "sentinel" if sentinel else None
+
+
 @app.command()
 def server(
     flavour: Annotated[
         str | None, typer.Option(help="redis or valkey [default: whichever is found]")
     ] = None,
+    cluster: ClusterFlag = False,
+    sentinel: SentinelFlag = False,
 ) -> None:
     """Start a private Redis/Valkey server on a free loopback port and print its URL;
-    it runs until Ctrl-C and keeps nothing on disk."""
+    it runs until Ctrl-C and keeps nothing on disk. ``--cluster`` starts a local Redis
+    Cluster instead, ``--sentinel`` a Sentinel-managed primary (their URL is printed)."""
     from ..server import EmbeddedServer
+    from ..topologies import EmbeddedCluster, EmbeddedSentinel
 
+    kind = _topology(cluster, sentinel)
+    local: EmbeddedServer | EmbeddedCluster | EmbeddedSentinel
     try:
-        srv = EmbeddedServer.start(flavour)
+        if kind == "cluster":
+            local = EmbeddedCluster.start(flavour)
+            pids = [n.process.pid for n in local.nodes]
+        elif kind == "sentinel":
+            local = EmbeddedSentinel.start(flavour)
+            pids = [n.process.pid for n in local.servers + local.sentinels]
+        else:
+            local = EmbeddedServer.start(flavour)
+            pids = [local.process.pid]
     except (ConfigurationError, RuntimeError) as exc:
         raise _Failure(str(exc)) from None
     try:
-        typer.echo(srv.url, nl=True)
-        typer.echo(f"# {srv.flavour} pid {srv.process.pid}; Ctrl-C stops it. In a shell:", err=True)
-        typer.echo(f"export HITRATE_REDIS_URL={srv.url}", err=True)
+        what = f"{local.flavour} {kind}" if kind else local.flavour
+        typer.echo(local.url, nl=True)
+        typer.echo(
+            f"# {what} pid {', '.join(map(str, pids))}; Ctrl-C stops it. In a shell:", err=True
+        )
+        typer.echo(f"export HITRATE_REDIS_URL={local.url}", err=True)
         sys.stdout.flush()
         _until_stopped()
     finally:
-        srv.stop()
+        local.stop()
 
 
 @app.command()
@@ -374,10 +407,14 @@ def demo(
     db_latency: Annotated[float | None, typer.Option(min=0, hidden=True)] = None,
     rate: Annotated[float, typer.Option(min=0, hidden=True)] = 600.0,
     second_process: Annotated[bool, typer.Option(hidden=True)] = True,
+    cluster: ClusterFlag = False,
+    sentinel: SentinelFlag = False,
 ) -> None:
     """A shop (10,000 users, 2,000 products, 50,000 orders) behind the cache under skewed
     traffic, with a live view and the dashboard, then a report: hit rate per family, queries
-    avoided, latency with vs without the cache, stampedes, stale reads, rate-limit precision."""
+    avoided, latency with vs without the cache, stampedes, stale reads, rate-limit precision.
+    ``--cluster`` / ``--sentinel`` run it on a local Redis Cluster / Sentinel-managed primary."""
+    kind = _topology(cluster, sentinel)
     try:
         from ..demo import run_demo
     except ImportError as exc:
@@ -391,10 +428,12 @@ def demo(
             duration=duration, redis_url=url, database=database, port=port,
             dashboard=not no_dashboard, seed=seed, as_json=as_json, scale=scale,
             prefix=prefix, table_prefix=table_prefix, db_latency_ms=db_latency, rate=rate,
-            second_process=second_process,
+            second_process=second_process, topology=kind,
             console=console(data=False),
         )  # fmt: skip
-    except (HitrateError, redis.RedisError, OSError, RuntimeError) as exc:
+    except (
+        HitrateError, redis.RedisError, RedisClusterException, OSError, RuntimeError
+    ) as exc:  # fmt: skip
         raise _Failure(f"demo: {exc}") from None
     except Exception as exc:  # the database's errors (SQLAlchemy, psycopg): one line too
         if type(exc).__module__.split(".")[0] not in ("sqlalchemy", "psycopg"):

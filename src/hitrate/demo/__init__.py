@@ -27,7 +27,6 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-import redis
 from rich.console import Console
 from rich.live import Live
 from rich.progress import Progress
@@ -41,8 +40,11 @@ __all__ = ["run_demo"]
 
 
 def _clear_prefix(url: str, prefix: str) -> None:
-    """Start from an empty cache: delete what an earlier run left under *prefix*."""
-    client = redis.Redis.from_url(url)
+    """Start from an empty cache: delete what an earlier run left under *prefix* (on every
+    primary of a cluster)."""
+    from ..connect import sync_client
+
+    client = sync_client(url, 5.0, 5.0, 4, 5.0)
     try:
         batch = list(client.scan_iter(match=f"{prefix}:*", count=1000))
         for i in range(0, len(batch), 500):
@@ -104,6 +106,7 @@ def run_demo(
     limit: int = 10,
     second_process: bool = True,
     console: Console | None = None,
+    topology: str | None = None,
 ) -> dict[str, Any]:
     """Run the demo and return its report (also printed: a table, or JSON with *as_json*).
 
@@ -112,7 +115,11 @@ def run_demo(
     *second_process* runs user profile reads from another process too (100/s).
     *db_latency_ms* is added to every query (default: 1 ms for SQLite, which is in-process
     and so faster than any networked database; 0 for PostgreSQL).
+    *topology* ``"cluster"`` or ``"sentinel"`` starts a local Redis Cluster or a
+    Sentinel-managed primary (instead of one private server) and runs the demo on it.
     """
+    if topology not in (None, "cluster", "sentinel"):
+        raise ValueError(f"topology must be 'cluster', 'sentinel' or None, not {topology!r}")
     out = console or Console()
     live_ok = out.is_terminal and not as_json
     err = Console(stderr=True) if as_json else out
@@ -122,7 +129,15 @@ def run_demo(
 
     with ExitStack() as stack:
         url = redis_url or os.environ.get("HITRATE_REDIS_URL") or os.environ.get("REDIS_URL")
-        if url:
+        if topology is not None:
+            from ..topologies import EmbeddedCluster, EmbeddedSentinel
+
+            local = EmbeddedCluster.start() if topology == "cluster" else EmbeddedSentinel.start()
+            stack.callback(local.stop)
+            url = local.url
+            server_label = f"a local {local.flavour} {topology}"
+            say(f"started a local {local.flavour} {topology} at {url}")
+        elif url:
             server_label = "Redis at the given URL"
         else:
             from ..server import EmbeddedServer

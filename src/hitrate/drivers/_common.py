@@ -55,7 +55,9 @@ def _eval_args(op: Eval) -> tuple[Any, ...]:
 
 
 def _redis_error(exc: BaseException) -> bool:
-    return isinstance(exc, rexc.RedisError | OSError) and not isinstance(exc, rexc.NoScriptError)
+    return isinstance(
+        exc, rexc.RedisError | rexc.RedisClusterException | OSError
+    ) and not isinstance(exc, rexc.NoScriptError)
 
 
 def _pool_exhausted(exc: BaseException) -> bool:
