@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -27,11 +28,28 @@ def pytest_report_header() -> str:
 _servers: dict[str, EmbeddedServer] = {}
 
 
-@pytest.fixture(scope="session", params=FLAVOURS or ["none"])
-def server(request: pytest.FixtureRequest) -> Iterator[EmbeddedServer]:
-    """A private server per flavour, started once for the session."""
+#: Test modules whose every test also runs on a local Redis Cluster and on Sentinel (the
+#: ``server`` fixture is then one of those topologies: only its ``url`` is the same kind).
+ON_EVERY_TOPOLOGY = {"test_contract", "test_consistency", "test_stampede", "test_topology_suite"}
+TOPOLOGIES = ["cluster", "sentinel"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if "server" in metafunc.fixturenames:
+        params = (FLAVOURS or ["none"]) + (TOPOLOGIES if module in ON_EVERY_TOPOLOGY else [])
+        metafunc.parametrize("server", params, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def server(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A private server per flavour, started once for the session (or, for the modules
+    in :data:`ON_EVERY_TOPOLOGY`, also the session's cluster and sentinel set-up)."""
     if request.param == "none":
         pytest.fail("no server binary: install redis-server or hitrate[server]")
+    if request.param in TOPOLOGIES:
+        yield request.getfixturevalue(request.param)
+        return
     srv = EmbeddedServer.start(request.param)
     yield srv
     srv.stop()

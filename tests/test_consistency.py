@@ -8,9 +8,9 @@ import random
 import time
 
 import pytest
-import redis
 
 from hitrate import AsyncCache, Cache
+from hitrate.testing import raw_client
 
 from .consistency import NaiveCache, Op, VersionedDB, run_workload, violations
 
@@ -19,7 +19,7 @@ KEYS = ["row:1", "row:2", "row:3"]
 
 def test_checker_catches_the_naive_cache(url: str, prefix: str) -> None:
     db = VersionedDB(KEYS)
-    naive = NaiveCache(redis.Redis.from_url(url), prefix + ":")
+    naive = NaiveCache(raw_client(url), prefix + ":")
     log = run_workload(naive, db, KEYS, seconds=1.5)
     found = violations(log)
     print(f"naive cache-aside: {found} stale reads in {len(log)} operations")

@@ -11,10 +11,9 @@ import threading
 import time
 
 import pytest
-import redis
 
 from hitrate import AsyncCache, Cache, Policy
-from hitrate.testing import FakeClock
+from hitrate.testing import FakeClock, raw_client
 
 LOAD_SECONDS = 0.05
 
@@ -23,8 +22,9 @@ WORKER = textwrap.dedent(
     """
     import sys, threading, time, redis
     from hitrate import Cache
+    from hitrate.testing import raw_client
     url, prefix, key, counter, start_at = sys.argv[1:6]
-    raw = redis.Redis.from_url(url)
+    raw = raw_client(url)
     cache = Cache.from_url(url, prefix=prefix, timeout=2.0)
     def load():
         raw.incr(counter)
@@ -43,7 +43,7 @@ WORKER = textwrap.dedent(
 
 @pytest.mark.ttl_audit_exempt  # the test's own load counter
 def test_one_load_per_expiry_across_threads_and_processes(url: str, prefix: str) -> None:
-    raw = redis.Redis.from_url(url)
+    raw = raw_client(url)
     counter = f"{prefix}:test-loads"
     cache = Cache.from_url(url, prefix=prefix, timeout=2.0)
 
@@ -80,7 +80,7 @@ def test_one_load_per_expiry_across_threads_and_processes(url: str, prefix: str)
 
 def test_naive_stampede_is_real(url: str, prefix: str) -> None:
     """The same 64 threads with a plain GET / load / SET: many loads (what we prevent)."""
-    raw = redis.Redis.from_url(url)
+    raw = raw_client(url)
     loads = []
     barrier = threading.Barrier(64)
 
@@ -171,7 +171,7 @@ def test_loader_error_in_another_process_is_a_loader_error(url: str, prefix: str
     )
     cache = Cache.from_url(url, prefix=prefix, timeout=2.0)
     lease = cache.redis_key("broken:2") + ":lease"
-    raw = redis.Redis.from_url(url)
+    raw = raw_client(url)
     deadline = time.monotonic() + 10
     while not raw.exists(lease) and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-import redis
+from hitrate.testing import raw_client
 
 __all__ = ["PERMANENT", "audit", "classify", "found", "unknown", "violations"]
 
@@ -51,7 +51,7 @@ def classify(rest: str) -> str:
 
 
 def audit(url: str, prefix: str, test: str) -> None:
-    client = redis.Redis.from_url(url)
+    client = raw_client(url)
     try:
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
         if not keys:

@@ -58,12 +58,19 @@ def unique_prefix(name: str = "test") -> str:
     return f"{name}-{uuid.uuid4().hex[:10]}"
 
 
+def raw_client(url: str) -> Any:
+    """A plain redis-py client for any URL ``Cache.from_url`` takes (one server,
+    ``redis+sentinel://``, ``redis+cluster://``), with generous timeouts: for tests that
+    look at Redis beside the cache."""
+    from .connect import sync_client
+
+    return sync_client(url, 5.0, 5.0, 16, 5.0)
+
+
 def delete_prefix(url: str, prefix: str) -> int:
     """Delete every key of the cache with *prefix* (``prefix:{...`` and ``prefix:~...``,
     not another cache's under a longer prefix) by SCAN + UNLINK; returns how many."""
-    import redis
-
-    client = redis.Redis.from_url(url)
+    client = raw_client(url)
     deleted = 0
     try:
         batch = [
