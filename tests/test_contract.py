@@ -100,9 +100,17 @@ def c(make: Callable[..., Api]) -> Api:
 
 
 def calls(raw: redis.Redis, *commands: str) -> dict[str, int]:
-    """Server-wide call counts of *commands* from INFO commandstats (0 when never run)."""
-    stats = raw.info("commandstats")
-    return {cmd: stats.get(f"cmdstat_{cmd}", {}).get("calls", 0) for cmd in commands}
+    """Server-wide call counts of *commands* from INFO commandstats (0 when never run),
+    summed over the primaries of a Cluster."""
+    primaries = getattr(raw, "get_primaries", None)
+    if primaries is None:
+        every = [raw.info("commandstats")]
+    else:
+        every = [raw.info("commandstats", target_nodes=node) for node in primaries()]
+    return {
+        cmd: sum(stats.get(f"cmdstat_{cmd}", {}).get("calls", 0) for stats in every)
+        for cmd in commands
+    }
 
 
 ROUND_TRIPS = ("mget", "get", "evalsha", "eval")
