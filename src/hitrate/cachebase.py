@@ -27,6 +27,7 @@ from .listener_cluster import ClusterListener
 from .near import OFF, NearCache, _Off, async_near, sync_near
 from .plans import Context
 from .policy import USER, Policy, TTLLike, to_policy
+from .slots import is_cluster
 from .stats import stats_plan
 from .structures._base import PlanOf, calling, verb
 
@@ -136,6 +137,7 @@ class CacheBase(Generic[ClientT]):
             stats=Counters() if count else NullCounters(),
             monotonic=monotonic,
             gens=Generations(generation_check, monotonic),
+            cluster=is_cluster(client),
         )
         self._owns_client = False
         self._setup()

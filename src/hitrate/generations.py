@@ -109,7 +109,9 @@ class Generations:
             flat = list(reply)
             pairs = list(zip(flat[::2], flat[1::2], strict=True))
         tokens = {
-            _text(k): _text(v) for k, v in pairs if _text(k).startswith("ns:") or _text(k) == "id"
+            _text(k): _text(v)
+            for k, v in pairs
+            if _text(k).startswith(("ns:", "ep:")) or _text(k) == "id"
         }
         with self._lock:
             self._tokens = tokens
@@ -133,10 +135,30 @@ class Generations:
                 self._stamps = {}
         return stamp(a, f, i)
 
-    def bumped(self, family: str, token: str) -> None:
-        """This process bumped *family* (``"*"``: the prefix): see it at once."""
+    def fields(self, family: str) -> tuple[str, str, str, str, str]:
+        """What ``lease.lua`` reads of the hash for *family* - fill epochs ``ep:*`` and
+        ``ep:<family>``, namespace tokens ``ns:*`` and ``ns:<family>``, and ``id`` - from
+        this view: on Redis Cluster the hash is in another slot than the entry, so the
+        lease script is given them (and fills are checked against Redis afterwards)."""
+        t = self._tokens
+        return (
+            t.get("ep:*", ""),
+            t.get("ep:" + family, ""),
+            t.get("ns:*", ""),
+            t.get("ns:" + family, ""),
+            t.get("id", ""),
+        )
+
+    def bumped(self, family: str, token: str, epoch: str = "") -> None:
+        """This process bumped *family* (``"*"``: the prefix): see it at once. *epoch*:
+        the new fill epoch written with it (or alone, by pattern invalidation)."""
         with self._lock:
-            self._tokens = {**self._tokens, "ns:" + family: token}
+            tokens = dict(self._tokens)
+            if token:
+                tokens["ns:" + family] = token
+            if epoch:
+                tokens["ep:" + family] = epoch
+            self._tokens = tokens
             self._stamps = {}
 
 

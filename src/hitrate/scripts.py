@@ -38,6 +38,9 @@ def script(name: str) -> LuaScript:
 
 LEASE = script("lease")
 FILL = script("fill")
+FILL_SLOT = script("fill_slot")  # Redis Cluster: fill.lua's checks come after (tag_add, unfill)
+TAG_ADD = script("tag_add")
+UNFILL = script("unfill")
 RELEASE = script("release")
 POLL = script("poll")
 INVALIDATE = script("invalidate")

@@ -24,7 +24,7 @@ __all__ = ["EmbeddedCluster"]
 SLOTS = 16384
 
 
-def _client(port: int) -> redis.Redis:
+def _client(port: int) -> Any:
     return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1)
 
 

@@ -9,7 +9,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import redis.exceptions as rexc
@@ -42,7 +42,7 @@ from ..ops import (
 from ..owed import OwedDeliveryInProgress
 from ..plans import Context
 
-__all__ = ["MAX_BACKGROUND"]
+__all__ = ["MAX_BACKGROUND", "ClusterCursor", "pools_of", "scan_next", "scan_start"]
 
 log = logging.getLogger("hitrate")
 
@@ -63,6 +63,53 @@ def _pool_exhausted(exc: BaseException) -> bool:
     return isinstance(exc, rexc.MaxConnectionsError) or (
         isinstance(exc, rexc.ConnectionError) and "No connection available" in str(exc)
     )
+
+
+class ClusterCursor(int):
+    """A SCAN cursor on Redis Cluster, where a SCAN covers every primary in turn: truthy
+    (so plans go on) until the last primary's scan ends, when the driver returns ``0``.
+    It carries the primaries (as listed when the scan began), which one is being scanned
+    and that node's own cursor. A plain non-zero cursor (an owed scan resumed) starts over:
+    scanning again only deletes again what matches."""
+
+    state: tuple[Sequence[Any], int, int]
+
+    def __new__(cls, state: tuple[Sequence[Any], int, int]) -> ClusterCursor:
+        cursor = super().__new__(cls, 1)
+        cursor.state = state
+        return cursor
+
+
+def scan_start(
+    cursor: Any, primaries: Callable[[], Sequence[Any]]
+) -> tuple[Sequence[Any], int, int]:
+    """Where a Cluster SCAN with *cursor* goes on: (primaries, which one, its cursor)."""
+    if isinstance(cursor, ClusterCursor):
+        return cursor.state
+    return list(primaries()), 0, 0
+
+
+def scan_next(nodes: Sequence[Any], i: int, reply: Any, found: list[Any]) -> tuple[Any, list[Any]]:
+    """The cursor after one node's SCAN reply (``{node: cursor}``), and the keys found."""
+    cursor = int(next(iter(reply.values())) if isinstance(reply, dict) else reply)
+    if cursor == 0:
+        i, cursor = i + 1, 0
+    return (0 if i >= len(nodes) else ClusterCursor((nodes, i, cursor))), found
+
+
+def pools_of(client: Any) -> list[Any]:
+    """The connection pools of a sync client: its own, or one per node of a Cluster."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        return [pool]
+    nodes = getattr(client, "get_nodes", None)
+    if nodes is None:
+        return []
+    return [
+        node.redis_connection.connection_pool
+        for node in nodes()
+        if getattr(node, "redis_connection", None) is not None
+    ]
 
 
 class _Flight:

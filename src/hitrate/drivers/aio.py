@@ -20,6 +20,7 @@ from ..owed import OwedDeliveryInProgress
 from ..plans import LEAN_AT, MISSING, Context, fresh_value, get_or_fetch
 from ..plans import owed as owed_plan
 from ..policy import TTLLike
+from ..slots import is_cluster, route
 from ._common import (
     _NOT_READ,
     CALL_USER,
@@ -29,6 +30,8 @@ from ._common import (
     _eval_args,
     _redis_error,
     log,
+    scan_next,
+    scan_start,
 )
 
 __all__ = ["AsyncDriver"]
@@ -51,6 +54,7 @@ class AsyncDriver(_Base):
     def __init__(self, client: Any, ctx: Context, *, strict: bool, breaker: Breaker) -> None:
         super().__init__(ctx, strict=strict, breaker=breaker)
         self.client = client
+        self.cluster = is_cluster(client)
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # injectable
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -115,9 +119,30 @@ class AsyncDriver(_Base):
                 raise reply
         return replies
 
+    async def _scan(self, op: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+        """See :meth:`SyncDriver._scan`."""
+        client = self.client
+        if not client.get_primaries():
+            await client.initialize()
+        nodes, i, cursor = scan_start(op[1], client.get_primaries)
+        reply, found = await client.execute_command("SCAN", cursor, *op[2:], target_nodes=nodes[i])
+        return scan_next(nodes, i, reply, found)
+
+    async def _send_cluster(self, op: Any) -> Any:
+        if isinstance(op, tuple) and op[0] == "SCAN":
+            return await self._scan(op)
+        cut = route(op)
+        if cut is not None:
+            return cut[1](await self._batch(cut[0]))
+        if isinstance(op, tuple):
+            return await self.client.execute_command(*op)
+        return await (self._eval(op) if isinstance(op, Eval) else self._batch(op))
+
     async def _send(self, op: Any) -> Any:
         try:
-            if isinstance(op, tuple):
+            if self.cluster:
+                reply = await self._send_cluster(op)
+            elif isinstance(op, tuple):
                 reply = await self.client.execute_command(*op)
             elif isinstance(op, Eval):
                 reply = await self._eval(op)
@@ -137,9 +162,13 @@ class AsyncDriver(_Base):
 
     async def _drop_idle(self) -> None:
         """See :meth:`SyncDriver._drop_idle`."""
-        pool = getattr(self.client, "connection_pool", None)
+        client = self.client
         try:
-            await pool.disconnect(inuse_connections=False)  # type: ignore[union-attr]
+            if self.cluster:
+                for node in client.get_nodes():
+                    await node.disconnect_free_connections()
+            else:
+                await client.connection_pool.disconnect(inuse_connections=False)
         except Exception:  # pragma: no cover - a client without a pool
             log.debug("hitrate: could not close idle connections", exc_info=True)
 

@@ -22,6 +22,7 @@ from ..owed import RETRY_INTERVAL, OwedDeliveryInProgress
 from ..plans import LEAN_AT, MISSING, Context, fresh_value, get_or_fetch
 from ..plans import owed as owed_plan
 from ..policy import TTLLike
+from ..slots import is_cluster, route
 from ._common import (
     _NOT_READ,
     CALL_USER,
@@ -32,6 +33,9 @@ from ._common import (
     _redis_error,
     _refuse_awaitable,
     log,
+    pools_of,
+    scan_next,
+    scan_start,
 )
 
 __all__ = ["SyncDriver"]
@@ -43,6 +47,7 @@ class SyncDriver(_Base):
     def __init__(self, client: Any, ctx: Context, *, strict: bool, breaker: Breaker) -> None:
         super().__init__(ctx, strict=strict, breaker=breaker)
         self.client = client
+        self.cluster = is_cluster(client)
         self.sleep: Callable[[float], None] = time.sleep  # injectable, as ctx.monotonic is
         self._workers: ThreadPoolExecutor | None = None
         self._background = 0
@@ -98,9 +103,27 @@ class SyncDriver(_Base):
                 raise reply
         return replies
 
+    def _scan(self, op: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+        """SCAN on Cluster: every primary in turn (see :class:`ClusterCursor`)."""
+        nodes, i, cursor = scan_start(op[1], self.client.get_primaries)
+        _, found = self.client.execute_command("SCAN", cursor, *op[2:], target_nodes=nodes[i])
+        return scan_next(nodes, i, _, found)
+
+    def _send_cluster(self, op: Any) -> Any:
+        if isinstance(op, tuple) and op[0] == "SCAN":
+            return self._scan(op)
+        cut = route(op)
+        if cut is not None:
+            return cut[1](self._batch(cut[0]))
+        if isinstance(op, tuple):
+            return self.client.execute_command(*op)
+        return self._eval(op) if isinstance(op, Eval) else self._batch(op)
+
     def _send(self, op: Any) -> Any:
         try:
-            if isinstance(op, tuple):
+            if self.cluster:
+                reply = self._send_cluster(op)
+            elif isinstance(op, tuple):
                 reply = self.client.execute_command(*op)
             elif isinstance(op, Eval):
                 reply = self._eval(op)
@@ -121,9 +144,9 @@ class SyncDriver(_Base):
     def _drop_idle(self) -> None:
         """Redis is down: close the idle pooled connections, so none that died with it is
         reused (each would fail once more, and open the breaker again) when it is back."""
-        pool = getattr(self.client, "connection_pool", None)
         try:
-            pool.disconnect(inuse_connections=False)  # type: ignore[union-attr]
+            for pool in pools_of(self.client):
+                pool.disconnect(inuse_connections=False)
         except Exception:  # pragma: no cover - a client without a pool
             log.debug("hitrate: could not close idle connections", exc_info=True)
 

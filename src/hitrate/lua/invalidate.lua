@@ -9,7 +9,9 @@
 -- ARGV[1]  a fresh random token: written as the write epoch of every entry that has a
 --          write-through in flight, so that write sees it was overlapped and deletes
 --          instead of caching a value that may be older than ours.
--- ARGV[2]  "tag" when KEYS[1] is the tag set (invalidate_tag); "owed" when delivering an
+-- ARGV[2]  "tag" when KEYS[1] is the tag set (invalidate_tag); "tagged" for the same
+--          without the tag set (Redis Cluster, where it lives in another slot: the caller
+--          takes the entries out of it afterwards); "owed" when delivering an
 --          invalidation owed since an outage: the write bookkeeping is dropped too (a
 --          write_through whose end never reached Redis must not keep readers from filling;
 --          writers still in flight then find it gone and delete instead of caching)
@@ -26,8 +28,9 @@ local function untagged(key)
   local format = type(v) == 'string' and string.byte(v, 1)
   return (format == 2 or format == 3) and bit.band(string.byte(v, 3) or 0, 4) == 0
 end
+local tagged = tagset or ARGV[2] == 'tagged'
 for i = first, #KEYS, 4 do
-  if not (tagset and untagged(KEYS[i])) then
+  if not (tagged and untagged(KEYS[i])) then
     deleted = deleted + redis.call('UNLINK', KEYS[i])
   end
   redis.call('UNLINK', KEYS[i + 1], KEYS[i + 3])

@@ -27,6 +27,28 @@
 --              none: never used, expired or evicted); the entry records them, and is
 --              served only while they are current, and fill.lua compares them so a tag
 --              invalidated meanwhile refuses the fill
+-- On Redis Cluster (only KEYS[1..3] given: the generations hash and the tag versions
+-- live in other slots) the caller passes them, as read just before:
+-- ARGV[6..10] ep_all, ep_family, ns_all, ns_family, id; ARGV[11..] the tag versions.
+-- They are returned as if read here; the fill is then checked after it is written
+-- (see hitrate.plans.aside.settle).
+if #KEYS == 3 then
+  local out = {0, '', '', ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]}
+  for i = 11, #ARGV do
+    out[#out + 1] = ARGV[i]
+  end
+  local value = redis.call('GET', KEYS[1])
+  if value and (ARGV[3] == '' or value ~= ARGV[3]) then
+    out[1], out[2] = 1, value
+  elseif redis.call('HLEN', KEYS[3]) > 1 then
+    out[1] = 4
+  elseif redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[1] = 2
+  else
+    out[1], out[3] = 3, redis.call('GET', KEYS[2]) or ''
+  end
+  return out
+end
 local g = redis.call('HMGET', KEYS[4], 'ep:*', 'ep:' .. ARGV[4], 'ns:*', 'ns:' .. ARGV[4], 'id')
 if not g[5] then
   redis.call('HSETNX', KEYS[4], 'id', ARGV[5])

@@ -7,6 +7,7 @@ with tag versions and namespace generations).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Sequence
@@ -33,14 +34,14 @@ from .leases import (
 )
 from .tags import Versions, covers, current, version_keys, versions
 
-__all__ = ["EntryStore", "fresh_value", "get_or_fetch"]
+__all__ = ["EntryStore", "fresh_value", "get_or_fetch", "prepare_many", "settle"]
 
 
 class EntryStore:
     """A cache entry: one Redis string (``lease.lua``, ``fill.lua``), with tags, fill
     epochs and namespace generations."""
 
-    __slots__ = ("ctx", "family", "key", "known", "policy", "rkey", "tags", "vtype")
+    __slots__ = ("ctx", "family", "key", "known", "policy", "rkey", "tags", "vtype", "written")
 
     @property
     def label(self) -> str:
@@ -66,9 +67,33 @@ class EntryStore:
         # Tag versions read at or after every entry read so far, so valid to judge them
         # (from a lease reply, which reads both at once); None after a poll.
         self.known: Versions | None = None
+        #: Redis Cluster: (SHA1 of the entry bytes, expiry ms, lease reply) of the last fill,
+        #: for :func:`settle`.
+        self.written: tuple[str, int, Sequence[Any]] = ("", 0, ())
+
+    def prepare(self) -> Plan:
+        """On Redis Cluster, what ``lease.lua`` reads on one server: the generations view
+        (read again when due) and the versions of this fill's tags (one made for a tag that
+        has none), which live in other slots; they are then passed to the script."""
+        if self.ctx.cluster:
+            yield from prepare_many(self.ctx, [self])
 
     def lease(self, token: str, seen: bytes) -> Eval:
         keys = self.ctx.keys
+        if self.ctx.cluster:
+            return Eval(
+                scripts.LEASE,
+                [self.rkey, keys.lease(self.rkey), keys.writes(self.rkey)],
+                (
+                    token,
+                    math.ceil(self.policy.lease * 1000),
+                    seen,
+                    self.family,
+                    "",
+                    *self.ctx.gens.fields(self.family),
+                    *((self.known or {}).get(t) or b"" for t in self.tags),
+                ),
+            )
         return Eval(
             scripts.LEASE,
             [
@@ -115,6 +140,15 @@ class EntryStore:
         data, px = ctx.encode(self.key, value, self.policy, load_time, gen, self.vtype, tags)
         if not data:  # a None this policy does not cache
             return None, value
+        if ctx.cluster:  # checked after it is written: see settle()
+            self.written = (hashlib.sha1(data).hexdigest(), px, reply)
+            rkey = self.rkey
+            wake = keys.wake_channel(rkey)
+            return Eval(
+                scripts.FILL_SLOT,
+                [rkey, keys.lease(rkey), keys.waiting(rkey)],
+                (token, data, px, wake),
+            ), value
         tag_keys = [keys.tag(t) for t in self.tags]
         op = Eval(
             scripts.FILL,
@@ -142,8 +176,104 @@ class EntryStore:
         )
         return op, value
 
+    def filled(self, reply: Any) -> Plan:
+        """Was the fill written, and does it stand? On Redis Cluster it is checked now
+        (see :func:`settle`)."""
+        if reply and self.ctx.cluster:
+            return (yield from settle(self.ctx, [self]))[0]
+        return bool(reply)
+
     def served(self, value: Any) -> Any:
         return value
+
+
+def prepare_many(ctx: Context, stores: Sequence[EntryStore]) -> Plan:
+    """Redis Cluster, before lease scripts: the generations view read again when due, and
+    the current version of every tag the fills will carry (one is made for a tag that has
+    none, as lease.lua does on one server), in one round trip."""
+    if ctx.gens.due():
+        yield from generations(ctx)
+    tags = list(dict.fromkeys(t for s in stores for t in s.tags))
+    if not tags:
+        return
+    ms = math.ceil(max(s.policy.lease for s in stores) * 1000) + 60_000
+    token = new_token()
+    ops: list[Any] = []
+    for i, key in enumerate(version_keys(ctx, tags)):  # same slot: run in this order
+        ops += [("SET", key, f"{token}.{i}", "NX", "PX", ms), ("GET", key)]
+    replies = yield Batch(ops)
+    known = dict(zip(tags, replies[1::2], strict=True))
+    for store in stores:
+        store.known = {t: known[t] for t in store.tags}
+
+
+def settle(ctx: Context, stores: Sequence[EntryStore]) -> Plan:
+    """Redis Cluster, after fills that were written: what fill.lua checks on one server
+    before it writes - that no pattern invalidation or bump changed a fill epoch, and no
+    tag was invalidated, since the lease was granted - checked now (the generations hash
+    and the tags live in other slots), with the entry added to its tags' member sets. An
+    entry that fails the check is taken back (unfill.lua: only if it is still the one we
+    wrote). Returns, per store, whether its fill stands.
+
+    Exact for the same reason as on one server: an invalidation that began before the
+    fill was written changed the epoch (or version) first, so this read sees it; one that
+    began after deletes the entry itself. If the check cannot reach Redis, the entries
+    are owed an invalidation (delivered when it is back)."""
+    keys = ctx.keys
+    families = list(dict.fromkeys(s.family for s in stores))
+    ops: list[Any] = [("HMGET", keys.generations(), "ep:*", "id", *("ep:" + f for f in families))]
+    tagged: list[tuple[int, int]] = []  # per store: where its tag_add replies are
+    for store in stores:
+        _, px, reply = store.written
+        start = len(ops)
+        for tag, version in zip(store.tags, reply[8:], strict=False):
+            tag_key = keys.tag(tag)
+            ops.append(
+                Eval(
+                    scripts.TAG_ADD, [tag_key, keys.tag_version(tag_key)], (store.rkey, px, version)
+                )
+            )
+        tagged.append((start, len(ops)))
+    try:
+        if len(ops) > 1:
+            replies = yield Batch(ops)
+        else:
+            replies = [(yield ops[0])]
+    except CacheUnavailableError:
+        for store in stores:
+            ctx.remember_failed_write(store.key)
+        return [False] * len(stores)
+    ep_all, ident, *eps = (_token(v) for v in replies[0])
+    epoch = dict(zip(families, eps, strict=True))
+    stands = []
+    for store, (start, end) in zip(stores, tagged, strict=True):
+        _, _, reply = store.written
+        same = (ep_all, epoch[store.family], ident) == (
+            _token(reply[3]),
+            _token(reply[4]),
+            _token(reply[7]),
+        )
+        stands.append(same and all(r == 1 for r in replies[start:end]))
+    if not all(stands):
+        ctx.gens.changed()  # our view was behind, or an invalidation ran: read it again
+        undo = [
+            Eval(scripts.UNFILL, [s.rkey], (s.written[0],))
+            for s, ok in zip(stores, stands, strict=True)
+            if not ok
+        ]
+        try:
+            yield Batch(undo)
+        except CacheUnavailableError:
+            for store, ok in zip(stores, stands, strict=True):
+                if not ok:
+                    ctx.remember_failed_write(store.key)
+    return stands
+
+
+def _token(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _xfetch(

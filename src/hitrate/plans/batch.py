@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import CacheUnavailableError, ValueTooLargeError
 from ..keys import tags_of
 from ..ops import Batch, CallWith, Eval, Plan, Sleep
-from .aside import EntryStore
+from .aside import EntryStore, prepare_many, settle
 from .context import MGET_CHUNK, MISSING, Context, generations, interrupted
 from .leases import _too_large, give_back, release
 from .tags import version_keys
@@ -111,6 +111,15 @@ def _lease_load_fill(
     families = {s.family for s, _ in pending}
     for round_ in range(2):  # a second round leases, despite it, what was there but stale
         tokens = [ctx.token() for _ in pending]
+        if ctx.cluster:  # nothing granted yet: a failure here owes only what we hold
+            try:
+                yield from prepare_many(ctx, [s for s, _ in pending])
+            except BaseException as exc:
+                _owe(ctx, ours)
+                if isinstance(exc, CacheUnavailableError):
+                    rest = [s for s, _ in pending] + [s for s, _, _ in ours] + unfilled
+                    return (yield from _load_only(ctx, rest + waiting, found, unless))
+                raise
         try:
             leases = [s.lease(t, seen) for (s, seen), t in zip(pending, tokens, strict=True)]
             replies = yield Batch(leases)
@@ -233,9 +242,16 @@ def _load_and_fill(
             for store, token in filled_by:
                 yield from give_back(ctx, store.rkey, token)
         raise
-    for fill, (store, _), result in zip(fills, filled_by, results, strict=True):
-        if fill.script.name == "fill":
-            ctx.stats.incr(store.family, "fills" if result else "fills_refused")
+    written = [
+        (store, bool(result))
+        for fill, (store, _), result in zip(fills, filled_by, results, strict=True)
+        if fill.script.name in ("fill", "fill_slot")
+    ]
+    if ctx.cluster and any(ok for _, ok in written):
+        stands = iter((yield from settle(ctx, [s for s, ok in written if ok])))
+        written = [(store, ok and next(stands)) for store, ok in written]
+    for store, ok in written:
+        ctx.stats.incr(store.family, "fills" if ok else "fills_refused")
 
 
 def _wait(ctx: Context, waiting: list[EntryStore], found: dict[str, Any]) -> Plan:

@@ -93,6 +93,9 @@ class Context:
     #: Per family: recent misses minus hits of ``get_or_fetch``, between 0 and
     #: :data:`LEAN_CAP` (see :meth:`likely_miss`).
     lean: dict[str, int] = field(default_factory=dict)
+    #: Redis Cluster: no script may touch two slots (see :mod:`hitrate.slots`), so the
+    #: generations hash and tag keys are read and checked around the entry's scripts.
+    cluster: bool = False
     _made: dict[tuple[int, float], Policy] = field(default_factory=dict, repr=False)
 
     def likely_miss(self, family: str) -> bool:

@@ -13,6 +13,7 @@ from ..generations import ALL, family_of_pattern, new_token
 from ..keys import family_of
 from ..ops import Batch, Eval, Plan
 from ..owed import Chunk
+from ..slots import by_slot
 from .context import BATCH_CHUNK, SCRIPT_CHUNK, Context
 from .leases import release
 
@@ -34,11 +35,18 @@ def _invalidate_entries(
     bookkeeping is dropped too, see invalidate.lua)."""
     ops = []
     mode = ("tag",) if tag_key else ("owed",) if owed else ()
-    for i in range(0, len(entries), batch):
-        flat: list[str] = [tag_key] if tag_key else []
-        for rkey in entries[i : i + batch]:
-            flat += ctx.keys.quad_of(rkey)
-        ops.append(Eval(scripts.INVALIDATE, flat, (ctx.token(), *mode)))
+    groups: list[Sequence[str]] = [entries]
+    if ctx.cluster:  # one script per slot; the tag set (another slot) is done after
+        groups = [[entries[i] for i in group] for group in by_slot(entries)]
+        mode = ("tagged",) if tag_key else mode
+    for group in groups:
+        for i in range(0, len(group), batch):
+            flat: list[str] = [tag_key] if tag_key and not ctx.cluster else []
+            for rkey in group[i : i + batch]:
+                flat += ctx.keys.quad_of(rkey)
+            ops.append(Eval(scripts.INVALIDATE, flat, (ctx.token(), *mode)))
+    if not ops:
+        return 0
     if len(ops) == 1:
         return int((yield ops[0]))
     total = 0
@@ -71,13 +79,14 @@ def bump(ctx: Context, family: str | None) -> Plan:
     name = ALL if family is None else family
     token = new_token()
     ctx.wrote()
+    epoch = new_token()
     try:
-        yield ("HSET", ctx.keys.generations(), "ns:" + name, token, "ep:" + name, new_token())
+        yield ("HSET", ctx.keys.generations(), "ns:" + name, token, "ep:" + name, epoch)
     except CacheUnavailableError:
         ctx.stats.incr(name, "fail_open")
         ctx.owed.bump(name)
         return False
-    ctx.gens.bumped(name, token)
+    ctx.gens.bumped(name, token, epoch)
     ctx.stats.incr(name, "invalidations")
     return True
 
@@ -115,7 +124,8 @@ def _deliver(ctx: Context, chunk: Chunk) -> Plan:
             fields += ["ns:" + name, new_token(), "ep:" + name, new_token()]
         yield ("HSET", ctx.keys.generations(), *fields)
         for name in chunk.bumps:
-            ctx.gens.bumped(name, fields[fields.index("ns:" + name) + 1])
+            at = fields.index("ns:" + name)
+            ctx.gens.bumped(name, fields[at + 1], fields[at + 3])
     elif chunk.entries:
         yield from _invalidate_entries(ctx, chunk.entries, owed=True)
     elif chunk.unlink:
@@ -171,7 +181,9 @@ def invalidate_pattern(ctx: Context, pattern: str, count: int = 1000) -> Plan:
     seen: set[str] = set()
     deleted = 0
     try:
-        yield ("HSET", ctx.keys.generations(), "ep:" + family, new_token())
+        epoch = new_token()
+        yield ("HSET", ctx.keys.generations(), "ep:" + family, epoch)
+        ctx.gens.bumped(family, "", epoch)
         while True:
             cursor, found = yield ("SCAN", cursor, "MATCH", match, "COUNT", count)
             entries = []
@@ -198,6 +210,9 @@ def _invalidate_tag(ctx: Context, tag: str) -> Plan:
     _, members = yield Batch([renew, ("SMEMBERS", tag_key)])
     entries = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
     deleted = yield from _invalidate_entries(ctx, entries, tag_key=tag_key)
+    if ctx.cluster and entries:  # one server takes them out in invalidate.lua
+        for i in range(0, len(entries), BATCH_CHUNK):
+            yield ("SREM", tag_key, *entries[i : i + BATCH_CHUNK])
     return deleted, len(entries)
 
 

@@ -67,6 +67,9 @@ class Store(Protocol):
     def label(self) -> str:
         """How errors name it: the user's key (``user:42``)."""
 
+    def prepare(self) -> Plan:
+        """What must be read before :meth:`lease` (Redis Cluster: keys of other slots)."""
+
     def lease(self, token: str, seen: bytes) -> Eval:
         """Read the value, or take the lease: reply ``[status, value, holder, ...]`` with
         status 1 (value there), 2 (lease granted), 3 (held by *holder*), 4 (a write in
@@ -88,6 +91,10 @@ class Store(Protocol):
         """The fill script for a loaded *value* (``None``: nothing to store, give the lease
         back) and what the caller gets: raises before anything is written when the value
         cannot be stored."""
+
+    def filled(self, reply: Any) -> Plan:
+        """Whether the fill script's *reply* means the value was written and stands (on
+        Redis Cluster, after checks that one server makes inside the fill script)."""
 
     def served(self, value: Any) -> Any:
         """What a caller gets for a value loaded without filling."""
@@ -135,6 +142,7 @@ def take_lease(ctx: Context, store: Store, token: str, seen: bytes) -> Plan:
     """The store's lease script. Failed or interrupted (cancelled, KeyboardInterrupt) while
     the script may have granted the lease, it gives the lease back (or owes that) before
     passing the exception on."""
+    yield from store.prepare()  # nothing granted yet: a failure here owes nothing
     try:
         reply = yield store.lease(token, seen)
     except CacheUnavailableError as exc:
@@ -301,7 +309,7 @@ def load_and_fill(
             if released and not skip:  # still ours: nothing revoked it while we loaded
                 yield Publish(result)
             return result
-        filled = yield op
+        filled = yield from store.filled((yield op))
     except CacheUnavailableError as exc:
         ctx.stats.incr(family, "fail_open")
         if not exc.refused:  # the fill may not have run: the lease is owed back

@@ -375,6 +375,10 @@ class _ObjectStore:
         self.family = objects.family
         self.label = f"{objects.family}:{id}"
 
+    def prepare(self) -> PlanOf[None]:
+        return  # an object and its lease share a slot: nothing to read first
+        yield
+
     def lease(self, token: str, seen: bytes) -> Eval:
         lease_ms = math.ceil(self.objects._policy.lease * 1000)
         return Eval(scripts.OBJ_LEASE, [self.rkey, self.rkey + ":lease"], (token, lease_ms))
@@ -403,6 +407,10 @@ class _ObjectStore:
             (token, expiry_ms(objects._ctx, objects._policy), *flat),
         )
         return op, objects._decode(self.id, flat)  # exactly what a later get() returns
+
+    def filled(self, reply: Any) -> PlanOf[bool]:
+        return bool(reply)
+        yield
 
     def served(self, value: Any) -> Any:
         return None if value is None else to_fields(value)

@@ -1,0 +1,26 @@
+-- tag_add.lua: on Redis Cluster, after a tagged fill (fill_slot.lua), add the entry to
+-- one tag's member set and make the set and the tag's version outlive it - what fill.lua
+-- does for each tag on one server, here in the tag's own slot.
+-- KEYS[1]  the tag's member set           app:~tag:{t}
+-- KEYS[2]  the tag's version              app:~tag:{t}:v
+-- ARGV[1]  the entry key
+-- ARGV[2]  the entry's expiry in milliseconds, 0 = none
+-- ARGV[3]  the version the entry records (read before its lease was taken)
+-- Returns 1 when that version is still the tag's, 0 when the tag was invalidated since
+-- (the caller then takes the entry back: it could be older than the invalidation).
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return 0
+end
+local px = tonumber(ARGV[2])
+local existed = redis.call('EXISTS', KEYS[1]) == 1
+local set_ttl = redis.call('PTTL', KEYS[1])
+redis.call('SADD', KEYS[1], ARGV[1])
+for _, k in ipairs(KEYS) do
+  local ttl = k == KEYS[1] and set_ttl or redis.call('PTTL', k)
+  if px <= 0 then
+    redis.call('PERSIST', k)
+  elseif (k == KEYS[1] and not existed) or (ttl >= 0 and ttl < px + 1000) then
+    redis.call('PEXPIRE', k, px + 1000)
+  end
+end
+return 1
