@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from .listener import Listener, Waiter
+from .slots import is_cluster
 
 __all__ = ["ClusterListener", "cluster_connector", "cluster_nodes", "is_cluster", "parse_nodes"]
 
@@ -55,13 +56,6 @@ _NOT_CARRIED = frozenset(
         "retry",
     }
 )
-
-
-def is_cluster(client: Any) -> bool:
-    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-    from redis.cluster import RedisCluster
-
-    return isinstance(client, RedisCluster | AsyncRedisCluster)
 
 
 def cluster_nodes(client: Any) -> list[Node]:
