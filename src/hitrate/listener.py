@@ -185,7 +185,7 @@ class Listener:
 
     # -- the thread ---------------------------------------------------------------------
     def _run(self) -> None:
-        delay = self.backoff[0]
+        delay = 0.0
         while not self._stop.is_set():
             try:
                 self._session()
@@ -196,8 +196,8 @@ class Listener:
                 self._down()
             if self._stop.is_set():
                 break
-            if self.reconnects and self._connected_for > 5.0:
-                delay = self.backoff[0]  # it held for a while: start the backoff over
+            if not delay or self._connected_for > 5.0:
+                delay = self.backoff[0]  # the first loss, or it held for a while: start over
             self._stop.wait(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.backoff[1])
             self.reconnects += 1
@@ -222,6 +222,7 @@ class Listener:
                 waiter.wake()
 
     def _session(self) -> None:
+        self._connected_for = 0.0  # until subscribed: a failed connect is no long session
         conn = self._conn = self._connect()
         if self._stop.is_set():
             return

@@ -59,16 +59,16 @@ _NOT_CARRIED = frozenset(
 
 
 def cluster_nodes(client: Any) -> list[Node]:
-    """The nodes a redis-py cluster client (sync or asyncio) knows of: its seeds, then
-    the nodes it discovered."""
+    """The nodes a redis-py cluster client (sync or asyncio) knows of, replicas first (a
+    wake subscription and topology reads are better kept off the primaries)."""
     manager = client.nodes_manager
-    found: list[Node] = []
+    found: dict[Node, bool] = {}
     for table in ("startup_nodes", "nodes_cache"):
         with contextlib.suppress(Exception):  # read from another thread: best effort
             for node in list(getattr(manager, table, {}).values()):
-                if (node.host, int(node.port)) not in found:
-                    found.append((node.host, int(node.port)))
-    return found
+                replica = getattr(node, "server_type", None) == "replica"
+                found[(node.host, int(node.port))] = replica
+    return sorted(found, key=lambda node: not found[node])
 
 
 def cluster_connector(client: Any) -> Callable[[str, int], Any] | None:
@@ -108,7 +108,7 @@ def parse_nodes(text: str, asked: str) -> tuple[list[Node], list[Node]]:
     invalidations must be heard - every primary that serves slots (even one flagged as
     failing: until its replica takes its slots over, its keys are its own) and every
     healthy primary without slots yet (it may be given some at any time) - and all the
-    nodes with an address, primaries first."""
+    nodes with an address, replicas first (see :func:`cluster_nodes`)."""
     primaries: list[Node] = []
     others: list[Node] = []
     for line in text.splitlines():
@@ -126,7 +126,7 @@ def parse_nodes(text: str, asked: str) -> tuple[list[Node], list[Node]]:
             primaries.append(node)
         elif not failed:
             others.append(node)
-    return sorted(primaries), sorted(primaries) + sorted(others)
+    return sorted(primaries), sorted(others) + sorted(primaries)
 
 
 class _NodeView:
@@ -188,7 +188,7 @@ class ClusterListener:
         self.near = near
         self.ping_interval = ping_interval
         self.backoff = backoff
-        self.known: list[Node] = list(seeds())  # every node heard of, primaries first
+        self.known: list[Node] = list(seeds())  # every node heard of, replicas first
         self.primaries: tuple[Node, ...] = ()  # the primaries tracked (or being connected)
         self.trackers: dict[Node, Listener] = {}
         self.topology_changes = 0  # times the set of primaries changed after the first
