@@ -24,6 +24,7 @@ import redis.asyncio.cluster as acluster
 from redis.cluster import ClusterNode, RedisCluster
 
 from hitrate import AsyncCache, Cache, NearCache
+from hitrate.breaker import Breaker
 from hitrate.listener_cluster import ClusterListener, parse_nodes
 from hitrate.testing import unique_prefix
 from hitrate.topologies import EmbeddedCluster
@@ -219,7 +220,9 @@ def test_another_process_evicts_the_copy_on_every_node(
           f"max {ms[-1]:.2f} ms ({len(ms)} changes on {len(keys)} primaries)")  # fmt: skip
     other.close()
     admin.close()
+    threads = [listener._thread, *(t._thread for t in listener.trackers.values())]
     close(cache, run)
+    assert all(t is not None and not t.is_alive() for t in threads)  # closing stops them
 
 
 # -- a tracking connection killed ----------------------------------------------------------------
@@ -261,6 +264,7 @@ def test_killed_tracking_connection_bypasses_then_recovers(
     assert client_id is not None
     killed = time.monotonic()
     redis.Redis(port=victim).execute_command("CLIENT", "KILL", "ID", client_id)
+    until(lambda: not tracker.live, 1.0)  # the loss noticed (a read error, at once)
     stale = 0
     for version in range(2, 6):
         writer.set(key, version)
@@ -315,7 +319,7 @@ def test_primary_killed_bypasses_until_its_replica_is_tracked(
     victim = primary_with_replica(doomed)
     keys = keys_by_primary(admin, cache)
     key = keys[victim]
-    writer = Cache(sync_client(doomed), prefix=prefix)
+    writer = Cache(sync_client(doomed), prefix=prefix, breaker=Breaker(threshold=10**6))
     for k in keys.values():
         writer.set(k, 1)
     time.sleep(0.05)

@@ -234,6 +234,8 @@ class ClusterListener:
             return
         if self._thread is not None and self._pid == os.getpid():
             return
+        if self._pid != os.getpid():
+            self._lock = threading.RLock()  # another thread may have held it at the fork
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the parent's threads are not here
                 self._pid, self._thread = os.getpid(), None
