@@ -291,6 +291,47 @@ def test_killed_tracking_connection_bypasses_then_recovers(
     close(cache, run)
 
 
+# -- a manual failover: no connection drops ------------------------------------------------------
+def test_manual_failover_is_followed(cluster: EmbeddedCluster) -> None:
+    """CLUSTER FAILOVER on a replica: the roles swap with every connection up. A write on
+    the new primary still evicts the copy within the bound (the demoted primary relays
+    its invalidation, or the topology read dropped the near cache first), and the new
+    primary is tracked after the next topology read."""
+    prefix = unique_prefix()
+    cache, run = make(cluster, "sync", prefix, near=NearCache(hot_only=False))
+    listener = live(cache)
+    near = cache.near
+    admin = sync_client(cluster)
+    port, key = next(iter(keys_by_primary(admin, cache).items()))
+    writer = Cache(sync_client(cluster), prefix=prefix, breaker=Breaker(threshold=10**6))
+    writer.set(key, 1)
+    time.sleep(0.05)
+    keep(cache, run, key)
+    replica = next(
+        n.port
+        for n in cluster.nodes
+        if n.process.poll() is None
+        and int(redis.Redis(port=n.port).info("replication").get("master_port", 0)) == port
+    )
+    redis.Redis(port=replica).execute_command("CLUSTER", "FAILOVER")
+    until(lambda: redis.Redis(port=replica).info("replication")["role"] == "master", 5.0)
+    until(lambda: writer.set(key, 2), 5.0)  # the writer finds the new primary
+    until(lambda: key not in near, BOUND)
+    assert run(cache.get(key)) == 2
+    until(lambda: ("127.0.0.1", replica) in listener.primaries and near.live, 5.0)
+    assert listener.topology_changes >= 1
+    writer.set(key, 3)
+    time.sleep(0.05)
+    keep(cache, run, key)
+    writer.set(key, 4)  # tracked on the new primary itself now
+    until(lambda: key not in near, BOUND)
+    assert run(cache.get(key)) == 4
+    writer.close()
+    writer.client.close()
+    admin.close()
+    close(cache, run)
+
+
 # -- a primary killed: failover ------------------------------------------------------------------
 def primary_with_replica(cluster: EmbeddedCluster) -> int:
     """A primary whose replica is alive (so killing it fails over)."""
