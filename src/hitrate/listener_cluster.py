@@ -94,6 +94,10 @@ def cluster_connector(client: Any) -> Callable[[str, int], Any] | None:
     settings = {k: v for k, v in kwargs.items() if k not in _NOT_CARRIED}
     settings["protocol"] = 2  # pub/sub messages, not RESP3 pushes
     settings["socket_timeout"] = max(1.0, settings.get("socket_timeout") or 0.0)
+    try:
+        sync_cls(host="localhost", port=6379, **settings)  # unknown settings fail now
+    except TypeError:
+        return None
 
     def connect(host: str, port: int) -> Any:
         conn: Any = sync_cls(host=host, port=port, **settings)
