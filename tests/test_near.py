@@ -528,3 +528,22 @@ def test_many_threads_read_while_another_client_writes(
     for key, value in last.items():
         assert near_cache.get(key) == value
     writer.close()
+
+
+def test_reconnects_back_off_after_a_long_session() -> None:
+    """A connection that had held for a minute and now cannot be made again is retried
+    with a growing delay (50 ms, 100 ms, 200 ms, ...), not every 50 ms forever."""
+    from hitrate.listener import Listener
+
+    attempts: list[float] = []
+
+    def connect() -> Any:
+        attempts.append(time.monotonic())
+        raise redis.ConnectionError("the server is down")
+
+    listener = Listener(connect, "p", None, backoff=(0.05, 2.0))
+    listener._connected_for = 60.0  # what the session before the outage left
+    listener.ensure()
+    time.sleep(1.5)
+    listener.close()
+    assert 3 <= len(attempts) <= 9, len(attempts)

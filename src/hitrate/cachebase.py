@@ -22,7 +22,8 @@ from .flush import Flusher, register, wake
 from .generations import Generations
 from .keys import FamilyWatch, KeySpace, check_family_names, escape_glob
 from .keys import key as join_key
-from .listener import Listener, connection_factory
+from .listener import Listener, make_listener
+from .listener_cluster import ClusterListener
 from .near import OFF, NearCache, _Off, async_near, sync_near
 from .plans import Context
 from .policy import USER, Policy, TTLLike, to_policy
@@ -145,22 +146,22 @@ class CacheBase(Generic[ClientT]):
         self._near: NearCache | _Off = OFF
         self._listener = self._listen(near, wake and sleep is None)
 
-    def _listen(self, near: NearCache | None, wake: bool) -> Listener | None:
+    def _listen(self, near: NearCache | None, wake: bool) -> Listener | ClusterListener | None:
         """The listener connection (:mod:`hitrate.listener`) for the near cache and
         wake-ups, and the near cache's read paths in front of the verbs."""
         if near is None and not wake:
             return None
         if near is not None and not isinstance(near, NearCache):
             raise ConfigurationError(f"near= takes a NearCache(...), not {near!r}")
-        connect = connection_factory(self.client)
-        if connect is None:
+        listener = make_listener(self.client, self.prefix, near)
+        if listener is None:
             if near is not None:
                 raise ConfigurationError(
-                    "the near cache needs a redis.Redis or redis.asyncio.Redis client (one "
-                    "server; Redis Cluster is not supported yet): drop near= for this client"
+                    "the near cache needs a redis.Redis, redis.asyncio.Redis or Redis "
+                    "Cluster client whose connection settings can be copied: drop near= "
+                    "for this client"
                 )
             return None
-        listener = Listener(connect, self.prefix, near)
         weakref.finalize(self, listener.close)
         if wake:
             self._driver.listener = listener

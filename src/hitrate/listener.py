@@ -18,10 +18,9 @@ while the event loop is busy (a long computation, a blocking call), so how fresh
 cache is does not depend on how responsive the loop is, and there is one implementation.
 Async waiters are woken with ``loop.call_soon_threadsafe``.
 
-Redis Cluster is not supported yet (the near cache refuses it): it needs one such
-connection per primary, each tracking the slots it owns; :class:`Listener` is one
-connection's worth of that, made from a connection factory, so a cluster version would run
-one per node and drop the near cache when any of them is down.
+On Redis Cluster (:mod:`hitrate.listener_cluster`) a :class:`Listener` is one
+connection's worth of this: one per primary tracks the keys that primary owns, and one
+wake-only listener subscribes on any one node (a cluster broadcasts ``PUBLISH``).
 """
 
 from __future__ import annotations
@@ -33,13 +32,16 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from .connect import sync_twin
 
-__all__ = ["Listener", "Waiter", "connection_factory"]
+if TYPE_CHECKING:
+    from .listener_cluster import ClusterListener
+
+__all__ = ["Listener", "Waiter", "connection_factory", "make_listener"]
 
 log = logging.getLogger("hitrate")
 
@@ -109,9 +111,13 @@ class Listener:
         *,
         ping_interval: float = 1.0,
         backoff: tuple[float, float] = (0.05, 2.0),
+        wake: bool = True,
+        name: str = "hitrate-listener",
     ) -> None:
         self._connect = connect
         self.channel = f"{prefix}:~wake".encode()
+        self.wakes = wake  # subscribed to the wake channel (else tracking only)
+        self.name = name
         self.near = near
         self.ping_interval = ping_interval
         self.backoff = backoff
@@ -137,9 +143,7 @@ class Listener:
                 self._pid, self._thread, self._conn, self.live = os.getpid(), None, None, False
                 self._waiters = {}
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="hitrate-listener", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
 
     def wait_live(self, timeout: float) -> bool:
@@ -148,15 +152,15 @@ class Listener:
         self.ensure()
         return self._up.wait(timeout)
 
-    def close(self) -> None:
-        """Stop the thread and close the connection."""
+    def close(self, join: bool = True) -> None:
+        """Stop the thread and close the connection (and wait for the thread, *join*)."""
         self._stop.set()
         conn = self._conn
         if conn is not None:
             with contextlib.suppress(Exception):  # closing, or gone already
                 conn.disconnect()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if join and thread is not None and thread is not threading.current_thread():
             thread.join(2.0)
 
     # -- waiters ------------------------------------------------------------------------
@@ -182,7 +186,7 @@ class Listener:
 
     # -- the thread ---------------------------------------------------------------------
     def _run(self) -> None:
-        delay = self.backoff[0]
+        delay = 0.0
         while not self._stop.is_set():
             try:
                 self._session()
@@ -193,8 +197,8 @@ class Listener:
                 self._down()
             if self._stop.is_set():
                 break
-            if self.reconnects and self._connected_for > 5.0:
-                delay = self.backoff[0]  # it held for a while: start the backoff over
+            if not delay or self._connected_for > 5.0:
+                delay = self.backoff[0]  # the first loss, or it held for a while: start over
             self._stop.wait(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.backoff[1])
             self.reconnects += 1
@@ -219,12 +223,13 @@ class Listener:
                 waiter.wake()
 
     def _session(self) -> None:
+        self._connected_for = 0.0  # until subscribed: a failed connect is no long session
         conn = self._conn = self._connect()
         if self._stop.is_set():
             return
         conn.send_command("CLIENT", "ID")
         self.client_id = int(conn.read_response())
-        channels = [self.channel]
+        channels = [self.channel] if self.wakes else []
         if self.near is not None:
             prefixes: list[str] = []
             for p in self.near.tracking_prefixes:
@@ -269,3 +274,18 @@ class Listener:
                     self.near.invalidated(data)
             elif channel == self.channel and isinstance(data, bytes):
                 self._wake(data)
+
+
+def make_listener(client: Any, prefix: str, near: Any = None) -> Listener | ClusterListener | None:
+    """The listener for *client* (one server, or a Redis Cluster), or None where a
+    connection of its own cannot be made from the client's settings."""
+    from .listener_cluster import ClusterListener, cluster_connector, cluster_nodes, is_cluster
+
+    if is_cluster(client):
+        connect = cluster_connector(client)
+        if connect is None:
+            return None
+        remap = getattr(client.nodes_manager, "address_remap", None)
+        return ClusterListener(lambda: cluster_nodes(client), connect, prefix, near, remap=remap)
+    single = connection_factory(client)
+    return None if single is None else Listener(single, prefix, near)

@@ -10,7 +10,10 @@ A hit served from it costs a dict lookup instead of a round trip. What keeps it 
   app:~tag:``, subscribed to ``__redis__:invalidate``: whoever changes one of this cache's
   keys, in any process, the server tells it, and the copy is dropped. Nothing is served
   from here while that connection is not up (the copies are dropped when it goes, and
-  nothing is kept until it is back): never stale, only slower.
+  nothing is kept until it is back): never stale, only slower. On Redis Cluster there is
+  one such connection per primary (:mod:`hitrate.listener_cluster`), and the near cache
+  is live only while every current primary is tracked: one connection down, a failover
+  or a new primary drops it until tracking is on everywhere again.
 * **No stale insert.** A read takes a *ticket* before it goes to Redis: the invalidation
   counter of its key's stripe and a global epoch. Its value is kept only if neither moved
   when it comes back, so "read the old value, the invalidation arrives, then keep the old
