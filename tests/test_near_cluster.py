@@ -48,14 +48,6 @@ def _start() -> EmbeddedCluster:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[EmbeddedCluster]:
-    """A cluster shared by the tests that leave it whole."""
-    c = _start()
-    yield c
-    c.stop()
-
-
-@pytest.fixture(scope="module")
 def doomed() -> Iterator[EmbeddedCluster]:
     """A cluster for the tests that kill primaries (one each)."""
     c = _start()
