@@ -3,9 +3,14 @@ one's own), and a failover under cache-aside traffic from several threads."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -188,3 +193,16 @@ def test_failover_under_cache_aside_from_threads(
         assert cache.get("user:new") == "after"
     finally:
         cache.close()
+
+
+def test_demo_on_a_local_sentinel(tmp_path: Path) -> None:
+    from .test_demo import check_invariants
+
+    hitrate = Path(sys.executable).with_name("hitrate")
+    env = {k: v for k, v in os.environ.items() if k not in ("HITRATE_REDIS_URL", "REDIS_URL")}
+    args = [str(hitrate), "demo", "--sentinel", "--duration", "5", "--no-dashboard", "--json"]
+    args += ["--database", f"sqlite:///{tmp_path / 'shop.db'}", "--scale", "0.1"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "started a local" in proc.stderr and "redis+sentinel://127.0.0.1:" in proc.stderr
+    check_invariants(json.loads(proc.stdout))

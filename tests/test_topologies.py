@@ -3,6 +3,10 @@ how cluster failures are classified, and a cluster failover under a cache."""
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -260,3 +264,51 @@ def test_cluster_failover_fails_open_and_hits_come_back(
         assert cache.get("user:2") == "two"
     finally:
         cache.close()
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def _serve(*flags: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hitrate", "server", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+@pytest.mark.parametrize("flag", ["--cluster", "--sentinel"])
+def test_server_command_starts_a_topology_and_stops_it(flag: str) -> None:
+    proc, url = _serve(flag)
+    try:
+        assert url.startswith(f"redis+{flag[2:]}://127.0.0.1:"), (
+            proc.stderr.read() if not url else url
+        )
+        with Cache.from_url(url, prefix=unique_prefix()) as cache:
+            cache.set("user:1", "there")
+            assert cache.get("user:1") == "there"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for _, port in parse_url(url).hosts:  # every process went with it
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+
+
+def test_server_command_refuses_both_topologies() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "hitrate", "server", "--cluster", "--sentinel"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "--cluster and --sentinel exclude each other" in out.stderr
