@@ -30,6 +30,7 @@ from ._common import (
     _redis_error,
     log,
 )
+from .direct import DIRECT_COMMANDS, async_direct
 
 __all__ = ["AsyncDriver"]
 
@@ -51,6 +52,7 @@ class AsyncDriver(_Base):
     def __init__(self, client: Any, ctx: Context, *, strict: bool, breaker: Breaker) -> None:
         super().__init__(ctx, strict=strict, breaker=breaker)
         self.client = client
+        self._direct = async_direct(client)  # GET and MGET past redis-py's layers (.direct)
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # injectable
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -118,7 +120,11 @@ class AsyncDriver(_Base):
     async def _send(self, op: Any) -> Any:
         try:
             if isinstance(op, tuple):
-                reply = await self.client.execute_command(*op)
+                direct = self._direct
+                if direct is not None and op[0] in DIRECT_COMMANDS:
+                    reply = await direct.call(op)
+                else:
+                    reply = await self.client.execute_command(*op)
             elif isinstance(op, Eval):
                 reply = await self._eval(op)
             else:

@@ -33,6 +33,7 @@ from ._common import (
     _refuse_awaitable,
     log,
 )
+from .direct import DIRECT_COMMANDS, sync_direct
 
 __all__ = ["SyncDriver"]
 
@@ -43,6 +44,7 @@ class SyncDriver(_Base):
     def __init__(self, client: Any, ctx: Context, *, strict: bool, breaker: Breaker) -> None:
         super().__init__(ctx, strict=strict, breaker=breaker)
         self.client = client
+        self._direct = sync_direct(client)  # GET and MGET past redis-py's layers (.direct)
         self.sleep: Callable[[float], None] = time.sleep  # injectable, as ctx.monotonic is
         self._workers: ThreadPoolExecutor | None = None
         self._background = 0
@@ -101,7 +103,11 @@ class SyncDriver(_Base):
     def _send(self, op: Any) -> Any:
         try:
             if isinstance(op, tuple):
-                reply = self.client.execute_command(*op)
+                direct = self._direct
+                if direct is not None and op[0] in DIRECT_COMMANDS:
+                    reply = direct.call(op)
+                else:
+                    reply = self.client.execute_command(*op)
             elif isinstance(op, Eval):
                 reply = self._eval(op)
             else:
