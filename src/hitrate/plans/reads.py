@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..codec import DecodeError, Entry, decode_entry
-from ..codec.entry import plain_entry
+from ..codec.entry import plain_entries
 from ..errors import CacheUnavailableError
 from ..keys import family_of
 from ..ops import Batch, Plan
@@ -52,7 +52,8 @@ def get_many(ctx: Context, keys: Iterable[str], vtype: Any = None) -> Plan:
     wanted = list(dict.fromkeys(keys))
     if not wanted:
         return {}
-    rkeys = [ctx.keys.entry(k) for k in wanted]
+    located = ctx.keys.locate_many(wanted)  # memoised: (entry key, family) of hot keys
+    rkeys = [rkey for rkey, _ in located]
     try:
         yield from _check_generations(ctx)
         chunks = [rkeys[i : i + MGET_CHUNK] for i in range(0, len(rkeys), MGET_CHUNK)]
@@ -70,20 +71,24 @@ def get_many(ctx: Context, keys: Iterable[str], vtype: Any = None) -> Plan:
     bad: list[str] = []
     hits: dict[str, int] = {}
     misses: dict[str, int] = {}
-    codec, locate, gens, now = ctx.codec, ctx.keys.locate, ctx.gens, ctx.clock()
+    codec, gens, now = ctx.codec, ctx.gens, ctx.clock()
     plain = vtype is None and getattr(codec, "unseal", None) is None
-    for key, rkey, raw in zip(wanted, rkeys, raws, strict=True):
-        family = locate(key)[1]
-        if raw is not None:
-            fast = plain_entry(codec, key, raw) if plain else None
-            if fast is not None:  # the common entry, decoded in one step
-                value, expires_at, _, gen = fast
-                if (not expires_at or now < expires_at) and gen == gens.stamp(family):
-                    found[key] = value
-                    hits[family] = hits.get(family, 0) + 1
-                    continue
+    # The common entries decoded in one loop (None: missing, or for decode_entry).
+    fast_entries = plain_entries(codec, wanted, raws) if plain else [None] * len(raws)
+    stamps: dict[str, int] = {}  # each family's generation stamp, looked up once
+    for key, (rkey, family), raw, fast in zip(wanted, located, raws, fast_entries, strict=True):
+        if fast is not None:
+            value, expires_at, gen = fast
+            stamp = stamps.get(family)
+            if stamp is None:
+                stamp = stamps[family] = gens.stamp(family)
+            if (not expires_at or now < expires_at) and gen == stamp:
+                found[key] = value
+                hits[family] = hits.get(family, 0) + 1
+            else:
                 misses[family] = misses.get(family, 0) + 1
-                continue
+            continue
+        if raw is not None:
             try:
                 entry = decode_entry(codec, key, raw, vtype)
             except DecodeError as exc:
