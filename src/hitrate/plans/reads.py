@@ -4,6 +4,7 @@ when a tagged entry was found; the generation view is read again first when it i
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -75,16 +76,16 @@ def get_many(ctx: Context, keys: Iterable[str], vtype: Any = None) -> Plan:
     plain = vtype is None and getattr(codec, "unseal", None) is None
     # The common entries decoded in one loop (None: missing, or for decode_entry).
     fast_entries = plain_entries(codec, wanted, raws) if plain else [None] * len(raws)
-    stamps: dict[str, int] = {}  # each family's generation stamp, looked up once
+    served: list[str] = []  # the family of each hit of the common kind, counted at the end
+    last, stamp = None, 0  # the generation stamp of the family last seen (keys come in runs)
     for key, (rkey, family), raw, fast in zip(wanted, located, raws, fast_entries, strict=True):
         if fast is not None:
+            if family != last:
+                last, stamp = family, gens.stamp(family)
             value, expires_at, gen = fast
-            stamp = stamps.get(family)
-            if stamp is None:
-                stamp = stamps[family] = gens.stamp(family)
-            if (not expires_at or now < expires_at) and gen == stamp:
+            if gen == stamp and (not expires_at or now < expires_at):
                 found[key] = value
-                hits[family] = hits.get(family, 0) + 1
+                served.append(family)
             else:
                 misses[family] = misses.get(family, 0) + 1
             continue
@@ -104,6 +105,8 @@ def get_many(ctx: Context, keys: Iterable[str], vtype: Any = None) -> Plan:
                     hits[family] = hits.get(family, 0) + 1
                     continue
         misses[family] = misses.get(family, 0) + 1
+    for family, n in Counter(served).items():
+        hits[family] = hits.get(family, 0) + n
     ctx.stats.add_reads(hits, misses)
     if tagged:  # served only if their tags' versions are current: one more round trip
         try:
