@@ -115,7 +115,7 @@ class NaiveSyncDirect(SyncDirect):
             self._give(conn)
 
 
-def _restart_then_read(pool: str, naive: bool) -> tuple[Any, int, str]:
+def _restart_then_read(pool: str, naive: bool, script: bool = False) -> tuple[Any, int, str]:
     server = Managed.start()
     try:
         if pool == "blocking":
@@ -128,9 +128,14 @@ def _restart_then_read(pool: str, naive: bool) -> tuple[Any, int, str]:
         cache.set("user:1", {"v": 1})
         assert cache.get("user:1") == {"v": 1}  # its connection now idles in the pool
         server.restart(keep_data=True)  # the idle connection's socket is closed
-        with Cache.from_url(server.url, prefix="direct", flush_interval=0) as writer:
-            writer.set("user:1", {"v": 2})
-        value = cache.get("user:1")
+        if script:  # set.lua by EVALSHA: polled at checkout, never sent twice
+            cache.set("user:1", {"v": 2})
+            with Cache.from_url(server.url, prefix="direct", flush_interval=0) as reader:
+                value = reader.get("user:1")
+        else:
+            with Cache.from_url(server.url, prefix="direct", flush_interval=0) as writer:
+                writer.set("user:1", {"v": 2})
+            value = cache.get("user:1")
         errors = cache.counters.total().errors
         state = cache.breaker.state
         cache.close()
@@ -144,9 +149,15 @@ def test_a_connection_closed_while_idle_is_reconnected_not_failed_open(pool: str
     assert _restart_then_read(pool, naive=False) == ({"v": 2}, 0, "closed")
 
 
+def test_a_script_on_a_connection_closed_while_idle_is_sent_on_a_new_one() -> None:
+    assert _restart_then_read("plain", naive=False, script=True) == ({"v": 2}, 0, "closed")
+
+
 def test_the_restart_check_catches_a_direct_path_without_the_retry() -> None:
     value, errors, _ = _restart_then_read("plain", naive=True)
     assert value is None and errors == 1  # served as a miss: Redis was fine
+    value, errors, _ = _restart_then_read("plain", naive=True, script=True)
+    assert value == {"v": 1} and errors == 1  # the write was lost
 
 
 # -- a timeout -----------------------------------------------------------------------------

@@ -96,6 +96,8 @@ class AsyncDriver(_Base):
 
     async def _eval(self, op: Eval) -> Any:
         try:
+            if self._direct is not None:
+                return await self._direct.call(("EVALSHA", *_eval_args(op)))
             return await self.client.execute_command("EVALSHA", *_eval_args(op))
         except rexc.NoScriptError:
             return await self.client.execute_command(

@@ -1,5 +1,5 @@
-"""The direct path: ``GET`` and ``MGET`` sent straight on a pooled connection of a plain
-``redis.Redis`` / ``redis.asyncio.Redis``, past redis-py's per-command layers.
+"""The direct path: ``GET``, ``MGET`` and ``EVALSHA`` sent straight on a pooled connection
+of a plain ``redis.Redis`` / ``redis.asyncio.Redis``, past redis-py's per-command layers.
 
 A warm hit is one short round trip, and redis-py spends more time around it than hitrate
 does: ``execute_command`` builds a retry closure and records observability metrics, the
@@ -23,12 +23,14 @@ Failures behave as on the general path:
 * anything else between the send and the end of the reply - a timeout, a reset, asyncio
   cancellation, ``KeyboardInterrupt`` - disconnects the connection before it goes back, so
   no half-read reply is ever left for the next caller;
-* the pool's checkout poll, which reconnects a connection the server has closed while it
-  sat idle, is replaced by a retry: a connection error on a connection that was already
-  open is sent once more through ``execute_command`` (a read, safe to repeat), which
-  connects afresh; so is any connection error or timeout when the client's own retry
-  policy retries them (redis-py's default). A timeout with hitrate's clients (no retries)
-  is raised at once: fail-open does not wait twice.
+* for reads, the pool's checkout poll, which reconnects a connection the server has
+  closed while it sat idle, is replaced by a retry: a connection error on a connection
+  that was already open is sent once more through ``execute_command`` (a read, safe to
+  repeat), which connects afresh. A script may have run before its connection failed, so
+  it is never sent again: its connection is polled at checkout, as the pool does. Any
+  connection error or timeout is sent again when the client's own retry policy retries
+  them (redis-py's default), as ``execute_command`` would. A timeout with hitrate's
+  clients (no retries) is raised at once: fail-open does not wait twice.
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis
 
 __all__ = ["DIRECT_COMMANDS", "AsyncDirect", "SyncDirect", "async_direct", "sync_direct"]
 
-#: The commands sent directly: reads, with no response callback, safe to send again.
-DIRECT_COMMANDS = frozenset({"GET", "MGET"})
+#: The commands sent directly (none has a response callback in redis-py).
+DIRECT_COMMANDS = frozenset({"GET", "MGET", "EVALSHA"})
+#: Those safe to send twice: reads. A script is never sent again after a failure (it may
+#: have run); its connection is polled at checkout instead, as the pool does.
+_REPEATABLE = frozenset({"GET", "MGET"})
 
 _SYNC_CONNECTIONS = (redis.Connection, redis.UnixDomainSocketConnection, redis.SSLConnection)
 _ASYNC_CONNECTIONS = (
@@ -83,14 +88,25 @@ def _retries(conn: Any) -> int:
     return int(get()) if get is not None else 0
 
 
-def _again(exc: BaseException, conn: Any, reused: bool) -> bool:
+def _again(exc: BaseException, conn: Any, reused: bool, command: str) -> bool:
     """Whether a failed direct call is sent once more through ``execute_command``."""
     if not isinstance(exc, _RETRIED):
         return False
     if _retries(conn) > 0:  # the client's own policy retries it: let it
         return True
     # A connection the server closed while idle (what the pool's checkout poll catches).
-    return reused and not isinstance(exc, rexc.TimeoutError)
+    return reused and command in _REPEATABLE and not isinstance(exc, rexc.TimeoutError)
+
+
+def _stale(conn: Any) -> None:
+    """The pool's checkout poll, for a command that is not sent twice: a connection with
+    something to read (the server closed it while idle) is closed, so the send connects
+    afresh."""
+    try:
+        if conn.can_read():
+            conn.disconnect()
+    except (rexc.ConnectionError, rexc.TimeoutError, OSError):
+        conn.disconnect()
 
 
 class SyncDirect:
@@ -143,12 +159,15 @@ class SyncDirect:
             pool._available_connections.append(conn)
 
     def call(self, args: tuple[Any, ...]) -> Any:
-        """The reply to *args* (a command of :data:`DIRECT_COMMANDS`)."""
+        """The reply to *args* (a command of :data:`DIRECT_COMMANDS`); an error reply
+        (``NOSCRIPT``...) is raised as redis-py raises it."""
         conn = self._take()
         if conn is None:
             return self.client.execute_command(*args)
         reused = conn._sock is not None
         try:
+            if reused and args[0] not in _REPEATABLE:
+                _stale(conn)
             conn.send_packed_command(_pack(args))
             reply = conn.read_response()
         except rexc.ResponseError:  # an error reply, read in full: the connection is clean
@@ -159,7 +178,7 @@ class SyncDirect:
                 conn.disconnect()
             finally:
                 self._give(conn)
-            if _again(exc, conn, reused):
+            if _again(exc, conn, reused, args[0]):
                 return self.client.execute_command(*args)
             raise
         self._give(conn)
@@ -212,6 +231,8 @@ class AsyncDirect:
         pool._in_use_connections.add(conn)
         reused = conn.is_connected
         try:
+            if reused and args[0] not in _REPEATABLE:
+                await _astale(conn)
             await conn.send_packed_command(_pack(args))
             reply = await conn.read_response()
         except rexc.ResponseError:  # an error reply, read in full: the connection is clean
@@ -222,11 +243,20 @@ class AsyncDirect:
                 await conn.disconnect(nowait=True)
             finally:
                 await self._give(pool, conn)
-            if _again(exc, conn, reused):
+            if _again(exc, conn, reused, args[0]):
                 return await self.client.execute_command(*args)
             raise
         await self._give(pool, conn)
         return reply
+
+
+async def _astale(conn: Any) -> None:
+    """:func:`_stale` for an asyncio connection."""
+    try:
+        if await conn.can_read():
+            await conn.disconnect()
+    except (rexc.ConnectionError, rexc.TimeoutError, OSError):
+        await conn.disconnect()
 
 
 def _waiters(pool: Any) -> bool:

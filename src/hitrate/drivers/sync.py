@@ -79,6 +79,8 @@ class SyncDriver(_Base):
     # -- Redis steps --------------------------------------------------------------------
     def _eval(self, op: Eval) -> Any:
         try:
+            if self._direct is not None:
+                return self._direct.call(("EVALSHA", *_eval_args(op)))
             return self.client.execute_command("EVALSHA", *_eval_args(op))
         except rexc.NoScriptError:
             return self.client.execute_command(
