@@ -491,3 +491,42 @@ def test_large_payloads_are_compressed_and_damaged_ones_refused() -> None:
     sealed = hitrate.PickleCodec(SECRET)
     raw = encode_entry(sealed, KEY, value, 0.0, 0.0, compress_over=1024)
     assert raw[2] & FLAG_ZSTD and decode_entry(sealed, KEY, raw).value == value
+
+
+def test_plain_entries_decode_as_plain_entry_does() -> None:
+    """get_many's decoder, on warm reads (all usual entries) and on mixed ones: each
+    reply is what plain_entry makes of it, and None where decode_entry must decide."""
+    from hitrate.codec.entry import encode_entry, plain_entries, plain_entry
+
+    json = make_codec("json")
+    usual = [encode_entry(json, f"k:{i}", {"i": i}, 2e9 + i, 0, gen=7) for i in range(5)]
+    warm = plain_entries(json, [f"k:{i}" for i in range(5)], usual)
+    assert warm == [({"i": i}, 2e9 + i, 7) for i in range(5)]
+    mixed: list[bytes | None] = [
+        usual[0],
+        None,
+        usual[1][:-2],  # damaged payload
+        encode_entry(json, "k", {"x": 1}, 2e9, 0.5, gen=3),  # with a load time
+        encode_entry(json, "k", {"x": 1}, 0, 0),  # no expiry, no generation
+        encode_entry(json, "k", None, 2e9, 0, gen=1),  # a cached None
+        encode_entry(json, "k", {"x": 1}, 2e9, 0, tags=(("t", b"v"),)),  # tagged
+        encode_entry(make_codec("msgpack"), "k", {"x": 1}, 2e9, 0, gen=7),  # another codec
+        b"\x03",
+    ]
+    keys = [f"m:{i}" for i in range(len(mixed))]
+    expected = []
+    for key, raw in zip(keys, mixed, strict=True):
+        fast = plain_entry(json, key, raw) if raw is not None else None
+        expected.append(None if fast is None else (fast[0], fast[1], fast[3]))
+    assert plain_entries(json, keys, mixed) == expected
+    assert expected[0] == ({"i": 0}, 2e9, 7) and expected[3] == ({"x": 1}, 2e9, 3)
+    assert expected[1] is expected[2] is expected[5] is expected[6] is expected[7] is None
+    # All usual but one damaged: the fast comprehension falls back, per entry.
+    broken = [*usual[:2], usual[2][:-1], *usual[3:]]
+    assert plain_entries(json, [f"k:{i}" for i in range(5)], broken) == [
+        ({"i": i}, 2e9 + i, 7) if i != 2 else None for i in range(5)
+    ]
+    # A codec without loads_plain: every entry goes through plain_entry.
+    msgpack = make_codec("msgpack")
+    packed = [encode_entry(msgpack, "k", [1, 2], 2e9, 0, gen=2), None]
+    assert plain_entries(msgpack, ["k", "l"], packed) == [([1, 2], 2e9, 2), None]

@@ -87,6 +87,8 @@ class JsonCodec:
     id = 1
     name = "json"
     seal = unseal = None  # not a signing codec (found at once: no failed getattr per entry)
+    #: :meth:`loads` without the key, for the multi-key read's loop (one call less per key).
+    loads_plain = staticmethod(orjson.loads)
 
     def dumps(self, value: Any, key: str) -> bytes:
         """The value as payload bytes, or :class:`~hitrate.SerializationError` naming *key*."""

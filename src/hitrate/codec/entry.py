@@ -38,7 +38,8 @@ the (compressed) body.
 from __future__ import annotations
 
 import struct
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple, cast
 
 import msgspec
 import zstandard
@@ -48,7 +49,8 @@ from .codecs import Codec, DecodeError
 from .typed import type_spec
 
 __all__ = ["FLAG_NONE", "FLAG_TAGS", "FLAG_TYPED", "FORMAT_VERSION", "HEADER", "MAX_TAGS",
-           "MAX_TAG_BYTES", "Entry", "decode_entry", "encode_entry", "plain_entry"]  # fmt: skip
+           "MAX_TAG_BYTES", "Entry", "decode_entry", "encode_entry", "plain_entries",
+           "plain_entry"]  # fmt: skip
 
 FORMAT_VERSION = 3
 HEADER = struct.Struct("<BBBxdfI")  # format 2, still read
@@ -257,6 +259,52 @@ def plain_entry(codec: Codec, key: str, raw: bytes) -> tuple[Any, float, float, 
     if flags & FLAG_LOAD:
         load_time, i = values[i] / 1000, i + 1
     return value, expires_at, load_time, values[i] if flags & FLAG_GEN else 0
+
+
+_USUAL = FLAG_EXPIRY | FLAG_GEN  # what nearly every entry carries
+_USUAL_FIELDS = _FIELDS[_USUAL]
+_USUAL_BODY = 3 + _USUAL_FIELDS.size
+
+
+def plain_entries(
+    codec: Codec, keys: Sequence[str], raws: Sequence[bytes | None]
+) -> list[tuple[Any, float, int] | None]:
+    """``(value, expiry, generation)`` of each reply of a multi-key read that
+    :func:`plain_entry` would decode, in one loop; None for a missing key and for any
+    entry it would not (:func:`decode_entry` then decides). The usual entry (expiry and
+    generation, nothing else) is recognised by its first three bytes and decoded inline
+    with the codec's one-argument ``loads_plain``, when it has one: ``get_many``'s
+    per-key cost is most of its time past the round trip."""
+    loads: Any = getattr(codec, "loads_plain", None)
+    usual = bytes((FORMAT_VERSION, codec.id, _USUAL)) if loads is not None else None
+    unpack = _USUAL_FIELDS.unpack_from
+    there = cast("Sequence[bytes]", raws)  # when None is not among them
+    # Every key there, every entry the usual kind (a warm read): comprehensions.
+    if usual is not None and None not in raws and {raw[:3] for raw in there} == {usual}:
+        try:
+            heads = [unpack(raw, 3) for raw in there]
+            values = [loads(raw[_USUAL_BODY:]) for raw in there]
+        except Exception:  # one is damaged: the loop below finds which
+            pass
+        else:
+            return [(v, s + ms / 1000, g) for v, (s, ms, g) in zip(values, heads, strict=True)]
+    out: list[tuple[Any, float, int] | None] = []
+    append = out.append
+    for key, raw in zip(keys, raws, strict=True):
+        if raw is None:
+            append(None)
+        elif usual is not None and raw.startswith(usual):
+            try:
+                seconds, millis, gen = unpack(raw, 3)
+                value = loads(raw[_USUAL_BODY:])
+            except Exception:  # damaged: decode_entry says how
+                append(None)
+            else:
+                append((value, seconds + millis / 1000, gen))
+        else:
+            fast = plain_entry(codec, key, raw)
+            append(None if fast is None else (fast[0], fast[1], fast[3]))
+    return out
 
 
 def decode_entry(codec: Codec, key: str, raw: bytes, type: Any = None) -> Entry:

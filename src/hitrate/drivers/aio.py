@@ -34,6 +34,7 @@ from ._common import (
     scan_next,
     scan_start,
 )
+from .direct import DIRECT_COMMANDS, async_direct
 
 __all__ = ["AsyncDriver"]
 
@@ -56,6 +57,7 @@ class AsyncDriver(_Base):
         super().__init__(ctx, strict=strict, breaker=breaker)
         self.client = client
         self.cluster = is_cluster(client)
+        self._direct = async_direct(client)  # GET and MGET past redis-py's layers (.direct)
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # injectable
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -99,6 +101,8 @@ class AsyncDriver(_Base):
 
     async def _eval(self, op: Eval) -> Any:
         try:
+            if self._direct is not None:
+                return await self._direct.call(("EVALSHA", *_eval_args(op)))
             return await self.client.execute_command("EVALSHA", *_eval_args(op))
         except rexc.NoScriptError:
             return await self.client.execute_command(
@@ -166,7 +170,11 @@ class AsyncDriver(_Base):
             elif self.cluster:
                 reply = await self._send_cluster(op)
             elif isinstance(op, tuple):
-                reply = await self.client.execute_command(*op)
+                direct = self._direct
+                if direct is not None and op[0] in DIRECT_COMMANDS:
+                    reply = await direct.call(op)
+                else:
+                    reply = await self.client.execute_command(*op)
             elif isinstance(op, Eval):
                 reply = await self._eval(op)
             else:

@@ -38,6 +38,7 @@ from ._common import (
     scan_next,
     scan_start,
 )
+from .direct import DIRECT_COMMANDS, sync_direct
 
 __all__ = ["SyncDriver"]
 
@@ -49,6 +50,7 @@ class SyncDriver(_Base):
         super().__init__(ctx, strict=strict, breaker=breaker)
         self.client = client
         self.cluster = is_cluster(client)
+        self._direct = sync_direct(client)  # GET and MGET past redis-py's layers (.direct)
         self.sleep: Callable[[float], None] = time.sleep  # injectable, as ctx.monotonic is
         self._workers: ThreadPoolExecutor | None = None
         self._background = 0
@@ -83,6 +85,8 @@ class SyncDriver(_Base):
     # -- Redis steps --------------------------------------------------------------------
     def _eval(self, op: Eval) -> Any:
         try:
+            if self._direct is not None:
+                return self._direct.call(("EVALSHA", *_eval_args(op)))
             return self.client.execute_command("EVALSHA", *_eval_args(op))
         except rexc.NoScriptError:
             return self.client.execute_command(
@@ -153,7 +157,11 @@ class SyncDriver(_Base):
             elif self.cluster:
                 reply = self._send_cluster(op)
             elif isinstance(op, tuple):
-                reply = self.client.execute_command(*op)
+                direct = self._direct
+                if direct is not None and op[0] in DIRECT_COMMANDS:
+                    reply = direct.call(op)
+                else:
+                    reply = self.client.execute_command(*op)
             elif isinstance(op, Eval):
                 reply = self._eval(op)
             else:

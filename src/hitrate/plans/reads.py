@@ -4,11 +4,12 @@ when a tagged entry was found; the generation view is read again first when it i
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 from ..codec import DecodeError, Entry, decode_entry
-from ..codec.entry import plain_entry
+from ..codec.entry import plain_entries
 from ..errors import CacheUnavailableError
 from ..keys import family_of
 from ..ops import Batch, Plan
@@ -52,7 +53,8 @@ def get_many(ctx: Context, keys: Iterable[str], vtype: Any = None) -> Plan:
     wanted = list(dict.fromkeys(keys))
     if not wanted:
         return {}
-    rkeys = [ctx.keys.entry(k) for k in wanted]
+    located = ctx.keys.locate_many(wanted)  # memoised: (entry key, family) of hot keys
+    rkeys = [rkey for rkey, _ in located]
     try:
         yield from _check_generations(ctx)
         chunks = [rkeys[i : i + MGET_CHUNK] for i in range(0, len(rkeys), MGET_CHUNK)]
@@ -70,20 +72,24 @@ def get_many(ctx: Context, keys: Iterable[str], vtype: Any = None) -> Plan:
     bad: list[str] = []
     hits: dict[str, int] = {}
     misses: dict[str, int] = {}
-    codec, locate, gens, now = ctx.codec, ctx.keys.locate, ctx.gens, ctx.clock()
+    codec, gens, now = ctx.codec, ctx.gens, ctx.clock()
     plain = vtype is None and getattr(codec, "unseal", None) is None
-    for key, rkey, raw in zip(wanted, rkeys, raws, strict=True):
-        family = locate(key)[1]
-        if raw is not None:
-            fast = plain_entry(codec, key, raw) if plain else None
-            if fast is not None:  # the common entry, decoded in one step
-                value, expires_at, _, gen = fast
-                if (not expires_at or now < expires_at) and gen == gens.stamp(family):
-                    found[key] = value
-                    hits[family] = hits.get(family, 0) + 1
-                    continue
+    # The common entries decoded in one loop (None: missing, or for decode_entry).
+    fast_entries = plain_entries(codec, wanted, raws) if plain else [None] * len(raws)
+    served: list[str] = []  # the family of each hit of the common kind, counted at the end
+    last, stamp = None, 0  # the generation stamp of the family last seen (keys come in runs)
+    for key, (rkey, family), raw, fast in zip(wanted, located, raws, fast_entries, strict=True):
+        if fast is not None:
+            if family != last:
+                last, stamp = family, gens.stamp(family)
+            value, expires_at, gen = fast
+            if gen == stamp and (not expires_at or now < expires_at):
+                found[key] = value
+                served.append(family)
+            else:
                 misses[family] = misses.get(family, 0) + 1
-                continue
+            continue
+        if raw is not None:
             try:
                 entry = decode_entry(codec, key, raw, vtype)
             except DecodeError as exc:
@@ -99,6 +105,8 @@ def get_many(ctx: Context, keys: Iterable[str], vtype: Any = None) -> Plan:
                     hits[family] = hits.get(family, 0) + 1
                     continue
         misses[family] = misses.get(family, 0) + 1
+    for family, n in Counter(served).items():
+        hits[family] = hits.get(family, 0) + n
     ctx.stats.add_reads(hits, misses)
     if tagged:  # served only if their tags' versions are current: one more round trip
         try:
