@@ -11,9 +11,14 @@ and tag versions live in other slots than the entry).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -289,3 +294,21 @@ def test_stats_sum_every_primary(rc: RedisCluster, cprefix: str) -> None:
     assert stats.family("s").hits == 300
     assert stats.sample is not None and stats.sample.keys.get("s") == 300
     cache.close()
+
+
+def test_demo_on_a_local_cluster(tmp_path: Path) -> None:
+    """``hitrate demo --cluster``: the demo's own checks (0 stale reads, one load per hot
+    key expiry, hit rates in range, ...) hold on a local cluster it starts."""
+    from .test_demo import check_invariants
+
+    hitrate = Path(sys.executable).with_name("hitrate")
+    env = {k: v for k, v in os.environ.items() if k not in ("HITRATE_REDIS_URL", "REDIS_URL")}
+    args = [str(hitrate), "demo", "--cluster", "--duration", "5", "--no-dashboard", "--json"]
+    args += ["--database", f"sqlite:///{tmp_path / 'shop.db'}", "--scale", "0.1"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "redis+cluster://127.0.0.1:" in proc.stderr
+    report = json.loads(proc.stdout)
+    check_invariants(report)
+    rates = {row["family"]: row.get("hit_rate") for row in report["families"]}
+    print(f"demo on a cluster: hit rates {rates}")
