@@ -27,6 +27,7 @@ from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
 
+import hitrate
 from hitrate import AsyncCache, Cache
 from hitrate.plans import aside
 from hitrate.slots import slot
@@ -312,3 +313,41 @@ def test_demo_on_a_local_cluster(tmp_path: Path) -> None:
     check_invariants(report)
     rates = {row["family"]: row.get("hit_rate") for row in report["families"]}
     print(f"demo on a cluster: hit rates {rates}")
+
+
+def _get_calls(cluster: EmbeddedCluster) -> dict[str, tuple[str, int]]:
+    out = {}
+    for port in cluster.ports:
+        node = redis.Redis(port=port)
+        calls = node.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
+        out[str(port)] = (node.info("replication")["role"], int(calls))
+        node.close()
+    return out
+
+
+def test_replica_reads_are_opt_in_and_go_to_replicas(
+    cluster: EmbeddedCluster, cprefix: str
+) -> None:
+    from .consistency import VersionedDB, run_workload, violations
+
+    plain = Cache.from_url(cluster.url, prefix=cprefix, count=False)
+    replicas = Cache.from_url(cluster.url + "?replica_reads=yes", prefix=cprefix, count=False)
+    plain.set_many({f"r:{i}": i for i in range(300)})
+    for cache, where in ((plain, "master"), (replicas, "slave")):
+        before = _get_calls(cluster)
+        assert all(cache.get(f"r:{i}") == i for i in range(300))
+        after = _get_calls(cluster)
+        served = {p: after[p][1] - before[p][1] for p in after if after[p][0] == where}
+        print(f"GETs served by {where}s: {served}")
+        assert sum(served.values()) >= 300
+    with pytest.raises(hitrate.ConfigurationError, match="replica"):
+        Cache.from_url(cluster.url + "?replica_reads=yes", near=hitrate.NearCache())
+    # The staleness replica reads allow: reads that started after a write completed and still
+    # saw an older version, and how late they were (replication lag; on loopback, none).
+    keys = ["row:1", "row:2", "row:3"]
+    log = run_workload(replicas, VersionedDB(keys), keys, seconds=1.5)
+    stale, within = violations(log), violations(log, lag=0.05)
+    print(f"replica reads: {stale} stale reads of {len(log)} operations, {within} beyond 50 ms")
+    assert within == 0
+    plain.close()
+    replicas.close()

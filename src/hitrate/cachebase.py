@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar, cast
 from . import plans
 from .breaker import Breaker
 from .codec import Codec, make_codec
+from .connect import replica_reads
 from .counting import Counters, NullCounters
 from .errors import ConfigurationError
 from .flush import Flusher, register, wake
@@ -153,6 +154,12 @@ class CacheBase(Generic[ClientT]):
             return None
         if near is not None and not isinstance(near, NearCache):
             raise ConfigurationError(f"near= takes a NearCache(...), not {near!r}")
+        if near is not None and replica_reads(self.client):
+            raise ConfigurationError(
+                "the near cache cannot keep copies of replica reads: a replica may answer "
+                "with an entry whose invalidation it has not received yet, and the copy would "
+                "outlive it; drop near= or replica_reads"
+            )
         listener = make_listener(self.client, self.prefix, near)
         if listener is None:
             if near is not None:

@@ -143,6 +143,8 @@ class Target:
     options: dict[str, str] = field(default_factory=dict)
     sentinel_username: str | None = None
     sentinel_password: str | None = None
+    #: Cluster only (``?replica_reads=yes``): plain reads (GET, MGET) go to replicas.
+    replica_reads: bool = False
 
     def node_url(self, host: str, port: int) -> str:
         """A ``redis://`` (``rediss://``) URL of one node, with this URL's credentials and
@@ -245,9 +247,15 @@ def parse_url(url: str) -> Target:
         db = int(db_text)
     if kind == "cluster" and db != 0:
         raise _bad(url, "Redis Cluster has only database 0: remove the /DB from the URL")
+    replicas = options.pop("replica_reads", "no").lower()
+    if replicas not in ("yes", "no", "true", "false", "1", "0"):
+        raise _bad(url, f"replica_reads={replicas!r}: write replica_reads=yes or no")
+    replica_reads = replicas in ("yes", "true", "1")
+    if replica_reads and kind != "cluster":
+        raise _bad(url, "replica_reads is for redis+cluster:// URLs")
     return Target(
         kind, url, tls, hosts, username, password, service, db, options,
-        sentinel["sentinel_username"], sentinel["sentinel_password"],
+        sentinel["sentinel_username"], sentinel["sentinel_password"], replica_reads,
     )  # fmt: skip
 
 
@@ -345,6 +353,27 @@ def sync_client(
     return redis.Redis.from_pool(pool)
 
 
+def _balancing(target: Target) -> dict[str, Any]:
+    """``replica_reads=yes``: plain reads (GET, MGET, HGETALL) go to the replicas in turn;
+    scripts and writes to the primaries. A replica lags its primary, so a read there can
+    return an entry an acknowledged invalidation has already deleted (see the README)."""
+    if not target.replica_reads:
+        return {}
+    return {"load_balancing_strategy": rcluster.LoadBalancingStrategy.ROUND_ROBIN_REPLICAS}
+
+
+def replica_reads(client: Any) -> bool:
+    """Does this cluster client send plain reads to replicas?"""
+    strategy = getattr(client, "load_balancing_strategy", None)
+    if strategy is None:
+        strategy = getattr(getattr(client, "nodes_manager", None), "_lb_strategy", None)
+    return bool(getattr(client, "read_from_replicas", False)) or (
+        strategy is not None
+        and strategy != rcluster.LoadBalancingStrategy.ROUND_ROBIN
+        and "REPLICA" in str(getattr(strategy, "name", strategy)).upper()
+    )
+
+
 def _sync_cluster(
     target: Target, options: dict[str, Any], max_connections: int, pool_timeout: float
 ) -> rcluster.RedisCluster:
@@ -363,6 +392,7 @@ def _sync_cluster(
             connection_pool_class=redis.BlockingConnectionPool,
             max_connections=max_connections,
             timeout=pool_timeout,
+            **_balancing(target),
             **options,
         )
     except RedisClusterException as exc:
@@ -387,7 +417,9 @@ def async_client(
     target = parse_url(url)
     options = _client_options(timeout, connect_timeout)
     if target.kind == "cluster":
-        return _async_cluster(target.hosts, _node_kwargs(target), options, max_connections)
+        return _async_cluster(
+            target.hosts, _node_kwargs(target), options, max_connections, _balancing(target)
+        )
     if target.kind == "sentinel":
         kwargs = {**_node_kwargs(target), **options}
         kwargs.pop("connection_class", None)
@@ -419,6 +451,7 @@ def _async_cluster(
     kwargs: Mapping[str, Any],
     options: Mapping[str, Any],
     max_connections: int,
+    balancing: Mapping[str, Any] | None = None,
 ) -> acluster.RedisCluster:
     settings = {k: v for k, v in {**kwargs, **options}.items() if k in _ASYNC_CLUSTER_KEYS}
     connection_class = kwargs.get("connection_class", type)
@@ -429,6 +462,7 @@ def _async_cluster(
         require_full_coverage=False,
         max_connections=max_connections,
         ssl=ssl,
+        **(balancing or {}),
         **settings,
     )
 

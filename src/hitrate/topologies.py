@@ -119,6 +119,8 @@ class EmbeddedCluster:
             self._until(deadline, lambda p=p, i=primary_id: self._replicate(p, i))
         self._until(deadline, self.healthy)
         self._until(deadline, lambda: self._synced(ports[primaries:]))
+        if replicas:  # clients read the slot map once: it must name the replicas already
+            self._until(deadline, self.replicas_listed)
 
     @staticmethod
     def _known(port: int) -> int:
@@ -176,6 +178,27 @@ class EmbeddedCluster:
                 slots = _client(node.port).execute_command("CLUSTER", "SLOTS")
                 return [int(r[2][1]) for r in sorted(slots, key=lambda r: r[0])]
         return []
+
+    def replicas_listed(self) -> bool:
+        """Does every live node's ``CLUSTER SLOTS`` name a replica for every slot range?
+        (Gossip takes a few seconds after the cluster forms; a client reading from replicas
+        finds none before.)"""
+        for node in self.nodes:
+            if node.process.poll() is not None:
+                continue
+            try:
+                ranges = _client(node.port).execute_command("CLUSTER", "SLOTS")
+            except redis.RedisError:
+                return False
+            if not ranges or any(len(r) < 4 for r in ranges):
+                return False
+        return True
+
+    def wait_replicas_listed(self, timeout: float = 30.0) -> float:
+        """Wait until :meth:`replicas_listed`; returns the seconds it took."""
+        start = time.monotonic()
+        self._until(start + timeout, self.replicas_listed)
+        return time.monotonic() - start
 
     def wait_healthy(self, timeout: float = 30.0) -> float:
         """Wait until :meth:`healthy`; returns the seconds it took."""
