@@ -31,7 +31,7 @@ import hitrate
 from hitrate import AsyncCache, Cache
 from hitrate.plans import aside
 from hitrate.slots import slot
-from hitrate.testing import unique_prefix
+from hitrate.testing import delete_prefix, unique_prefix
 from hitrate.topologies import EmbeddedCluster
 
 pytestmark = pytest.mark.ttl_audit_exempt  # the audit reads one server; see test_ttl_on_cluster
@@ -51,13 +51,10 @@ def rc(cluster: EmbeddedCluster) -> Iterator[RedisCluster]:
 
 
 @pytest.fixture
-def cprefix(rc: RedisCluster) -> Iterator[str]:
+def cprefix(cluster: EmbeddedCluster) -> Iterator[str]:
     name = unique_prefix("cl")
     yield name
-    for pattern in (f"{name}:{{*", f"{name}:~*"):
-        keys = list(rc.scan_iter(match=pattern, count=1000))
-        for i in range(0, len(keys), 500):
-            rc.delete(*keys[i : i + 500])
+    delete_prefix(cluster.url, name)
 
 
 def _owner(rc: RedisCluster, key: str) -> str:
