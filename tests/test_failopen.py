@@ -384,3 +384,37 @@ async def test_async_open_breaker_skips_redis(blackhole: Blackhole) -> None:
     assert time.monotonic() - t0 < 20 * TIMEOUT / 2
     assert blackhole.accepted() <= 2
     await cache.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_every_write_verb_returns_while_redis_is_unreachable(dead_url: str, kind: str) -> None:
+    """``set_many`` used to read the generations again and again while Redis could not
+    answer (a recursion without end); every write verb must come back, failed open."""
+    import asyncio
+
+    from hitrate import AsyncCache
+
+    done: list[object] = []
+
+    def run() -> None:
+        if kind == "sync":
+            cache = Cache.from_url(dead_url, timeout=0.2, connect_timeout=0.2, count=False)
+            done.append(cache.set_many({f"k:{i}": i for i in range(5)}))
+            done.append(cache.set("k:9", 9))
+            done.append(cache.invalidate("k:1", "k:2"))
+            return
+
+        async def main() -> None:
+            cache = AsyncCache.from_url(dead_url, timeout=0.2, connect_timeout=0.2, count=False)
+            done.append(await cache.set_many({f"k:{i}": i for i in range(5)}))
+            done.append(await cache.set("k:9", 9))
+            done.append(await cache.invalidate("k:1", "k:2"))
+            await cache.close()
+
+        asyncio.run(main())
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), "a write verb did not return while Redis was unreachable"
+    assert done == [False, False, 0]

@@ -46,18 +46,22 @@ def set_(ctx: Context, key: str, value: Any, ttl: TTLLike, vtype: Any = None) ->
 
 def set_many(ctx: Context, mapping: Mapping[str, Any], ttl: TTLLike, vtype: Any = None) -> Plan:
     """One script call per key, pipelined :data:`BATCH_CHUNK` at a time."""
-    # Encode everything first: one bad value means nothing is written.
-    ops = []
-    for key, value in mapping.items():
-        quad = ctx.keys.quad(key)
-        data, px = ctx.encode(key, value, ctx.policy(key, ttl), vtype=vtype)
-        script = scripts.SET if data else scripts.INVALIDATE
-        ops.append(Eval(script, quad, (data, px, ctx.token()) if data else (ctx.token(),)))
+
+    def encoded() -> list[Eval]:
+        ops = []
+        for key, value in mapping.items():
+            quad = ctx.keys.quad(key)
+            data, px = ctx.encode(key, value, ctx.policy(key, ttl), vtype=vtype)
+            script = scripts.SET if data else scripts.INVALIDATE
+            ops.append(Eval(script, quad, (data, px, ctx.token()) if data else (ctx.token(),)))
+        return ops
+
+    ops = encoded()  # everything first: one bad value means nothing is written
     keys = list(mapping)
     ctx.wrote()
     if ctx.gens.due():  # encoded under a view due to be read again: read it, encode again
-        yield from _current_generations(ctx)
-        return (yield from set_many(ctx, mapping, ttl, vtype))
+        yield from _current_generations(ctx)  # once, whatever it finds (Redis may be down)
+        ops = encoded()
     for i in range(0, len(ops), BATCH_CHUNK):
         try:
             yield Batch(ops[i : i + BATCH_CHUNK])
