@@ -11,11 +11,13 @@ and tag versions live in other slots than the entry).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +30,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
 
 import hitrate
-from hitrate import AsyncCache, Cache
+from hitrate import AsyncCache, Cache, scripts
 from hitrate.plans import aside
 from hitrate.slots import slot
 from hitrate.testing import delete_prefix, unique_prefix
@@ -348,3 +350,49 @@ def test_replica_reads_are_opt_in_and_go_to_replicas(
     assert within == 0
     plain.close()
     replicas.close()
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["checked", "naive"])
+def test_a_caller_that_joins_after_an_invalidation_is_not_given_the_old_fill(
+    rc: RedisCluster, cprefix: str, naive: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """L fills; the source changes and ``invalidate`` completes; then J misses and joins L's
+    in-process flight while L's check after the fill is in flight. J must load the new
+    value: L's check says whether its entry is still there (held.lua), as the fill
+    script's reply does on one server. ``naive``: a check that does not look."""
+    if naive:
+        source = b"return 1"
+        fake = scripts.LuaScript("held", source, hashlib.sha1(source).hexdigest())
+        monkeypatch.setattr(scripts, "HELD", fake)
+    cache = Cache(rc, prefix=cprefix, count=False)
+    driver = cache._driver
+    filled, gate = threading.Event(), threading.Event()
+    real = driver.redis
+
+    def slow_after_fill(op: Any) -> Any:
+        reply = real(op)
+        if getattr(getattr(op, "script", None), "name", "") == "fill_slot":
+            filled.set()
+            assert gate.wait(10)  # L is slow between its fill and its check
+        return reply
+
+    driver.redis = slow_after_fill  # type: ignore[method-assign]
+    db = {"v": "old"}
+    out: dict[str, Any] = {}
+
+    def call(name: str) -> None:
+        out[name] = cache.get_or_fetch("user:42", lambda: db["v"], ttl=60)
+
+    leader = threading.Thread(target=call, args=("L",))
+    leader.start()
+    assert filled.wait(10)
+    db["v"] = "new"
+    assert cache.invalidate("user:42") == 1  # completed, after the source changed
+    joiner = threading.Thread(target=call, args=("J",))
+    joiner.start()
+    time.sleep(0.2)  # J has missed and joined L's flight
+    gate.set()
+    leader.join(10)
+    joiner.join(10)
+    assert out["L"] == "old"  # L began before the invalidation
+    assert out["J"] == ("old" if naive else "new")

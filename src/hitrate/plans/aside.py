@@ -213,7 +213,10 @@ def settle(ctx: Context, stores: Sequence[EntryStore]) -> Plan:
     tag was invalidated, since the lease was granted - checked now (the generations hash
     and the tags live in other slots), with the entry added to its tags' member sets. An
     entry that fails the check is taken back (unfill.lua: only if it is still the one we
-    wrote). Returns, per store, whether its fill stands.
+    wrote). Returns, per store, whether its fill stands and is still there - read in the
+    same round trip (held.lua), as the fill script's reply says on one server: the value
+    is then shared with callers of this process that arrived before this check, which a
+    completed invalidation or write would have made unsafe.
 
     Exact for the same reason as on one server: an invalidation that began before the
     fill was written changed the epoch (or version) first, so this read sees it; one that
@@ -234,11 +237,10 @@ def settle(ctx: Context, stores: Sequence[EntryStore]) -> Plan:
                 )
             )
         tagged.append((start, len(ops)))
+    held_at = len(ops)
+    ops += [Eval(scripts.HELD, [s.rkey], (s.written[0],)) for s in stores]
     try:
-        if len(ops) > 1:
-            replies = yield Batch(ops)
-        else:
-            replies = [(yield ops[0])]
+        replies = yield Batch(ops)
     except CacheUnavailableError:
         for store in stores:
             ctx.remember_failed_write(store.key)
@@ -254,6 +256,7 @@ def settle(ctx: Context, stores: Sequence[EntryStore]) -> Plan:
             _token(reply[7]),
         )
         stands.append(same and all(r == 1 for r in replies[start:end]))
+    held = [r == 1 for r in replies[held_at:]]
     if not all(stands):
         ctx.gens.changed()  # our view was behind, or an invalidation ran: read it again
         undo = [
@@ -267,7 +270,7 @@ def settle(ctx: Context, stores: Sequence[EntryStore]) -> Plan:
             for store, ok in zip(stores, stands, strict=True):
                 if not ok:
                     ctx.remember_failed_write(store.key)
-    return stands
+    return [ok and still for ok, still in zip(stands, held, strict=True)]
 
 
 def _token(value: Any) -> str:
