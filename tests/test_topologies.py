@@ -312,3 +312,23 @@ def test_server_command_refuses_both_topologies() -> None:
     )
     assert out.returncode != 0
     assert "--cluster and --sentinel exclude each other" in out.stderr
+
+
+def test_a_one_server_url_to_a_cluster_node_says_to_use_redis_cluster(
+    cluster: EmbeddedCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``redis://`` to one node of a cluster: keys of other nodes' slots answer MOVED. That
+    is a configuration to fix, said once in words, not a WRONGTYPE-like refusal per key."""
+    port = cluster.primaries()[0]
+    cache = Cache.from_url(f"redis://127.0.0.1:{port}/0", prefix=unique_prefix(), count=False)
+    with caplog.at_level("WARNING", logger="hitrate"):
+        for i in range(30):  # some land on other nodes
+            assert cache.get_or_fetch(f"user:{i}", lambda i=i: i) == i
+    said = [r.getMessage() for r in caplog.records if "redis+cluster://" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]
+    assert "is a Redis Cluster node" in said[0]
+    with pytest.raises(CacheUnavailableError, match="redis\\+cluster://"):
+        Cache.from_url(f"redis://127.0.0.1:{port}/0", strict=True).get_many(
+            [f"user:{i}" for i in range(30)]
+        )
+    cache.close()

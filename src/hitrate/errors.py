@@ -324,6 +324,17 @@ def translate(exc: BaseException, what: str, where: str = "Redis") -> CacheUnava
             # it refuses is dropped.
             err.outage, err.refused = False, True
         return err
+    if isinstance(exc, rexc.AskError) and "+cluster" not in where:
+        # A one-server client on a Cluster node: keys of its slots work, others answer
+        # MOVED. Said once (the cause names no key); not an outage: Redis answered.
+        cause = (
+            f"{where} is a Redis Cluster node (it answered MOVED for a key of another node): "
+            "connect with redis+cluster://host:port[,host2:port2...] so that every key "
+            "reaches the node that holds it"
+        )
+        err = MisconfiguredError(f"{cause} (during {what})", cause=cause)
+        err.outage, err.refused = False, True
+        return err
     if not isinstance(exc, rexc.ClusterDownError | rexc.TryAgainError):
         failure = _topology_failure(exc, what, where)
         if failure is not None:
