@@ -396,3 +396,37 @@ def test_a_caller_that_joins_after_an_invalidation_is_not_given_the_old_fill(
     joiner.join(10)
     assert out["L"] == "old"  # L began before the invalidation
     assert out["J"] == ("old" if naive else "new")
+
+
+def test_invalidations_owed_during_an_outage_are_delivered_per_slot(
+    rc: RedisCluster, cprefix: str
+) -> None:
+    """Every primary stops answering (CLIENT PAUSE): the breaker opens, ``invalidate`` of
+    keys on every node is owed instead of sent; once the cluster answers, the next call
+    delivers them, one script per slot (a cross-slot script would be refused and dropped)."""
+    from hitrate.breaker import Breaker
+
+    cache = Cache(rc, prefix=cprefix, count=False, breaker=Breaker(threshold=2, cooldown=0.3))
+    keys = [f"user:{i}" for i in range(30)]
+    cache.set_many({k: k for k in keys}, ttl=600)
+    assert len({_owner(rc, cache.redis_key(k)) for k in keys}) == 3
+    slow = Cache.from_url(
+        f"redis+cluster://127.0.0.1:{rc.get_primaries()[0].port}",
+        prefix=cprefix,
+        count=False,
+        timeout=0.2,
+        breaker=Breaker(threshold=2, cooldown=0.3),
+    )
+    assert slow.get("user:0") == "user:0"
+    paused_until = time.monotonic() + 1.5
+    for node in rc.get_primaries():
+        rc.execute_command("CLIENT", "PAUSE", 1500, "ALL", target_nodes=node)
+    assert slow.get("user:0", "MISS") == "MISS"  # times out: fails open
+    assert slow.get("user:1", "MISS") == "MISS"  # the breaker opens
+    assert slow.invalidate(*keys) == 0  # not sent: owed
+    assert slow._ctx.owed.pending
+    time.sleep(max(0.0, paused_until - time.monotonic()) + 0.4)
+    assert slow.get("other:1", "MISS") == "MISS"  # delivers what is owed first
+    assert not slow._ctx.owed.pending
+    assert [k for k in keys if rc.exists(cache.redis_key(k))] == []
+    assert all(cache.get(k) is None for k in keys)
