@@ -23,8 +23,8 @@ from .flush import Flusher, register, wake
 from .generations import Generations
 from .keys import FamilyWatch, KeySpace, check_family_names, escape_glob
 from .keys import key as join_key
-from .listener import Listener, make_listener
-from .listener_cluster import ClusterListener
+from .listener import Listener
+from .listener_cluster import ClusterListener, make_listener
 from .near import OFF, NearCache, _Off, async_near, sync_near
 from .plans import Context
 from .policy import USER, Policy, TTLLike, to_policy

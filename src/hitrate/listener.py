@@ -32,16 +32,13 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
 from .connect import sync_twin
 
-if TYPE_CHECKING:
-    from .listener_cluster import ClusterListener
-
-__all__ = ["Listener", "Waiter", "connection_factory", "make_listener"]
+__all__ = ["Listener", "Waiter", "connection_factory"]
 
 log = logging.getLogger("hitrate")
 
@@ -274,18 +271,3 @@ class Listener:
                     self.near.invalidated(data)
             elif channel == self.channel and isinstance(data, bytes):
                 self._wake(data)
-
-
-def make_listener(client: Any, prefix: str, near: Any = None) -> Listener | ClusterListener | None:
-    """The listener for *client* (one server, or a Redis Cluster), or None where a
-    connection of its own cannot be made from the client's settings."""
-    from .listener_cluster import ClusterListener, cluster_connector, cluster_nodes, is_cluster
-
-    if is_cluster(client):
-        connect = cluster_connector(client)
-        if connect is None:
-            return None
-        remap = getattr(client.nodes_manager, "address_remap", None)
-        return ClusterListener(lambda: cluster_nodes(client), connect, prefix, near, remap=remap)
-    single = connection_factory(client)
-    return None if single is None else Listener(single, prefix, near)

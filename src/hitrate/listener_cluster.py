@@ -27,10 +27,17 @@ from typing import Any
 
 import redis
 
-from .listener import Listener, Waiter
+from .listener import Listener, Waiter, connection_factory
 from .slots import is_cluster
 
-__all__ = ["ClusterListener", "cluster_connector", "cluster_nodes", "is_cluster", "parse_nodes"]
+__all__ = [
+    "ClusterListener",
+    "cluster_connector",
+    "cluster_nodes",
+    "is_cluster",
+    "make_listener",
+    "parse_nodes",
+]
 
 log = logging.getLogger("hitrate")
 Node = tuple[str, int]
@@ -386,3 +393,16 @@ class ClusterListener:
         else:
             self._all_up.clear()
             near.went_down()
+
+
+def make_listener(client: Any, prefix: str, near: Any = None) -> Listener | ClusterListener | None:
+    """The listener for *client* (one server, or a Redis Cluster), or None where a
+    connection of its own cannot be made from the client's settings."""
+    if is_cluster(client):
+        connect = cluster_connector(client)
+        if connect is None:
+            return None
+        remap = getattr(client.nodes_manager, "address_remap", None)
+        return ClusterListener(lambda: cluster_nodes(client), connect, prefix, near, remap=remap)
+    single = connection_factory(client)
+    return None if single is None else Listener(single, prefix, near)
