@@ -418,3 +418,31 @@ def test_every_write_verb_returns_while_redis_is_unreachable(dead_url: str, kind
     worker.join(20)
     assert not worker.is_alive(), "a write verb did not return while Redis was unreachable"
     assert done == [False, False, 0]
+
+
+def test_a_failure_inside_redis_py_fails_open_but_our_own_errors_do_not(
+    url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's asyncio cluster client was seen raising ``AttributeError`` from a
+    connection closed under it; such a failure inside the client is an outage (the call
+    fails open), while an error of the caller's (its loader) still reaches it."""
+    import redis.client
+
+    cache = Cache.from_url(url, prefix=prefix, flush_interval=0)
+    cache._driver._direct = None  # through execute_command, which is replaced below
+    namespace: dict[str, Any] = {}
+    code = (
+        "def broken(*args, **kwargs):\n    raise AttributeError(\"'NoneType' has no writelines\")\n"
+    )
+    exec(compile(code, redis.client.__file__, "exec"), namespace)  # raised "inside redis-py"
+    monkeypatch.setattr(cache.client, "execute_command", namespace["broken"])
+    assert cache.get_or_fetch("user:1", lambda: "loaded") == "loaded"
+    assert cache.counters.total().fail_open >= 1
+
+    def loader() -> str:
+        raise AttributeError("the caller's own bug")
+
+    monkeypatch.undo()
+    with pytest.raises(AttributeError, match="caller's own bug"):
+        cache.get_or_fetch("user:2", loader)
+    cache.close()

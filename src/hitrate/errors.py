@@ -374,4 +374,26 @@ def translate(exc: BaseException, what: str, where: str = "Redis") -> CacheUnava
     if isinstance(exc, rexc.RedisError | OSError):
         cause = f"network error talking to {where} ({exc})"
         return CacheUnavailableError(f"{cause} during {what}", cause=cause)
+    if client_failure(exc):
+        cause = (
+            f"the Redis client failed talking to {where} ({type(exc).__name__}: {exc}, "
+            "raised inside redis-py)"
+        )
+        return CacheUnavailableError(f"{cause} during {what}", cause=cause)
     return None
+
+
+def client_failure(exc: BaseException) -> bool:
+    """Did redis-py itself fail (an ``AttributeError`` on a connection another task closed
+    under it, say) rather than report a Redis error? Judged by where it was raised: the
+    innermost frame is redis-py's. Such a failure is an outage like a dropped connection
+    (the call fails open); an error raised in hitrate's own code is not one."""
+    if not isinstance(exc, Exception) or isinstance(exc, rexc.RedisError):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    return "/redis/" in path and "/hitrate/" not in path

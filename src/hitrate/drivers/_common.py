@@ -20,6 +20,7 @@ from ..errors import (
     CircuitOpenError,
     ConfigurationError,
     MisconfiguredError,
+    client_failure,
     translate,
 )
 from ..health import refused, server_url
@@ -55,9 +56,12 @@ def _eval_args(op: Eval) -> tuple[Any, ...]:
 
 
 def _redis_error(exc: BaseException) -> bool:
-    return isinstance(
-        exc, rexc.RedisError | rexc.RedisClusterException | OSError
-    ) and not isinstance(exc, rexc.NoScriptError)
+    """A failure of Redis or of the client talking to it (see :func:`client_failure`)."""
+    if isinstance(exc, rexc.NoScriptError):
+        return False
+    return isinstance(exc, rexc.RedisError | rexc.RedisClusterException | OSError) or (
+        client_failure(exc)
+    )
 
 
 def _pool_exhausted(exc: BaseException) -> bool:
