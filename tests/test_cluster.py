@@ -117,11 +117,13 @@ def _slow_loader(started: threading.Event, go: threading.Event, value: Any) -> A
     return load
 
 
-def _race_pattern_invalidation(rc: RedisCluster, prefix: str) -> tuple[int, int]:
+def _race_pattern_invalidation(
+    rc: RedisCluster, prefix: str, cache: Cache | None = None
+) -> tuple[int, int]:
     """Readers load 90 keys (their loads wait); a pattern invalidation of 30,000 matching
     keys begins, and halfway through its SCAN the loads finish and fill. Returns (stale
     entries left behind, SCAN calls made)."""
-    cache = Cache(rc, prefix=prefix, count=False)
+    cache = cache or Cache(rc, prefix=prefix, count=False)
     for start in range(0, 30_000, 5_000):
         cache.set_many({f"row:{i}": "old" for i in range(start, start + 5_000)}, ttl=600)
     readers_keys = [f"row:{i}" for i in range(30_000, 30_090)]
@@ -160,7 +162,8 @@ def _race_pattern_invalidation(rc: RedisCluster, prefix: str) -> tuple[int, int]
     go.set()
     for t in readers:
         t.join(20)
-    stale = sum(v == "old" for v in cache.get_many(readers_keys).values())
+    seen = Cache(rc, prefix=prefix, count=False)  # read on the primaries
+    stale = sum(v == "old" for v in seen.get_many(readers_keys).values())
     return stale, calls
 
 
@@ -430,3 +433,65 @@ def test_invalidations_owed_during_an_outage_are_delivered_per_slot(
     assert not slow._ctx.owed.pending
     assert [k for k in keys if rc.exists(cache.redis_key(k))] == []
     assert all(cache.get(k) is None for k in keys)
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["checked", "naive"])
+def test_the_check_after_a_fill_reads_the_primary_when_reads_go_to_replicas(
+    cluster: EmbeddedCluster,
+    rc: RedisCluster,
+    cprefix: str,
+    naive: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``replica_reads=yes`` the fill epochs must still be read on the primary after
+    a fill: replicas that lag (here: paused) would not have the epoch the pattern
+    invalidation just changed. ``naive``: a plain HMGET, which goes to a replica."""
+    if naive:
+
+        def on_a_replica(keys: Any, fields: Any) -> Any:
+            return ("HMGET", keys.generations(), *fields)
+
+        monkeypatch.setattr(aside, "_epochs", on_a_replica)
+    cache = Cache.from_url(cluster.url + "?replica_reads=yes", prefix=cprefix, count=False)
+    replicas = [redis.Redis(port=p) for p in cluster.ports if p not in set(cluster.primaries())]
+    real_invalidate = cache.invalidate_pattern
+
+    def lagging_replicas(pattern: str) -> int:
+        for replica in replicas:  # they stop applying what their primary sends them
+            replica.execute_command("CLIENT", "PAUSE", 4000, "WRITE")
+        return real_invalidate(pattern)
+
+    cache.invalidate_pattern = lagging_replicas  # type: ignore[method-assign]
+    try:
+        stale, _ = _race_pattern_invalidation(rc, cprefix, cache)
+    finally:
+        for replica in replicas:
+            replica.execute_command("CLIENT", "UNPAUSE")
+            replica.close()
+    print(f"replica reads, {'naive' if naive else 'checked'}: {stale} stale entries of 90")
+    assert (stale > 0) if naive else (stale == 0)
+
+
+def test_tagged_fills_stand_when_reads_go_to_lagging_replicas(
+    cluster: EmbeddedCluster, rc: RedisCluster, cprefix: str
+) -> None:
+    """A tag's version is read (or made) on the primary before the lease: a replica that
+    has not caught up would answer none, and every tagged fill would be taken back."""
+    cache = Cache.from_url(cluster.url + "?replica_reads=yes", prefix=cprefix)
+    on_primaries = Cache(rc, prefix=cprefix, count=False)
+    replicas = [redis.Redis(port=p) for p in cluster.ports if p not in set(cluster.primaries())]
+    for replica in replicas:
+        replica.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+    try:
+        for i in range(10):
+            assert cache.get_or_fetch(f"post:{i}", lambda i=i: i, tags=[f"t{i}"]) == i
+        assert on_primaries.get_many([f"post:{i}" for i in range(10)]) == {
+            f"post:{i}": i for i in range(10)
+        }
+    finally:
+        for replica in replicas:
+            replica.execute_command("CLIENT", "UNPAUSE")
+            replica.close()
+    row = cache.stats().family("post")
+    assert (row.fills, row.fills_refused) == (10, 0)
+    cache.close()

@@ -198,11 +198,11 @@ def prepare_many(ctx: Context, stores: Sequence[EntryStore]) -> Plan:
         return
     ms = math.ceil(max(s.policy.lease for s in stores) * 1000) + 60_000
     token = new_token()
-    ops: list[Any] = []
-    for i, key in enumerate(version_keys(ctx, tags)):  # same slot: run in this order
-        ops += [("SET", key, f"{token}.{i}", "NX", "PX", ms), ("GET", key)]
-    replies = yield Batch(ops)
-    known = dict(zip(tags, replies[1::2], strict=True))
+    keys = version_keys(ctx, tags)
+    replies = yield Batch(
+        [Eval(scripts.TAG_VERSION, [k], (f"{token}.{i}", ms)) for i, k in enumerate(keys)]
+    )
+    known = dict(zip(tags, replies, strict=True))
     for store in stores:
         store.known = {t: known[t] for t in store.tags}
 
@@ -224,7 +224,7 @@ def settle(ctx: Context, stores: Sequence[EntryStore]) -> Plan:
     are owed an invalidation (delivered when it is back)."""
     keys = ctx.keys
     families = list(dict.fromkeys(s.family for s in stores))
-    ops: list[Any] = [("HMGET", keys.generations(), "ep:*", "id", *("ep:" + f for f in families))]
+    ops: list[Any] = [_epochs(keys, ("ep:*", "id", *("ep:" + f for f in families)))]
     tagged: list[tuple[int, int]] = []  # per store: where its tag_add replies are
     for store in stores:
         _, px, reply = store.written
@@ -271,6 +271,12 @@ def settle(ctx: Context, stores: Sequence[EntryStore]) -> Plan:
                 if not ok:
                     ctx.remember_failed_write(store.key)
     return [ok and still for ok, still in zip(stands, held, strict=True)]
+
+
+def _epochs(keys: Any, fields: Sequence[str]) -> Any:
+    """Read *fields* of the generations hash on the primary: a script, so that a client
+    reading from replicas does not send it to one that lags."""
+    return Eval(scripts.EPOCHS, [keys.generations()], tuple(fields))
 
 
 def _token(value: Any) -> str:

@@ -13,12 +13,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .. import scripts
 from ..codec import Codec, DecodeError, Entry, decode_entry, encode_entry
 from ..counting import Counters
 from ..errors import CacheUnavailableError, ValueTooLargeError
 from ..generations import Generations, new_token
 from ..keys import KeySpace, family_of
-from ..ops import Plan
+from ..ops import Eval, Plan
 from ..owed import OwedQueue
 from ..policy import Policy, TTLLike, to_policy
 
@@ -212,10 +213,13 @@ def generations(ctx: Context) -> Plan:
     if ctx.gens.checked_at != float("-inf"):  # read before: the others go on with that view
         ctx.gens.checked_at = ctx.gens.monotonic()  # while one caller reads it again
     seen = ctx.gens.changes
-    reply = yield ("HGETALL", key)
+    # On Cluster by a script: on the primary, which a client reading from replicas would
+    # not ask (a lagging replica may lack the hash's id or a new epoch).
+    read: Any = Eval(scripts.EPOCHS, [key], ()) if ctx.cluster else ("HGETALL", key)
+    reply = yield read
     if not any(k in (b"id", "id") for k in reply):
         yield ("HSETNX", key, "id", new_token())
-        reply = yield ("HGETALL", key)
+        reply = yield read
     ctx.gens.replace(reply, seen)
 
 
