@@ -495,3 +495,25 @@ def test_tagged_fills_stand_when_reads_go_to_lagging_replicas(
     row = cache.stats().family("post")
     assert (row.fills, row.fills_refused) == (10, 0)
     cache.close()
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["pruned", "naive"])
+def test_tag_sets_stay_about_as_large_as_their_live_entries(
+    rc: RedisCluster, cprefix: str, naive: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tag filled without pause keeps its member set alive; entries that expired must
+    leave it, or it grows without bound. One server prunes in fill.lua; on Cluster the
+    members live in other slots and are checked from the client. ``naive``: no pruning."""
+    if naive:
+        monkeypatch.setattr(aside, "CLUSTER_PRUNE_EVERY", 10**9)
+    cache = Cache(rc, prefix=cprefix, count=False)
+    fills = 1500
+    for i in range(fills):
+        cache.get_or_fetch(f"post:{i}", lambda i=i: i, ttl=0.3, tags=["feed"])
+    members = rc.scard(f"{cprefix}:~tag:{{feed}}")
+    live = sum(v is not None for v in cache.get_many([f"post:{i}" for i in range(fills)]).values())
+    print(f"{'naive' if naive else 'pruned'}: {members} members for {live} live entries")
+    if naive:
+        assert members == fills
+    else:
+        assert members < fills * 0.6

@@ -6,10 +6,13 @@
 -- ARGV[1]  the entry key
 -- ARGV[2]  the entry's expiry in milliseconds, 0 = none
 -- ARGV[3]  the version the entry records (read before its lease was taken)
--- Returns 1 when that version is still the tag's, 0 when the tag was invalidated since
--- (the caller then takes the entry back: it could be older than the invalidation).
+-- ARGV[4]  how many random members to return for pruning (their entries live in other
+--          slots: the caller checks they still exist and removes those gone), 0 = none
+-- Returns {1, member...} when that version is still the tag's, {0} when the tag was
+-- invalidated since (the caller then takes the entry back: it could be older than the
+-- invalidation).
 if redis.call('GET', KEYS[2]) ~= ARGV[3] then
-  return 0
+  return {0}
 end
 local px = tonumber(ARGV[2])
 local existed = redis.call('EXISTS', KEYS[1]) == 1
@@ -23,4 +26,13 @@ for _, k in ipairs(KEYS) do
     redis.call('PEXPIRE', k, px + 1000)
   end
 end
-return 1
+local out = {1}
+local prune = tonumber(ARGV[4] or '0')
+if prune > 0 then
+  for _, member in ipairs(redis.call('SRANDMEMBER', KEYS[1], prune)) do
+    if member ~= ARGV[1] then
+      out[#out + 1] = member
+    end
+  end
+end
+return out

@@ -21,7 +21,15 @@ from ..generations import new_token
 from ..keys import family_of, tags_of
 from ..ops import TIMEOUT, Batch, Coalesce, Eval, Plan, Publish, Spawn
 from ..policy import Policy, TTLLike
-from .context import MISSING, TAG_PRUNE, Context, _decode, generations
+from .context import (
+    CLUSTER_PRUNE,
+    CLUSTER_PRUNE_EVERY,
+    MISSING,
+    TAG_PRUNE,
+    Context,
+    _decode,
+    generations,
+)
 from .leases import (
     Unless,
     give_back,
@@ -226,6 +234,7 @@ def settle(ctx: Context, stores: Sequence[EntryStore]) -> Plan:
     families = list(dict.fromkeys(s.family for s in stores))
     ops: list[Any] = [_epochs(keys, ("ep:*", "id", *("ep:" + f for f in families)))]
     tagged: list[tuple[int, int]] = []  # per store: where its tag_add replies are
+    prune = CLUSTER_PRUNE if ctx.rng.random() < 1 / CLUSTER_PRUNE_EVERY else 0
     for store in stores:
         _, px, reply = store.written
         start = len(ops)
@@ -233,7 +242,9 @@ def settle(ctx: Context, stores: Sequence[EntryStore]) -> Plan:
             tag_key = keys.tag(tag)
             ops.append(
                 Eval(
-                    scripts.TAG_ADD, [tag_key, keys.tag_version(tag_key)], (store.rkey, px, version)
+                    scripts.TAG_ADD,
+                    [tag_key, keys.tag_version(tag_key)],
+                    (store.rkey, px, version, prune),
                 )
             )
         tagged.append((start, len(ops)))
@@ -255,8 +266,10 @@ def settle(ctx: Context, stores: Sequence[EntryStore]) -> Plan:
             _token(reply[4]),
             _token(reply[7]),
         )
-        stands.append(same and all(r == 1 for r in replies[start:end]))
+        stands.append(same and all(r[0] == 1 for r in replies[start:end]))
     held = [r == 1 for r in replies[held_at:]]
+    if prune:
+        yield from _prune(ctx, ops[1:held_at], replies[1:held_at])
     if not all(stands):
         ctx.gens.changed()  # our view was behind, or an invalidation ran: read it again
         undo = [
@@ -271,6 +284,31 @@ def settle(ctx: Context, stores: Sequence[EntryStore]) -> Plan:
                 if not ok:
                     ctx.remember_failed_write(store.key)
     return [ok and still for ok, still in zip(stands, held, strict=True)]
+
+
+def _prune(ctx: Context, adds: Sequence[Any], replies: Sequence[Any]) -> Plan:
+    """Redis Cluster: drop from tag member sets the members (sampled by tag_add.lua) whose
+    entry is gone - expired, evicted, invalidated - so a tag set stays about as large as
+    the entries it names (one server does this inside fill.lua). Best effort: a failure
+    here only leaves a few members for a later fill."""
+    members: dict[str, list[str]] = {}
+    for add, reply in zip(adds, replies, strict=True):
+        for member in reply[1:]:
+            members.setdefault(add.keys[0], []).append(
+                member.decode() if isinstance(member, bytes) else member
+            )
+    sampled = [m for found in members.values() for m in found]
+    if not sampled:
+        return
+    try:
+        exists = yield Batch([("EXISTS", m) for m in sampled])
+        it = iter(exists)
+        gone = [(tag_key, [m for m in found if not next(it)]) for tag_key, found in members.items()]
+        drops = [("SREM", tag_key, *found) for tag_key, found in gone if found]
+        if drops:
+            yield Batch(drops)
+    except CacheUnavailableError:
+        pass
 
 
 def _epochs(keys: Any, fields: Sequence[str]) -> Any:

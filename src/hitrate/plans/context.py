@@ -56,6 +56,11 @@ MISSING: Final = _Missing()
 
 ERROR_TEXT_MS = 2000  # how long a loader's failure is shown to waiters in other processes
 TAG_PRUNE = 2  # tag-set members checked (and dropped if their entry is gone) per tagged fill
+#: On Redis Cluster the members live in other slots, so a fill checks them from the client:
+#: 1 tagged fill in CLUSTER_PRUNE_EVERY checks CLUSTER_PRUNE members per tag (the same
+#: rate as one server's, in one extra round trip for that fill only).
+CLUSTER_PRUNE_EVERY = 8
+CLUSTER_PRUNE = TAG_PRUNE * CLUSTER_PRUNE_EVERY
 DOWN_ROUNDS = 3  # in-process single-flight rounds while Redis is unreachable
 LEAN_CAP = 8  # how far misses can lead hits in Context.lean
 LEAN_AT = 2  # ... and how far they must lead for get_or_fetch to lease first
