@@ -332,3 +332,20 @@ def test_a_one_server_url_to_a_cluster_node_says_to_use_redis_cluster(
             [f"user:{i}" for i in range(30)]
         )
     cache.close()
+
+
+async def test_from_url_with_cluster_true(cluster: EmbeddedCluster) -> None:
+    """``from_url("redis://node:port", cluster=True)`` is ``redis+cluster://node:port``."""
+    port = cluster.primaries()[0]
+    cache = Cache.from_url(f"redis://127.0.0.1:{port}/0", cluster=True, prefix=unique_prefix())
+    assert isinstance(cache.client, rcluster.RedisCluster)
+    cache.set_many({f"k:{i}": i for i in range(30)})  # keys of every node
+    assert cache.get_many([f"k:{i}" for i in range(30)]) == {f"k:{i}": i for i in range(30)}
+    cache.close()
+    acache = AsyncCache.from_url(f"redis://127.0.0.1:{port}", cluster=True, prefix=unique_prefix())
+    assert isinstance(acache.client, acluster.RedisCluster)
+    await acache.set("k:1", 1)
+    assert await acache.get("k:1") == 1
+    await acache.close()
+    with pytest.raises(ConfigurationError, match="cluster=True takes a redis://"):
+        Cache.from_url("redis+sentinel://127.0.0.1:26379/hitrate", cluster=True)

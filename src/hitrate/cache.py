@@ -24,6 +24,7 @@ from .connect import (
     CacheOptions,
     async_client,
     async_twin,
+    cluster_url,
     sync_client,
     sync_twin,
 )
@@ -81,6 +82,7 @@ class Cache(CacheBase[redis.Redis], Synced):
         connect_timeout: float = 0.25,
         max_connections: int = MAX_CONNECTIONS,
         pool_timeout: float = 1.0,
+        cluster: bool = False,
         **options: Unpack[CacheOptions],
     ) -> Cache:
         """Connect to *url* (default: ``HITRATE_REDIS_URL``, ``REDIS_URL``, localhost) with
@@ -88,7 +90,11 @@ class Cache(CacheBase[redis.Redis], Synced):
 
         The pool holds at most *max_connections*; a thread that finds them all busy waits
         up to *pool_timeout* seconds for one, then that call fails open (not counted as an
-        outage by the circuit breaker). :meth:`close` closes the client made here."""
+        outage by the circuit breaker). ``cluster=True``: *url* names a node of a Redis
+        Cluster (the same as writing ``redis+cluster://``). :meth:`close` closes the client
+        made here."""
+        if cluster:
+            url = cluster_url(url)
         client = sync_client(url, timeout, connect_timeout, max_connections, pool_timeout)
         cache = cls(client, **options)
         cache._owns_client = True
@@ -316,10 +322,13 @@ class AsyncCache(CacheBase[aredis.Redis], Awaited):
         connect_timeout: float = 0.25,
         max_connections: int = MAX_CONNECTIONS,
         pool_timeout: float = 1.0,
+        cluster: bool = False,
         **options: Unpack[CacheOptions],
     ) -> AsyncCache:
         """Like :meth:`Cache.from_url`, with a ``redis.asyncio`` client: a task that finds
         every pooled connection busy waits up to *pool_timeout* for one."""
+        if cluster:
+            url = cluster_url(url)
         client = async_client(url, timeout, connect_timeout, max_connections, pool_timeout)
         cache = cls(client, **options)
         cache._owns_client = True

@@ -54,6 +54,7 @@ __all__ = [
     "CacheOptions",
     "Target",
     "async_client",
+    "cluster_url",
     "async_twin",
     "mask_url",
     "parse_url",
@@ -116,6 +117,20 @@ _HOW = {
     "[?sentinel_password=...]",
     "cluster": "redis+cluster://[user:password@]host1:6379,host2:6379",
 }
+
+
+def cluster_url(url: str | None) -> str:
+    """*url* (resolved as :func:`resolve_url` does) as a ``redis+cluster://`` URL: what
+    ``from_url(url, cluster=True)`` connects to (``redis://h:p`` -> ``redis+cluster://h:p``)."""
+    url = resolve_url(url)
+    scheme, sep, rest = url.partition("://")
+    low = scheme.lower()
+    if low in ("redis+cluster", "rediss+cluster"):
+        return url
+    if not sep or low not in ("redis", "rediss"):
+        raise _bad(url, "cluster=True takes a redis:// or rediss:// URL of any node of the "
+                   "cluster (or write redis+cluster://host1:port1,host2:port2)")  # fmt: skip
+    return f"{low}+cluster://{rest}"
 
 
 def mask_url(url: str) -> str:
