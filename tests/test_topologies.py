@@ -349,3 +349,27 @@ async def test_from_url_with_cluster_true(cluster: EmbeddedCluster) -> None:
     await acache.close()
     with pytest.raises(ConfigurationError, match="cluster=True takes a redis://"):
         Cache.from_url("redis+sentinel://127.0.0.1:26379/hitrate", cluster=True)
+
+
+def test_a_cluster_down_at_start_up_fails_open_then_serves(cluster: EmbeddedCluster) -> None:
+    """No node answers when the sync cache is made (every node paused): the application
+    still starts, calls fail open, and once the cluster answers the cache works."""
+    pausing = [redis.Redis(port=p) for p in cluster.ports]
+    for node in pausing:
+        node.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+    started = time.monotonic()
+    cache = Cache.from_url(
+        cluster.url, prefix=unique_prefix(), breaker=Breaker(cooldown=0.2), count=False
+    )
+    assert "PendingCluster" in repr(cache.client)
+    assert cache.get_or_fetch("user:1", lambda: "loaded") == "loaded"  # fails open
+    time.sleep(max(0.0, 3.0 - (time.monotonic() - started)) + 0.3)
+    for node in pausing:
+        node.close()
+    deadline = time.monotonic() + 10
+    while cache.get_or_fetch("user:1", lambda: "loaded") != "loaded" or cache.get("user:1") is None:
+        assert time.monotonic() < deadline, "the cache never reached the cluster"
+        time.sleep(0.1)
+    cache.set_many({f"k:{i}": i for i in range(30)})
+    assert cache.get_many([f"k:{i}" for i in range(30)]) == {f"k:{i}": i for i in range(30)}
+    cache.close()

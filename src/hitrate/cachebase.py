@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar, cast
 from . import plans
 from .breaker import Breaker
 from .codec import Codec, make_codec
-from .connect import replica_reads
+from .connect import ClusterUnreachable, replica_reads
 from .counting import Counters, NullCounters
 from .errors import ConfigurationError
 from .flush import Flusher, register, wake
@@ -160,7 +160,15 @@ class CacheBase(Generic[ClientT]):
                 "with an entry whose invalidation it has not received yet, and the copy would "
                 "outlive it; drop near= or replica_reads"
             )
-        listener = make_listener(self.client, self.prefix, near)
+        try:
+            listener = make_listener(self.client, self.prefix, near)
+        except ClusterUnreachable:  # no node answered yet: waiters poll
+            if near is not None:
+                raise ConfigurationError(
+                    "the near cache needs the Redis Cluster to answer when the cache is "
+                    "made (no node did): start it first, or drop near="
+                ) from None
+            listener = None
         if listener is None:
             if near is not None:
                 raise ConfigurationError(

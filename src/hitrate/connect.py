@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -391,12 +392,13 @@ def replica_reads(client: Any) -> bool:
 
 def _sync_cluster(
     target: Target, options: dict[str, Any], max_connections: int, pool_timeout: float
-) -> rcluster.RedisCluster:
+) -> rcluster.RedisCluster | PendingCluster:
     options = dict(options)
     options.pop("retry")  # the cluster client retries (once); its nodes never do
     options.pop("health_check_interval")
     first, *others = target.hosts
-    try:
+
+    def make() -> rcluster.RedisCluster:
         # Given a URL, redis-py builds each node's pool with connection_pool_class: a
         # bounded blocking one here, as for one server.
         return rcluster.RedisCluster(
@@ -410,12 +412,68 @@ def _sync_cluster(
             **_balancing(target),
             **options,
         )
+
+    try:
+        return make()
     except RedisClusterException as exc:
-        raise ConfigurationError(
-            f"Redis Cluster at {mask_url(target.url)} could not be reached or is not a "
-            f"cluster ({exc}): start the cluster, or check the URL's hosts "
-            "(a sync cluster client reads the slot map when it is made)"
-        ) from exc
+        if "not enabled" in str(exc).lower():  # a plain server: the URL is wrong
+            raise ConfigurationError(
+                f"Redis Cluster at {mask_url(target.url)} could not be reached or is not a "
+                f"cluster ({exc}): the server there is not a cluster node; use redis://"
+            ) from exc
+        # No node answered (yet): the cache fails open until one does, as a one-server
+        # cache made while its server is down does.
+        return PendingCluster(make, mask_url(target.url), exc)
+
+
+class ClusterUnreachable(redis.ConnectionError, AttributeError):
+    """No node of a Redis Cluster answered when its client was made. A ConnectionError
+    (calls fail open), and an AttributeError, so ``getattr(client, name, default)`` on a
+    :class:`PendingCluster` gives the default."""
+
+
+class PendingCluster:
+    """A sync Redis Cluster client to be made on first use: redis-py's reads the slot map
+    when it is made, which needs a node to answer. ``from_url`` returns this when none does
+    (a cluster restarting, a network blip at start-up), so the application starts, its
+    calls fail open, and the client is made by the first call after a node answers."""
+
+    cluster_client = True
+
+    def __init__(self, make: Callable[[], Any], url: str, error: BaseException) -> None:
+        self._make = make
+        self._url = url
+        self._error = error
+        self._made: Any = None
+        self._lock = threading.Lock()
+
+    def _client(self) -> Any:
+        client = self._made
+        if client is None:
+            with self._lock:
+                if self._made is None:
+                    try:
+                        self._made = self._make()
+                    except RedisClusterException as exc:
+                        self._error = exc
+                        raise ClusterUnreachable(
+                            f"no node of the Redis Cluster at {self._url} answered ({exc})"
+                        ) from exc
+                client = self._made
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._client(), name)
+
+    def close(self) -> None:
+        if self._made is not None:
+            self._made.close()
+
+    def __repr__(self) -> str:
+        state = "made" if self._made is not None else f"not made yet: {self._error}"
+        return f"<PendingCluster {self._url} ({state})>"
 
 
 def async_client(

@@ -35,7 +35,9 @@ def is_cluster(client: Any) -> bool:
     from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
     from redis.cluster import RedisCluster
 
-    return isinstance(client, RedisCluster | AsyncRedisCluster)
+    return isinstance(client, RedisCluster | AsyncRedisCluster) or bool(
+        getattr(type(client), "cluster_client", False)  # connect.PendingCluster
+    )
 
 
 def by_slot(keys: Sequence[Any]) -> list[list[int]]:
