@@ -354,11 +354,12 @@ CHILD = textwrap.dedent(
 
 
 class Other:
-    """Another process with its own cache on the same prefix."""
+    """Another process with its own cache on the same prefix: *child* (a script reading
+    commands on stdin) run with *args*."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, *args: str, child: str = CHILD) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, url, prefix],
+            [sys.executable, "-c", child, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

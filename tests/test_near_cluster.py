@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -29,7 +27,7 @@ from hitrate.listener_cluster import ClusterListener, parse_nodes
 from hitrate.testing import unique_prefix
 from hitrate.topologies import EmbeddedCluster
 
-from .test_near import BOUND, until
+from .test_near import BOUND, Other, until
 
 
 class Runner:
@@ -159,32 +157,6 @@ CHILD = textwrap.dedent(
 )
 
 
-class Other:
-    """Another process with its own cache on the same prefix and cluster."""
-
-    def __init__(self, cluster: EmbeddedCluster, prefix: str) -> None:
-        ports = ",".join(str(p) for p in cluster.ports)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, prefix, ports],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
-
-    def do(self, command: str) -> float:
-        """Run *command* there; returns the wall time when it completed."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(10)
-
-
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_another_process_evicts_the_copy_on_every_node(
     cluster: EmbeddedCluster, flavour: str
@@ -195,7 +167,7 @@ def test_another_process_evicts_the_copy_on_every_node(
     assert len(listener.trackers) == 3 and all(listener.client_ids.values())
     admin = sync_client(cluster)
     keys = keys_by_primary(admin, cache)
-    other = Other(cluster, prefix)
+    other = Other(prefix, ",".join(str(p) for p in cluster.ports), child=CHILD)
     near = cache.near
     delays: list[float] = []
     for port, key in keys.items():
