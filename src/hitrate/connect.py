@@ -379,14 +379,10 @@ def _balancing(target: Target) -> dict[str, Any]:
 
 
 def replica_reads(client: Any) -> bool:
-    """Does this cluster client send plain reads to replicas?"""
-    strategy = getattr(client, "load_balancing_strategy", None)
-    if strategy is None:
-        strategy = getattr(getattr(client, "nodes_manager", None), "_lb_strategy", None)
+    """Does this cluster client send plain reads to replicas? (Any load-balancing strategy
+    does: even ``ROUND_ROBIN`` takes replicas in turn with the primary.)"""
     return bool(getattr(client, "read_from_replicas", False)) or (
-        strategy is not None
-        and strategy != rcluster.LoadBalancingStrategy.ROUND_ROBIN
-        and "REPLICA" in str(getattr(strategy, "name", strategy)).upper()
+        getattr(client, "load_balancing_strategy", None) is not None
     )
 
 

@@ -133,24 +133,29 @@ class AsyncDriver(_Base):
                 raise reply
         return replies
 
-    async def _scan(self, op: tuple[Any, ...]) -> tuple[Any, list[Any]]:
-        """See :meth:`SyncDriver._scan`."""
+    async def _primaries(self) -> list[Any]:
+        """The cluster's primaries (an asyncio cluster client learns them on first use)."""
         client = self.client
         if not client.get_primaries():
             await client.initialize()
-        nodes, i, cursor = scan_start(op[1], client.get_primaries)
-        reply, found = await client.execute_command("SCAN", cursor, *op[2:], target_nodes=nodes[i])
+        return list(client.get_primaries())
+
+    async def _scan(self, op: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+        """See :meth:`SyncDriver._scan`."""
+        primaries = await self._primaries()
+        nodes, i, cursor = scan_start(op[1], lambda: primaries)
+        reply, found = await self.client.execute_command(
+            "SCAN", cursor, *op[2:], target_nodes=nodes[i]
+        )
         return scan_next(nodes, i, reply, found)
 
     async def _each_node(self, op: EachNode) -> list[tuple[str, Any]]:
         client = self.client
         if not self.cluster:
             return [(server_url(client), await client.execute_command(*op.command))]
-        if not client.get_primaries():
-            await client.initialize()
         return [
             (node.name, await client.execute_command(*op.command, target_nodes=node))
-            for node in client.get_primaries()
+            for node in await self._primaries()
         ]
 
     async def _send_cluster(self, op: Any) -> Any:
@@ -165,16 +170,16 @@ class AsyncDriver(_Base):
 
     async def _send(self, op: Any) -> Any:
         try:
-            if isinstance(op, EachNode):
-                reply = await self._each_node(op)
-            elif self.cluster:
-                reply = await self._send_cluster(op)
-            elif isinstance(op, tuple):
+            if isinstance(op, tuple) and not self.cluster:  # a hit's GET: first
                 direct = self._direct
                 if direct is not None and op[0] in DIRECT_COMMANDS:
                     reply = await direct.call(op)
                 else:
                     reply = await self.client.execute_command(*op)
+            elif isinstance(op, EachNode):
+                reply = await self._each_node(op)
+            elif self.cluster:
+                reply = await self._send_cluster(op)
             elif isinstance(op, Eval):
                 reply = await self._eval(op)
             else:

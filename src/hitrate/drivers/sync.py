@@ -128,8 +128,8 @@ class SyncDriver(_Base):
     def _scan(self, op: tuple[Any, ...]) -> tuple[Any, list[Any]]:
         """SCAN on Cluster: every primary in turn (see :class:`ClusterCursor`)."""
         nodes, i, cursor = scan_start(op[1], self.client.get_primaries)
-        _, found = self.client.execute_command("SCAN", cursor, *op[2:], target_nodes=nodes[i])
-        return scan_next(nodes, i, _, found)
+        reply, found = self.client.execute_command("SCAN", cursor, *op[2:], target_nodes=nodes[i])
+        return scan_next(nodes, i, reply, found)
 
     def _each_node(self, op: EachNode) -> list[tuple[str, Any]]:
         client = self.client
@@ -152,16 +152,16 @@ class SyncDriver(_Base):
 
     def _send(self, op: Any) -> Any:
         try:
-            if isinstance(op, EachNode):
-                reply = self._each_node(op)
-            elif self.cluster:
-                reply = self._send_cluster(op)
-            elif isinstance(op, tuple):
+            if isinstance(op, tuple) and not self.cluster:  # a hit's GET: first
                 direct = self._direct
                 if direct is not None and op[0] in DIRECT_COMMANDS:
                     reply = direct.call(op)
                 else:
                     reply = self.client.execute_command(*op)
+            elif isinstance(op, EachNode):
+                reply = self._each_node(op)
+            elif self.cluster:
+                reply = self._send_cluster(op)
             elif isinstance(op, Eval):
                 reply = self._eval(op)
             else:

@@ -32,51 +32,38 @@
 -- ARGV[6..10] ep_all, ep_family, ns_all, ns_family, id; ARGV[11..] the tag versions.
 -- They are returned as if read here; the fill is then checked after it is written
 -- (see hitrate.plans.aside.settle).
+local out
 if #KEYS == 3 then
-  local out = {0, '', '', ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]}
+  out = {0, '', '', ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]}
   for i = 11, #ARGV do
     out[#out + 1] = ARGV[i]
   end
-  local value = redis.call('GET', KEYS[1])
-  if value and (ARGV[3] == '' or value ~= ARGV[3]) then
-    out[1], out[2] = 1, value
-  elseif redis.call('HLEN', KEYS[3]) > 1 then
-    out[1] = 4
-  elseif redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    out[1] = 2
-  else
-    out[1], out[3] = 3, redis.call('GET', KEYS[2]) or ''
+else
+  local g = redis.call('HMGET', KEYS[4], 'ep:*', 'ep:' .. ARGV[4], 'ns:*', 'ns:' .. ARGV[4], 'id')
+  if not g[5] then
+    redis.call('HSETNX', KEYS[4], 'id', ARGV[5])
+    g[5] = redis.call('HGET', KEYS[4], 'id')
   end
-  return out
-end
-local g = redis.call('HMGET', KEYS[4], 'ep:*', 'ep:' .. ARGV[4], 'ns:*', 'ns:' .. ARGV[4], 'id')
-if not g[5] then
-  redis.call('HSETNX', KEYS[4], 'id', ARGV[5])
-  g[5] = redis.call('HGET', KEYS[4], 'id')
-end
-local out = {0, '', '', g[1] or '', g[2] or '', g[3] or '', g[4] or '', g[5]}
-for i = 5, #KEYS do
-  local v = redis.call('GET', KEYS[i])
-  if not v then
-    -- Long enough for the fill (it is refused after the lease time anyway), which keeps
-    -- the version as long as the entries that record it.
-    v = ARGV[5] .. '.' .. (i - 4)
-    redis.call('SET', KEYS[i], v, 'PX', tonumber(ARGV[2]) + 60000)
+  out = {0, '', '', g[1] or '', g[2] or '', g[3] or '', g[4] or '', g[5]}
+  for i = 5, #KEYS do
+    local v = redis.call('GET', KEYS[i])
+    if not v then
+      -- Long enough for the fill (it is refused after the lease time anyway), which keeps
+      -- the version as long as the entries that record it.
+      v = ARGV[5] .. '.' .. (i - 4)
+      redis.call('SET', KEYS[i], v, 'PX', tonumber(ARGV[2]) + 60000)
+    end
+    out[#out + 1] = v
   end
-  out[#out + 1] = v
 end
 local value = redis.call('GET', KEYS[1])
 if value and (ARGV[3] == '' or value ~= ARGV[3]) then
   out[1], out[2] = 1, value
-  return out
-end
-if redis.call('HLEN', KEYS[3]) > 1 then
+elseif redis.call('HLEN', KEYS[3]) > 1 then
   out[1] = 4
-  return out
-end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+elseif redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   out[1] = 2
-  return out
+else
+  out[1], out[3] = 3, redis.call('GET', KEYS[2]) or ''
 end
-out[1], out[3] = 3, redis.call('GET', KEYS[2]) or ''
 return out
