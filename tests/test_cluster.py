@@ -517,3 +517,38 @@ def test_tag_sets_stay_about_as_large_as_their_live_entries(
         assert members == fills
     else:
         assert members < fills * 0.6
+
+
+def test_a_read_that_redis_py_lost_under_it_is_asked_again(
+    cluster: EmbeddedCluster, cprefix: str
+) -> None:
+    """redis-py 8.1's asyncio cluster client can lose a connection under a command when
+    many tasks connect at once (AttributeError on its writer, nothing sent); a read is then
+    asked once more instead of failing open (which costs a load)."""
+    import redis.asyncio.connection
+
+    async def main() -> None:
+        client = AsyncRedisCluster(
+            startup_nodes=[AsyncClusterNode(h, p) for h, p in cluster.startup_nodes]
+        )
+        cache = AsyncCache(client, prefix=cprefix, flush_interval=0)
+        await cache.set("user:1", "cached")
+        real = client.execute_command
+        namespace: dict[str, Any] = {}
+        code = "def lost(*args, **kwargs):\n    raise AttributeError('writelines')\n"
+        exec(compile(code, redis.asyncio.connection.__file__, "exec"), namespace)
+        failures = [1]
+
+        async def once_lost(*args: Any, **kwargs: Any) -> Any:
+            if args[0] == "GET" and failures:
+                failures.pop()
+                namespace["lost"]()
+            return await real(*args, **kwargs)
+
+        client.execute_command = once_lost  # type: ignore[method-assign]
+        assert await cache.get_or_fetch("user:1", lambda: "loaded") == "cached"
+        assert not failures and cache.counters.total().fail_open == 0
+        await cache.close()
+        await client.aclose()
+
+    asyncio.run(main())

@@ -13,6 +13,7 @@ import redis.exceptions as rexc
 from ..breaker import Breaker
 from ..errors import (
     CacheUnavailableError,
+    client_failure,
 )
 from ..health import server_url
 from ..keys import tags_of
@@ -37,6 +38,9 @@ from ._common import (
 from .direct import DIRECT_COMMANDS, async_direct
 
 __all__ = ["AsyncDriver"]
+
+#: Commands that only read: safe to send again (see ``_send_cluster``).
+_READS = frozenset({"GET", "MGET", "HGETALL", "HMGET", "EXISTS", "SMEMBERS", "SCARD"})
 
 
 def _fresh_pool(pool: Any) -> Any:
@@ -165,7 +169,15 @@ class AsyncDriver(_Base):
         if cut is not None:
             return cut[1](await self._batch(cut[0]))
         if isinstance(op, tuple):
-            return await self.client.execute_command(*op)
+            try:
+                return await self.client.execute_command(*op)
+            except Exception as exc:
+                # redis-py 8.1's asyncio cluster client can lose a connection under a
+                # command when many tasks open connections at once (AttributeError on its
+                # writer, before anything was sent): a read is asked once more.
+                if op[0] not in _READS or not client_failure(exc):
+                    raise
+                return await self.client.execute_command(*op)
         return await (self._eval(op) if isinstance(op, Eval) else self._batch(op))
 
     async def _send(self, op: Any) -> Any:
